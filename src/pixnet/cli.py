@@ -1,0 +1,120 @@
+"""``pixnet`` command line: inspect, train, predict, plot, evaluate, example.
+
+Each command's options come from its configuration dataclass; errors in user input
+(:class:`~pixnet.errors.PixNetInputError`) print one line naming the file, the field and
+the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pixnet.errors import PixNetInputError
+
+log = logging.getLogger("pixnet")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pixnet.io.manifest import load_manifest
+
+    samples = load_manifest(args.manifest)
+    header = (
+        f"{'sample':<10} {'patient':<10} {'format':<10} {'spots':>6} {'genes':>6} "
+        f"{'image W x H':>13} {'mpp':>7} {'spot diam px':>12}  mpp source"
+    )
+    print(header)
+    for s in samples:
+        wh = f"{s.image_size_px[0]} x {s.image_size_px[1]}" if s.image_size_px else "-"
+        print(
+            f"{s.sample_id:<10} {s.patient_id:<10} {s.format:<10} {s.n_spots:>6} "
+            f"{s.n_genes:>6} {wh:>13} {s.mpp:>7.4f} {s.spot_size_px:>12.1f}  {s.mpp_source}"
+        )
+        for note in s.notes:
+            print(f"  note: {note}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pixnet.config import dataclass_from_args
+    from pixnet.io.manifest import load_manifest
+    from pixnet.train.config import TrainConfig
+    from pixnet.train.loop import train
+
+    cfg = dataclass_from_args(TrainConfig, args)
+    if not cfg.samples:
+        raise PixNetInputError("--samples", "no manifest given", "pass --samples MANIFEST.csv")
+    samples = load_manifest(cfg.samples)
+    known = {s.sample_id for s in samples}
+    unknown = sorted(set(cfg.holdout) - known)
+    if unknown:
+        raise PixNetInputError(
+            cfg.samples, f"--holdout names unknown samples {unknown}",
+            f"known: {sorted(known)}",
+        )
+    train_samples = [s for s in samples if s.sample_id not in set(cfg.holdout)]
+    path = train(cfg, train_samples)
+    print(f"model written to {path}")
+    return 0
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    from pixnet.example_job import run_example
+
+    run_example(Path(args.out), epochs=args.epochs, overwrite=args.overwrite)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pixnet.config import add_dataclass_arguments
+    from pixnet.train.config import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="pixnet", description="Dense spatial gene expression prediction from H&E slides."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="list the samples of a manifest")
+    p.add_argument("manifest", help="sample manifest CSV")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("train", help="train a PixNet model")
+    add_dataclass_arguments(p, TrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "example", help="generate an example dataset and run train -> predict -> plot on it"
+    )
+    p.add_argument("--out", default="example-run", help="output folder")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing example run")
+    p.set_defaults(func=_cmd_example)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except PixNetInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Training crops that hold whole spots, with geometry-aware augmentation.
+
+A sample's image is read once at the working resolution (``working_mpp``); spots are
+kept in working pixels. Each training item is a square crop anchored on a supervised
+spot (so every crop holds at least one whole spot) placed at random around it; every
+spot that lies wholly inside the crop is supervised. Flips and 90-degree rotations move
+the spot centres with the image; stain/colour jitter changes only the image.
+
+Continuous coordinates: pixel ``(row i, column j)`` of a crop covers
+``[j, j+1) x [i, i+1)``; a crop of side ``S`` spans ``[0, S]`` on both axes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pixnet.io.sample import Sample
+from pixnet.io.slide import open_slide
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SlideSpots:
+    """One sample at the working resolution.
+
+    Attributes:
+        sample_id: the sample's id.
+        image: ``(H, W, 3)`` uint8 RGB at ``working_mpp``.
+        working_mpp: micrometres per working pixel.
+        scale_xy: working pixels per full-resolution pixel along x and y.
+        centres_wpx: ``(N, 2)`` spot centres (x, y) in working pixels.
+        size_wpx: spot diameter (disk) or side (square) in working pixels.
+        shape: ``"disk"`` or ``"square"``.
+        targets: ``(N, G)`` float32 log-normalised targets, or ``None``.
+        supervised: ``(N,)`` bool, spots whose targets may be used for training.
+    """
+
+    sample_id: str
+    image: np.ndarray
+    working_mpp: float
+    scale_xy: tuple[float, float]
+    centres_wpx: np.ndarray
+    size_wpx: float
+    shape: str
+    targets: np.ndarray | None
+    supervised: np.ndarray
+
+
+def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | None) -> SlideSpots:
+    """Read ``sample``'s image at ``working_mpp`` and convert its spots to working pixels."""
+    if sample.image_path is None:
+        raise ValueError(f"{sample.sample_id}: sample has no image")
+    with open_slide(sample.image_path, mpp=sample.mpp) as slide:
+        image = np.asarray(slide.read_level_image(working_mpp))
+        w0, h0 = slide.size_px
+    scale = (image.shape[1] / w0, image.shape[0] / h0)
+    centres = sample.centres_px * np.array(scale)[None, :]
+    n = sample.n_spots
+    return SlideSpots(
+        sample_id=sample.sample_id,
+        image=image,
+        working_mpp=working_mpp,
+        scale_xy=scale,
+        centres_wpx=centres,
+        size_wpx=sample.spot_size_um / working_mpp,
+        shape=sample.spot_shape,
+        targets=targets,
+        supervised=np.ones(n, dtype=bool),
+    )
+
+
+def block_validation_mask(
+    centres: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Hold out a contiguous horizontal band of spots (``fraction`` of them).
+
+    Bands rather than random spots, so validation spots are not surrounded by
+    supervised neighbours. Returns ``(N,)`` bool, True = validation.
+    """
+    n = len(centres)
+    k = int(round(fraction * n))
+    if k <= 0 or n < 2:
+        return np.zeros(n, dtype=bool)
+    order = np.argsort(centres[:, 1], kind="stable")
+    start = int(rng.integers(0, n - k + 1))
+    mask = np.zeros(n, dtype=bool)
+    mask[order[start : start + k]] = True
+    return mask
+
+
+def crop_image(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """``(size, size, 3)`` crop with top-left ``(x0, y0)``; outside the image is white."""
+    H, W = image.shape[:2]
+    out = np.full((size, size, 3), 255, dtype=np.uint8)
+    xa, ya = max(x0, 0), max(y0, 0)
+    xb, yb = min(x0 + size, W), min(y0 + size, H)
+    if xb > xa and yb > ya:
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    return out
+
+
+def rot_flip_points(points: np.ndarray, size: float, k: int, flip: bool) -> np.ndarray:
+    """Move ``(n, 2)`` (x, y) points the way :func:`rot_flip_image` moves the image.
+
+    ``flip`` mirrors left-right first, then ``k`` quarter turns counter-clockwise
+    (``np.rot90`` convention) of a square of side ``size``.
+    """
+    x, y = points[:, 0].copy(), points[:, 1].copy()
+    if flip:
+        x = size - x
+    for _ in range(k % 4):
+        x, y = y, size - x
+    return np.stack([x, y], axis=1)
+
+
+def rot_flip_image(img: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """``(H, W, C)`` image mirrored left-right (if ``flip``) then rotated ``k`` quarter turns."""
+    if flip:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(np.rot90(img, k=k % 4, axes=(0, 1)))
+
+
+# Haematoxylin / eosin / residual optical-density vectors (Ruifrok & Johnston).
+_HED = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
+_HED = _HED / np.linalg.norm(_HED, axis=1, keepdims=True)
+_HED_INV = np.linalg.inv(_HED)
+
+
+def stain_jitter(
+    img: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02
+) -> np.ndarray:
+    """HED colour augmentation (Tellez et al. 2018): scale and shift stain densities."""
+    od = -np.log((img.astype(np.float32) + 1.0) / 256.0)
+    conc = od.reshape(-1, 3) @ _HED_INV.astype(np.float32)
+    alpha = rng.uniform(1 - sigma, 1 + sigma, size=3).astype(np.float32)
+    beta = rng.uniform(-bias, bias, size=3).astype(np.float32)
+    od2 = (conc * alpha + beta) @ _HED.astype(np.float32)
+    rgb = 256.0 * np.exp(-od2) - 1.0
+    return np.clip(rgb, 0, 255).reshape(img.shape).astype(np.uint8)
+
+
+@dataclass
+class CropBatch:
+    """A batch of crops and the supervised spots inside them.
+
+    Attributes:
+        images: ``(B, 3, S, S)`` float in [0, 1].
+        centres: ``(n, 2)`` spot centres (x, y) in crop pixels.
+        batch_index: ``(n,)`` crop each spot lies in.
+        sizes: ``(n,)`` spot diameters / sides in crop pixels.
+        targets: ``(n, G)``.
+        shape: spot shape of the batch.
+    """
+
+    images: Tensor
+    centres: Tensor
+    batch_index: Tensor
+    sizes: Tensor
+    targets: Tensor
+    shape: str
+
+
+def _to_tensor_images(crops: list[np.ndarray]) -> Tensor:
+    arr = np.stack(crops).astype(np.float32) / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+class CropSampler:
+    """Deterministic (per seed and epoch) stream of training crop batches.
+
+    Args:
+        slides: the training samples at the working resolution.
+        crop_px: crop side in working pixels (multiple of 32).
+        seed: base seed; epoch ``e`` uses ``(seed, e)`` so a resumed run sees the same
+            crops as an uninterrupted one.
+        augment: flips, rotations and stain jitter.
+        crops_per_epoch: crops per epoch; default: about one supervision per spot.
+    """
+
+    def __init__(
+        self,
+        slides: list[SlideSpots],
+        crop_px: int,
+        seed: int = 0,
+        augment: bool = True,
+        crops_per_epoch: int | None = None,
+    ) -> None:
+        shapes = {s.shape for s in slides}
+        if len(shapes) > 1:
+            raise ValueError(f"training samples mix spot shapes {sorted(shapes)}")
+        self.slides = slides
+        self.crop_px = int(crop_px)
+        self.seed = seed
+        self.augment = augment
+        self.anchors = np.array(
+            [(i, j) for i, s in enumerate(slides) for j in np.flatnonzero(s.supervised)],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        if len(self.anchors) == 0:
+            raise ValueError("no supervised spots to train on")
+        for s in slides:
+            if s.size_wpx > self.crop_px:
+                raise ValueError(
+                    f"{s.sample_id}: spots ({s.size_wpx:.0f} working px) do not fit in a "
+                    f"{self.crop_px}px crop; raise crop_px or working_mpp"
+                )
+        if crops_per_epoch is None:
+            pitch = np.mean([_median_pitch(s.centres_wpx) for s in slides])
+            spots_per_crop = max(1.0, (self.crop_px / max(pitch, 1.0)) ** 2 * 0.5)
+            crops_per_epoch = int(np.ceil(len(self.anchors) / spots_per_crop))
+        self.crops_per_epoch = int(crops_per_epoch)
+
+    def _crop(self, rng: np.random.Generator, slide_i: int, spot_j: int) -> tuple:
+        s = self.slides[slide_i]
+        S = self.crop_px
+        half = 0.5 * s.size_wpx
+        cx, cy = s.centres_wpx[spot_j]
+        lo_x, hi_x = cx + half - S, cx - half
+        lo_y, hi_y = cy + half - S, cy - half
+        x0 = int(np.floor(rng.uniform(lo_x, hi_x))) if hi_x > lo_x else int(np.floor(lo_x))
+        y0 = int(np.floor(rng.uniform(lo_y, hi_y))) if hi_y > lo_y else int(np.floor(lo_y))
+        img = crop_image(s.image, x0, y0, S)
+        local = s.centres_wpx - np.array([x0, y0], dtype=np.float64)
+        inside = (
+            s.supervised
+            & (local[:, 0] - half >= 0)
+            & (local[:, 0] + half <= S)
+            & (local[:, 1] - half >= 0)
+            & (local[:, 1] + half <= S)
+        )
+        inside[spot_j] = True
+        pts = local[inside]
+        if self.augment:
+            k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+            img = rot_flip_image(img, k, flip)
+            pts = rot_flip_points(pts, S, k, flip)
+            img = stain_jitter(img, rng)
+        assert s.targets is not None
+        return img, pts, s.targets[inside], s.size_wpx
+
+    def epoch(self, epoch: int, batch_size: int) -> Iterator[CropBatch]:
+        """Yield the batches of epoch ``epoch`` (same for the same seed and epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        pick = rng.choice(
+            len(self.anchors),
+            size=self.crops_per_epoch,
+            replace=self.crops_per_epoch > len(self.anchors),
+        )
+        for b in range(0, len(pick), batch_size):
+            items = [self._crop(rng, *self.anchors[a]) for a in pick[b : b + batch_size]]
+            yield collate(items, self.slides[0].shape)
+
+    def n_batches(self, batch_size: int) -> int:
+        return int(np.ceil(self.crops_per_epoch / batch_size))
+
+
+def collate(items: list[tuple], shape: str) -> CropBatch:
+    """Stack ``(image, centres, targets, size)`` items into a :class:`CropBatch`."""
+    imgs, cents, targs, bidx, sizes = [], [], [], [], []
+    for i, (img, pts, t, size) in enumerate(items):
+        imgs.append(img)
+        cents.append(pts)
+        targs.append(t)
+        bidx.append(np.full(len(pts), i))
+        sizes.append(np.full(len(pts), size))
+    return CropBatch(
+        images=_to_tensor_images(imgs),
+        centres=torch.from_numpy(np.concatenate(cents)).float(),
+        batch_index=torch.from_numpy(np.concatenate(bidx)).long(),
+        sizes=torch.from_numpy(np.concatenate(sizes)).float(),
+        targets=torch.from_numpy(np.concatenate(targs)).float(),
+        shape=shape,
+    )
+
+
+def centred_crops(
+    slide: SlideSpots, spot_indices: np.ndarray, crop_px: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, CropBatch]]:
+    """Crops centred on each given spot (no augmentation), for validation.
+
+    Yields ``(spot_indices_of_batch, batch)``; each crop supervises only its centre spot.
+    """
+    for b in range(0, len(spot_indices), batch_size):
+        idx = spot_indices[b : b + batch_size]
+        items = []
+        for j in idx:
+            cx, cy = slide.centres_wpx[j]
+            x0, y0 = int(np.floor(cx - crop_px / 2)), int(np.floor(cy - crop_px / 2))
+            img = crop_image(slide.image, x0, y0, crop_px)
+            pts = np.array([[cx - x0, cy - y0]])
+            t = slide.targets[j : j + 1] if slide.targets is not None else np.zeros((1, 0))
+            items.append((img, pts, t, slide.size_wpx))
+        yield idx, collate(items, slide.shape)
+
+
+def _median_pitch(centres: np.ndarray) -> float:
+    """Median nearest-neighbour distance between spot centres."""
+    if len(centres) < 2:
+        return 1.0
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(centres).query(centres, k=2)
+    return float(np.median(d[:, 1]))

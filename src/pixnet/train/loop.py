@@ -1,0 +1,261 @@
+"""Sparse-supervised training of PixNet on whole-spot crops (``pixnet train``).
+
+Per epoch: crops from the training samples (:class:`~pixnet.data.crops.CropSampler`),
+the map is predicted for each crop, integrated over the supervised spots inside it
+(:mod:`pixnet.ops.aggregate`) and compared with their targets (paper Eq. 10). A
+validation band of spots drawn from the training samples (never a test sample) picks
+the best epoch, whose weights go into ``model.pt`` with everything prediction needs.
+
+Run folder: ``config.json`` (resolved configuration), ``log.jsonl`` (one line per
+epoch), ``checkpoint.pt`` (last epoch, for ``--resume``), ``model.pt`` (best epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pixnet.config import save_config
+from pixnet.data.crops import (
+    CropBatch,
+    CropSampler,
+    SlideSpots,
+    block_validation_mask,
+    centred_crops,
+    load_slide_spots,
+)
+from pixnet.data.preprocess import GenePanel, fit_gene_panel
+from pixnet.errors import PixNetInputError
+from pixnet.io.atomic import atomic_write, check_writable
+from pixnet.io.modelfile import save_model_file
+from pixnet.io.sample import Sample
+from pixnet.models.pixnet import PixNet, build_pixnet, from_preset
+from pixnet.ops.aggregate import integrate_spots
+from pixnet.ops.losses import pearson_per_gene, pixnet_loss
+from pixnet.ops.readout import check_readout, prepare_map, spot_values
+from pixnet.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def predict_batch(model: PixNet, batch: CropBatch, readout: str) -> torch.Tensor:
+    """Spot predictions ``(n, G)`` for the spots of a crop batch."""
+    head = model(batch.images)
+    stride = model.map_stride
+    maps = prepare_map(head, readout)
+    integ, area = integrate_spots(
+        maps, batch.centres / stride, batch.sizes / stride, batch.shape, batch.batch_index
+    )
+    return spot_values(integ, area, readout, cell_area_px=float(stride * stride))
+
+
+def validate(
+    model: PixNet,
+    slides: list[SlideSpots],
+    val_masks: list[np.ndarray],
+    cfg: TrainConfig,
+) -> dict[str, float]:
+    """Validation MSE, PCC@M and loss over the held-out spots of all training samples."""
+    model.eval()
+    preds, targets = [], []
+    with torch.no_grad():
+        for s, mask in zip(slides, val_masks, strict=True):
+            idx = np.flatnonzero(mask)
+            for _, batch in centred_crops(s, idx, cfg.crop_px, cfg.batch_size):
+                preds.append(predict_batch(model, batch, cfg.readout))
+                targets.append(batch.targets)
+    if not preds:
+        return {}
+    p, t = torch.cat(preds), torch.cat(targets)
+    mse = float(torch.mean((p - t) ** 2))
+    varying = t.std(dim=0) > 0
+    pcc = float(pearson_per_gene(p[:, varying], t[:, varying]).mean()) if varying.any() else 0.0
+    return {"val_mse": mse, "val_pcc_m": pcc, "val_loss": mse + cfg.pcc_weight * (1 - pcc)}
+
+
+def _checkpoint_state(
+    model: PixNet, opt: torch.optim.Optimizer, epoch: int, best: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "best": best,
+    }
+
+
+def _prepare(cfg: TrainConfig, samples: list[Sample]) -> tuple[GenePanel, list[SlideSpots]]:
+    panel = fit_gene_panel(samples, n_genes=cfg.n_genes)
+    slides = []
+    for s in tqdm(samples, desc="reading slides", unit="slide", leave=False):
+        slides.append(load_slide_spots(s, cfg.working_mpp, panel.transform(s)))
+    return panel, slides
+
+
+def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
+    """Train on ``samples`` (test samples already removed); return the model file path.
+
+    Raises:
+        PixNetInputError: bad configuration, or an existing run without ``--resume`` /
+            ``--overwrite``.
+    """
+    check_readout(cfg.readout)
+    if cfg.crop_px % 32:
+        raise PixNetInputError(
+            "train config",
+            f"crop_px={cfg.crop_px} is not a multiple of 32",
+            f"use --crop-px {int(np.ceil(cfg.crop_px / 32) * 32)}",
+        )
+    if not samples:
+        raise PixNetInputError("train config", "no training samples left after --holdout")
+    out = Path(cfg.out)
+    ckpt_path, model_path = out / "checkpoint.pt", out / "model.pt"
+    if not cfg.resume:
+        check_writable(model_path, cfg.overwrite)
+        check_writable(ckpt_path, cfg.overwrite)
+    elif not ckpt_path.is_file():
+        raise PixNetInputError(ckpt_path, "no checkpoint to resume from", "drop --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    panel, slides = _prepare(cfg, samples)
+    rng = np.random.default_rng([cfg.seed, 12345])
+    val_masks = [block_validation_mask(s.centres_wpx, cfg.val_fraction, rng) for s in slides]
+    for s, m in zip(slides, val_masks, strict=True):
+        s.supervised = ~m
+    sampler = CropSampler(
+        slides,
+        cfg.crop_px,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        crops_per_epoch=cfg.crops_per_epoch or None,
+    )
+    mcfg = from_preset(cfg.preset, n_genes=panel.n_genes, pretrained=cfg.pretrained)
+    model = build_pixnet(mcfg)
+    _init_head(model, panel, cfg.readout, spot_area_wpx=_spot_area(slides[0]))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    geometry = {
+        "working_mpp": cfg.working_mpp,
+        "readout": cfg.readout,
+        "map_stride": model.map_stride,
+        "spot_shape": slides[0].shape,
+        "spot_size_um": float(samples[0].spot_size_um),
+        "crop_px": cfg.crop_px,
+    }
+    n_val = int(sum(m.sum() for m in val_masks))
+    save_config(
+        cfg,
+        out / "config.json",
+        extra={
+            "model_config": mcfg.to_dict(),
+            "geometry": geometry,
+            "train_samples": [s.sample_id for s in samples],
+            "n_train_spots": int(len(sampler.anchors)),
+            "n_val_spots": n_val,
+            "crops_per_epoch_resolved": sampler.crops_per_epoch,
+        },
+    )
+    start, best = 0, {"val_loss": float("inf"), "epoch": -1}
+    if cfg.resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best = int(state["epoch"]) + 1, dict(state["best"])
+        log.info("resumed from %s at epoch %d", ckpt_path, start)
+    log.info(
+        "training on %s: %d supervised spots, %d validation spots, %d genes, %d crops/epoch",
+        ", ".join(s.sample_id for s in samples),
+        len(sampler.anchors),
+        n_val,
+        panel.n_genes,
+        sampler.crops_per_epoch,
+    )
+    log_path = out / "log.jsonl"
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
+        n_b = 0
+        bar = tqdm(
+            sampler.epoch(epoch, cfg.batch_size),
+            total=sampler.n_batches(cfg.batch_size),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+        )
+        for batch in bar:
+            pred = predict_batch(model, batch, cfg.readout)
+            loss, parts = pixnet_loss(pred, batch.targets, cfg.pcc_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums["loss"] += float(loss)
+            sums["mse"] += parts["mse"]
+            sums["pcc"] += parts["pcc"]
+            n_b += 1
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
+            **validate(model, slides, val_masks, cfg),
+        }
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        # without validation spots the last epoch is kept
+        if "val_loss" not in record or record["val_loss"] < best["val_loss"]:
+            best = {"val_loss": record.get("val_loss", float("nan")), "epoch": epoch}
+            save_model_file(
+                model_path,
+                state_dict=model.state_dict(),
+                model_config=mcfg.to_dict(),
+                panel=panel.to_dict(),
+                geometry=geometry,
+                train_config=asdict(cfg),
+            )
+        record["best_epoch"] = best["epoch"]
+        state = _checkpoint_state(model, opt, epoch, best)
+        atomic_write(ckpt_path, lambda t, st=state: torch.save(st, t))
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        log.info(
+            "epoch %d: loss %.4f val_mse %s val_pcc_m %s (%.1fs)",
+            epoch,
+            record["train_loss"],
+            _fmt(record.get("val_mse")),
+            _fmt(record.get("val_pcc_m")),
+            record["seconds"],
+        )
+    return model_path
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _spot_area(s: SlideSpots) -> float:
+    """Area of one training spot in working pixels."""
+    return float(np.pi * (s.size_wpx / 2) ** 2) if s.shape == "disk" else float(s.size_wpx**2)
+
+
+def _init_head(model: PixNet, panel: GenePanel, readout: str, spot_area_wpx: float) -> None:
+    """Start the map at the training mean, on the scale of the chosen read-out."""
+    mean = torch.tensor(panel.mean_targets, dtype=torch.float32)
+    if readout == "density":
+        # softplus(b) = expm1(mean) so that log1p(mean density) = mean target
+        d = torch.expm1(mean).clamp(min=1e-4)
+        bias = d + torch.log(-torch.expm1(-d))
+    elif readout == "sum":
+        bias = mean / spot_area_wpx  # the literal sum over a training spot = the mean
+    else:
+        bias = mean
+    model.head_bias_init(bias)
