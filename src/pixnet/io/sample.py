@@ -74,12 +74,14 @@ class Sample:
                 )
         if not (np.isfinite(self.mpp) and self.mpp > 0):
             raise PixNetInputError(
-                self.sample_id, f"pixel size mpp={self.mpp!r} is not a positive number",
+                self.sample_id,
+                f"pixel size mpp={self.mpp!r} is not a positive number",
                 "pass --mpp or the manifest column 'mpp'",
             )
         if not (np.isfinite(self.spot_size_um) and self.spot_size_um > 0):
             raise PixNetInputError(
-                self.sample_id, f"spot size {self.spot_size_um!r} um is not positive",
+                self.sample_id,
+                f"spot size {self.spot_size_um!r} um is not positive",
                 "pass the manifest column 'spot_diameter_um'",
             )
 
