@@ -53,18 +53,24 @@ def test_square_is_exact(cx: float, cy: float, s: float) -> None:
     h = s / 2
     cov = _coverage(16, 20, lambda X, Y: (np.abs(X - cx) <= h) & (np.abs(Y - cy) <= h), ss=80)
     ref, ref_area = _brute(maps, cov)
-    integ, area = integrate_squares(torch.tensor(maps)[None], torch.tensor([[cx, cy]]), s)
-    assert float(area[0]) == pytest.approx(ref_area, rel=1e-2, abs=1e-2)
-    np.testing.assert_allclose(integ[0].numpy(), ref, rtol=1e-2, atol=1e-2)
+    for direct_max_side in (0.0, 100.0):  # integral image, direct gather
+        integ, area = integrate_squares(
+            torch.tensor(maps)[None], torch.tensor([[cx, cy]]), s, direct_max_side=direct_max_side
+        )
+        assert float(area[0]) == pytest.approx(ref_area, rel=1e-2, abs=1e-2)
+        np.testing.assert_allclose(integ[0].numpy(), ref, rtol=1e-2, atol=1e-2)
 
 
 def test_square_aligned_to_cells_is_exact_sum() -> None:
     maps = torch.arange(2 * 6 * 8, dtype=torch.float64).reshape(1, 2, 6, 8)
     # a 2x2 square covering cells rows 1-2, cols 3-4
-    integ, area = integrate_squares(maps, torch.tensor([[4.0, 2.0]]), 2.0)
     expect = maps[0, :, 1:3, 3:5].sum(dim=(1, 2))
-    torch.testing.assert_close(integ[0], expect)
-    assert float(area[0]) == 4.0
+    for direct_max_side in (0.0, 100.0):
+        integ, area = integrate_squares(
+            maps, torch.tensor([[4.0, 2.0]]), 2.0, direct_max_side=direct_max_side
+        )
+        torch.testing.assert_close(integ[0], expect)
+        assert float(area[0]) == 4.0
 
 
 def test_many_spots_batched_and_vectorised() -> None:

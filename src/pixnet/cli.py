@@ -61,6 +61,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pixnet.config import dataclass_from_args
+    from pixnet.predict.job import PredictConfig, run_predict
+
+    for path in run_predict(dataclass_from_args(PredictConfig, args)):
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_example(args: argparse.Namespace) -> int:
     from pixnet.example_job import run_example
 
@@ -85,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a PixNet model")
     add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
+
+    from pixnet.predict.job import PredictConfig
+
+    p = sub.add_parser("predict", help="predict expression at spots, bins or a CSV of centres")
+    add_dataclass_arguments(p, PredictConfig)
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
         "example", help="generate an example dataset and run train -> predict -> plot on it"

@@ -1,0 +1,131 @@
+"""Write AnnData ``.h5ad`` files row block by row block, so that memory does not grow
+with the number of spots (millions of 2 um bins x hundreds of genes).
+
+The file follows anndata's on-disk specification (``X`` dense float, ``obs`` with its
+``_index``, ``var``, ``obsm["spatial"]``, ``uns``) and is read back by
+``anndata.read_h5ad``. It is written under a temporary name and renamed on
+:meth:`StreamingH5ad.close`; on an error nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pixnet.io.atomic import check_writable
+
+_STR_ATTRS = {"encoding-type": "string-array", "encoding-version": "0.2.0"}
+
+
+class StreamingH5ad:
+    """An ``.h5ad`` with ``n_obs`` rows whose ``X``, ids and coordinates arrive in blocks.
+
+    Args:
+        path: output file.
+        n_obs: number of rows (spots or bins).
+        var_names: gene names (columns of ``X``).
+        dtype: dtype of ``X`` (``float32`` or ``float16``).
+        overwrite: replace an existing ``path``.
+
+    Use :meth:`write_rows` for each block (any order; indices need not be contiguous),
+    then :meth:`finish` with ``uns`` and extra ``obs`` columns.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        n_obs: int,
+        var_names: list[str],
+        dtype: str = "float32",
+        overwrite: bool = False,
+    ) -> None:
+        import h5py
+
+        self.path = check_writable(path, overwrite)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.n_obs = int(n_obs)
+        self.n_vars = len(var_names)
+        self._written = np.zeros(self.n_obs, dtype=bool)
+        self.f = h5py.File(self.tmp, "w")
+        self.f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        chunk_rows = max(1, min(self.n_obs, 1 << 20 // max(self.n_vars, 1)))
+        self.X = self.f.create_dataset(
+            "X", shape=(self.n_obs, self.n_vars), dtype=dtype,
+            chunks=(chunk_rows, self.n_vars) if self.n_obs else None,
+        )
+        self.X.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        obs = self.f.create_group("obs")
+        self.ids = obs.create_dataset(
+            "_index", shape=(self.n_obs,), dtype=h5py.string_dtype("utf-8")
+        )
+        self.ids.attrs.update(_STR_ATTRS)
+        obsm = self.f.create_group("obsm")
+        obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        self.spatial = obsm.create_dataset("spatial", shape=(self.n_obs, 2), dtype="float64")
+        self.spatial.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        self._var_names = list(var_names)
+
+    def write_rows(
+        self, rows: np.ndarray, X: np.ndarray, ids: list[str], spatial: np.ndarray
+    ) -> None:
+        """Write rows ``rows`` (``(n,)`` int) of ``X (n, G)``, ids and ``spatial (n, 2)``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return
+        order = np.argsort(rows)
+        r = rows[order]
+        if len(r) > 1 and np.any(np.diff(r) == 0):
+            raise ValueError("write_rows: duplicated row indices")
+        if np.all(np.diff(r) == 1):  # contiguous block: one slice write
+            sl: Any = slice(int(r[0]), int(r[-1]) + 1)
+        else:
+            sl = r
+        self.X[sl] = np.asarray(X)[order].astype(self.X.dtype)
+        self.ids[sl] = np.asarray(ids, dtype=object)[order]
+        self.spatial[sl] = np.asarray(spatial, dtype=np.float64)[order]
+        self._written[r] = True
+
+    def finish(self, uns: dict[str, Any], obs_columns: dict[str, np.ndarray] | None = None) -> Path:
+        """Write ``var``, ``uns`` and extra ``obs`` columns; rename onto the final path."""
+        from anndata.io import write_elem
+
+        missing = int((~self._written).sum())
+        if missing:
+            raise RuntimeError(f"{self.path}: {missing} rows were never written")
+        obs = self.f["obs"]
+        cols = list((obs_columns or {}).keys())
+        for name, values in (obs_columns or {}).items():
+            write_elem(obs, name, np.asarray(values))
+        obs.attrs.update(
+            {
+                "encoding-type": "dataframe", "encoding-version": "0.2.0",
+                "_index": "_index", "column-order": np.array(cols, dtype=object),
+            }
+        )
+        write_elem(self.f, "var", pd.DataFrame(index=pd.Index(self._var_names, dtype=str)))
+        write_elem(self.f, "uns", uns)
+        for group in ("layers", "obsp", "varm", "varp"):
+            write_elem(self.f, group, {})
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (nothing is left behind)."""
+        try:
+            self.f.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+    def __enter__(self) -> StreamingH5ad:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None or self.tmp.exists():
+            self.abort()

@@ -1,0 +1,213 @@
+"""``pixnet predict``: a trained model and a slide in, ``.h5ad`` predictions out.
+
+Outputs (scanpy/squidpy layout): ``X`` predictions on the training targets' scale
+(``log1p(1e4 * count / total)``), ``obs_names`` spot or bin ids, ``var_names`` genes,
+``obsm["spatial"]`` (x, y) full-resolution pixels, ``uns["spatial"][library_id]`` with a
+downscaled image and its scalefactors, ``uns["pixnet"]`` with the model, configuration,
+pixel size and spot geometry. The sample's own spots go to ``--out``; every other spot
+set to ``{out stem}.{set}.h5ad`` beside it (e.g. ``C6.bins_8um.h5ad``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixnet.errors import PixNetInputError
+from pixnet.io.atomic import check_writable
+from pixnet.io.h5ad_writer import StreamingH5ad
+from pixnet.io.sample import Sample
+from pixnet.io.slide import open_slide
+from pixnet.io.tissue import tissue_mask
+from pixnet.predict.spotsets import BinGrid, ExplicitSpots, SpotSet, read_spots_csv
+from pixnet.predict.tiled import load_predictor, predict_slide
+
+log = logging.getLogger(__name__)
+
+HIRES_MAX_SIDE = 2000
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class PredictConfig:
+    model: str = field(default="", metadata=_h("model.pt written by pixnet train"))
+    out: str = field(default="", metadata=_h("output .h5ad for the sample's own spots"))
+    samples: str = field(default="", metadata=_h("sample manifest CSV"))
+    sample: str = field(default="", metadata=_h("sample id in the manifest"))
+    image: str = field(default="", metadata=_h("bare image to predict on (instead of a sample)"))
+    mpp: float | None = field(default=None, metadata=_h("um per pixel of --image"))
+    spot_diameters_um: list[float] = field(
+        default_factory=list,
+        metadata=_h("also predict the sample's centres as disks of these diameters"),
+    )
+    bins_um: list[float] = field(
+        default_factory=list,
+        metadata=_h("also predict square bins of these sides tiling the tissue"),
+    )
+    spots_csv: str = field(
+        default="",
+        metadata=_h("CSV of centres x, y (full-res px), optional id, diameter_um/side_um"),
+    )
+    tile_px: int = field(default=512, metadata=_h("tile side, working pixels"))
+    margin_px: int = field(default=64, metadata=_h("context around each tile, working pixels"))
+    dtype: str = field(default="float32", metadata=_h("X dtype: float32 or float16"))
+    skip_background: bool = field(default=True, metadata=_h("do not run tiles without tissue"))
+    overwrite: bool = field(default=False, metadata=_h("replace existing outputs"))
+
+
+def _set_path(out: Path, name: str) -> Path:
+    return out.with_name(f"{out.stem}.{name}.h5ad")
+
+
+def build_spot_sets(
+    cfg: PredictConfig,
+    sample: Sample | None,
+    mpp: float,
+    size_px: tuple[int, int],
+    tissue: tuple[np.ndarray, float],
+) -> list[tuple[SpotSet, Path]]:
+    """The spot sets asked for, each with its output path."""
+    out = Path(cfg.out)
+    sets: list[tuple[SpotSet, Path]] = []
+    if sample is not None:
+        sets.append(
+            (
+                ExplicitSpots(
+                    "spots",
+                    sample.spot_ids,
+                    sample.centres_px,
+                    sample.spot_size_px,
+                    sample.spot_shape,
+                    sample.spot_size_um,
+                ),
+                out,
+            )
+        )
+        for d in cfg.spot_diameters_um:
+            sets.append(
+                (
+                    ExplicitSpots(
+                        f"disk_{d:g}um", sample.spot_ids, sample.centres_px, d / mpp, "disk", d
+                    ),
+                    _set_path(out, f"disk_{d:g}um"),
+                )
+            )
+    elif cfg.spot_diameters_um:
+        raise PixNetInputError(
+            "--spot-diameters-um", "needs spot centres", "use --samples/--sample or --spots-csv"
+        )
+    for b in cfg.bins_um:
+        if b <= 0:
+            raise PixNetInputError("--bins-um", f"bin size {b} is not positive")
+        grid = BinGrid(b, mpp, size_px, tissue[0], tissue[1])
+        sets.append((grid, _set_path(out, grid.name)))
+    if cfg.spots_csv:
+        spots = read_spots_csv(cfg.spots_csv, mpp, default_size_um=55.0)
+        sets.append((spots, _set_path(out, spots.name)))
+    if not sets:
+        raise PixNetInputError(
+            "pixnet predict",
+            "nothing to predict",
+            "give --samples/--sample, or --image with --bins-um or --spots-csv",
+        )
+    return sets
+
+
+def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
+    """Run prediction as configured; return the written ``.h5ad`` paths."""
+    if not cfg.model:
+        raise PixNetInputError("--model", "no model given", "pass --model runs/.../model.pt")
+    if not cfg.out:
+        raise PixNetInputError("--out", "no output given", "pass --out pred/NAME.h5ad")
+    if cfg.dtype not in ("float32", "float16"):
+        raise PixNetInputError("--dtype", f"{cfg.dtype!r} unknown", "use float32 or float16")
+    predictor = load_predictor(cfg.model)
+    if sample is None and cfg.samples:
+        from pixnet.io.manifest import load_manifest
+
+        if not cfg.sample:
+            raise PixNetInputError("--sample", "no sample id given", "pass --sample ID")
+        (sample,) = load_manifest(cfg.samples, [cfg.sample])
+    if sample is not None:
+        if sample.image_path is None:
+            raise PixNetInputError(
+                sample.sample_id, "sample has no image", "add 'image' to the manifest"
+            )
+        image, mpp, library_id = sample.image_path, sample.mpp, sample.sample_id
+    else:
+        if not cfg.image or cfg.mpp is None:
+            raise PixNetInputError(
+                "pixnet predict",
+                "no sample and no --image with --mpp",
+                "pass --samples M --sample ID, or --image SLIDE --mpp UM_PER_PX",
+            )
+        image, mpp, library_id = Path(cfg.image), float(cfg.mpp), Path(cfg.image).stem
+    with open_slide(image, mpp=mpp) as slide:
+        thumb, thumb_mpp = slide.thumbnail(1024)
+        mask = tissue_mask(thumb)
+        if not mask.any():
+            raise PixNetInputError(image, "no tissue found on the thumbnail", "check the image")
+        sets = build_spot_sets(cfg, sample, mpp, slide.size_px, (mask, thumb_mpp))
+        for _, path in sets:
+            check_writable(path, cfg.overwrite)
+        hires, hires_mpp = slide.thumbnail(HIRES_MAX_SIDE)
+        writers = [
+            StreamingH5ad(path, len(ss), predictor.panel.genes, cfg.dtype, cfg.overwrite)
+            for ss, path in sets
+        ]
+        try:
+
+            def sink(k: int, block: Any, values: np.ndarray) -> None:
+                writers[k].write_rows(block.rows, values, block.ids, block.centres_px)
+
+            stats = predict_slide(
+                predictor,
+                slide,
+                [ss for ss, _ in sets],
+                sink,
+                tile_px=cfg.tile_px,
+                margin_px=cfg.margin_px,
+                tissue=(mask, thumb_mpp) if cfg.skip_background else None,
+            )
+            for (ss, path), w in zip(sets, writers, strict=True):
+                size_px = ss.size_um / mpp
+                uns = {
+                    "spatial": {
+                        library_id: {
+                            "images": {"hires": np.ascontiguousarray(hires)},
+                            "scalefactors": {
+                                "tissue_hires_scalef": float(mpp / hires_mpp),
+                                "spot_diameter_fullres": float(size_px),
+                                "microns_per_pixel": float(mpp),
+                            },
+                            "metadata": {"source_image_path": str(image)},
+                        }
+                    },
+                    "pixnet": {
+                        "model": str(cfg.model),
+                        "spot_set": ss.name,
+                        "spot_shape": ss.shape,
+                        "spot_size_um": float(ss.size_um),
+                        "mpp": float(mpp),
+                        "working_mpp": predictor.working_mpp,
+                        "readout": predictor.readout,
+                        "target": f"log1p({predictor.panel.target_sum:g} * count / spot total)",
+                        "config": json.dumps(asdict(cfg)),
+                        "stats": json.dumps({k: v for k, v in stats.items()}, default=str),
+                    },
+                }
+                w.finish(uns)
+                log.info("%s: %d %s written to %s", library_id, len(ss), ss.name, path)
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+    return [p for _, p in sets]

@@ -1,0 +1,230 @@
+"""Whole-slide prediction, tile by tile, with bounded memory.
+
+The slide is read at the model's working resolution in square tiles of ``tile_px``
+working pixels, each with ``margin_px`` of context on every side that is predicted and
+thrown away, so that tiles see the same neighbourhood as a crop centred on them. The
+kept centres of the tiles are stitched into one map on a global grid, *before* any
+aggregation: a spot straddling a tile border is integrated over the stitched map, and
+gets the value it would get anywhere else.
+
+The map is held one horizontal band of tiles at a time, plus the rows of the previous
+band that the largest spot can reach; each spot is aggregated in the band that holds
+its bottom edge and its row is written to disk at once. Peak memory is therefore
+``(G + 1) x (band rows + spot rows) x (slide width in cells)`` floats, whatever the
+slide's height or the number of spots. Tiles with no tissue on the thumbnail are not
+run; their cells are marked invalid and left out of spot means (a spot wholly on them
+gets NaN).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pixnet.data.preprocess import GenePanel
+from pixnet.io.modelfile import load_model_file
+from pixnet.io.slide import Slide
+from pixnet.io.tissue import tissue_fraction_in_rect
+from pixnet.models.pixnet import PixNet, PixNetConfig
+from pixnet.ops.aggregate import integrate_spots
+from pixnet.ops.readout import prepare_map, spot_values
+from pixnet.predict.spotsets import SpotBlock, SpotSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictor:
+    """A trained model ready for inference, with what it needs to place spots."""
+
+    model: PixNet
+    panel: GenePanel
+    working_mpp: float
+    readout: str
+    path: str = ""
+    payload_info: dict[str, Any] | None = None
+
+    @property
+    def stride(self) -> int:
+        return int(self.model.map_stride)
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    """Load ``model.pt`` (weights_only) into an eval-mode :class:`Predictor`."""
+    payload = load_model_file(path)
+    mcfg = PixNetConfig.from_dict(dict(payload["model_config"]))
+    mcfg.pretrained = None  # the file's weights already hold the encoder
+    model = PixNet(mcfg)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    geo = payload["geometry"]
+    return Predictor(
+        model=model,
+        panel=GenePanel.from_dict(dict(payload["panel"])),
+        working_mpp=float(geo["working_mpp"]),
+        readout=str(geo["readout"]),
+        path=str(path),
+        payload_info={"geometry": dict(geo), "model_config": dict(payload["model_config"])},
+    )
+
+
+BlockSink = Callable[[int, SpotBlock, np.ndarray], None]
+"""Called with (spot-set index, block, predictions ``(n, G)``) for every band."""
+
+
+def predict_slide(
+    predictor: Predictor,
+    slide: Slide,
+    spot_sets: list[SpotSet],
+    sink: BlockSink,
+    *,
+    tile_px: int = 512,
+    margin_px: int = 64,
+    batch_tiles: int = 2,
+    tissue: tuple[np.ndarray, float] | None = None,
+    progress: bool = True,
+    map_sink: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> dict[str, Any]:
+    """Predict every spot of ``spot_sets`` on ``slide`` and hand them to ``sink``.
+
+    Args:
+        predictor: the model (see :func:`load_predictor`).
+        slide: the image, opened at its full-resolution ``mpp``.
+        spot_sets: where to predict (full-resolution pixel geometry).
+        sink: receives each band's predictions per spot set.
+        tile_px: kept tile side in working pixels (multiple of 32).
+        margin_px: context on each side of a tile, working pixels (multiple of 16).
+        batch_tiles: tiles per forward pass.
+        tissue: ``(mask, mask_mpp)`` from a thumbnail; tiles without tissue are skipped.
+        map_sink: optional, receives ``(first cell row, map (G, rows, W), valid)`` for
+            each band: the stitched dense map on the targets' scale (for export/plots).
+
+    Returns:
+        Statistics: tiles run and skipped, map shape, cell size.
+    """
+    if tile_px % 32 or margin_px % 16:
+        raise ValueError("tile_px must be a multiple of 32 and margin_px of 16")
+    model, s = predictor.model, predictor.stride
+    G = predictor.panel.n_genes
+    w_mpp, f_mpp = predictor.working_mpp, slide.mpp
+    to_full = w_mpp / f_mpp  # full-resolution px per working px
+    cell_px = s * to_full  # full-resolution px per map cell
+    W, H = slide.size_px
+    n_tx = max(1, math.ceil(W / to_full / tile_px))
+    n_ty = max(1, math.ceil(H / to_full / tile_px))
+    tc, mc = tile_px // s, margin_px // s  # tile and margin in cells
+    width_cells = n_tx * tc
+    max_size_cells = max((ss.max_size_px() for ss in spot_sets), default=0.0) / cell_px
+    keep = int(math.ceil(max_size_cells)) + 2
+    band_edges = np.arange(n_ty + 1, dtype=np.float64) * tc * cell_px
+    band_edges[0], band_edges[-1] = -np.inf, np.inf
+    iters = [ss.blocks(band_edges) for ss in spot_sets]
+    buf = torch.zeros((G + 1, keep + tc, width_cells), dtype=torch.float32)
+    stats = {
+        "tiles_run": 0,
+        "tiles_skipped": 0,
+        "cell_px": cell_px,
+        "map_cells": (n_ty * tc, width_cells),
+    }
+    bar = tqdm(
+        total=n_tx * n_ty, desc=f"predicting {slide.path.name}", unit="tile", disable=not progress
+    )
+    side = tile_px + 2 * margin_px
+    for ty in range(n_ty):
+        buf[:, keep:] = 0.0
+        todo = []
+        for tx in range(n_tx):
+            loc = ((tx * tile_px - margin_px) * to_full, (ty * tile_px - margin_px) * to_full)
+            if tissue is not None:
+                frac = tissue_fraction_in_rect(
+                    tissue[0], tissue[1], loc, (side * to_full, side * to_full), f_mpp
+                )
+                if frac <= 0.0:
+                    stats["tiles_skipped"] += 1
+                    bar.update(1)
+                    continue
+            todo.append((tx, loc))
+        for b in range(0, len(todo), batch_tiles):
+            chunk = todo[b : b + batch_tiles]
+            imgs = np.stack([slide.read_rect(loc, (side, side), w_mpp) for _, loc in chunk])
+            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
+            with torch.inference_mode():
+                maps = prepare_map(model(x), predictor.readout)
+            for (tx, _), m in zip(chunk, maps, strict=True):
+                buf[:G, keep:, tx * tc : (tx + 1) * tc] = m[:, mc : mc + tc, mc : mc + tc]
+                buf[G, keep:, tx * tc : (tx + 1) * tc] = 1.0
+            stats["tiles_run"] += len(chunk)
+            bar.update(len(chunk))
+        row0 = ty * tc - keep  # global cell row of buf row 0
+        for k, it in enumerate(iters):
+            block = next(it)
+            if len(block.rows):
+                sink(k, block, _aggregate(predictor, buf, block, cell_px, row0, spot_sets[k].shape))
+        if map_sink is not None:
+            vals = buf[:G, keep:]
+            if predictor.readout == "density":
+                vals = torch.log1p(vals)
+            elif predictor.readout == "sum":
+                vals = vals * float(s * s)
+            map_sink(ty * tc, vals.numpy(), buf[G, keep:].numpy() > 0)
+        buf[:, :keep] = buf[:, -keep:].clone()
+    bar.close()
+    return stats
+
+
+def _aggregate(
+    predictor: Predictor, buf: torch.Tensor, block: SpotBlock, cell_px: float, row0: int, shape: str
+) -> np.ndarray:
+    G = buf.shape[0] - 1
+    c = torch.from_numpy(block.centres_px / cell_px)
+    c[:, 1] -= row0
+    sizes = torch.from_numpy(block.sizes_px / cell_px)
+    m = buf[None]
+    if shape == "disk" or float(sizes.max()) > 6.0:  # prefix sums: accumulate in float64
+        m = m.double()
+    integ, _ = integrate_spots(m, c.to(m.dtype), sizes.to(m.dtype), shape, chunk=16384)
+    valid_area = integ[:, G]
+    vals = spot_values(integ[:, :G], valid_area, predictor.readout, float(predictor.stride**2))
+    return vals.float().numpy()
+
+
+def dense_map_region(
+    predictor: Predictor,
+    slide: Slide,
+    box_px: tuple[float, float, float, float],
+    margin_px: int = 64,
+) -> tuple[np.ndarray, float]:
+    """The dense map over a region, on the targets' scale, for figures.
+
+    Args:
+        box_px: ``(x0, y0, x1, y1)`` region in full-resolution pixels.
+        margin_px: context read around the region (working pixels), then dropped.
+
+    Returns:
+        ``(map (G, h, w) float32, cell_px)``: map cell ``(i, j)`` covers full-resolution
+        ``[x0 + j*cell_px, ...) x [y0 + i*cell_px, ...)``.
+    """
+    s = predictor.stride
+    to_full = predictor.working_mpp / slide.mpp
+    x0, y0, x1, y1 = box_px
+    w = int(math.ceil((x1 - x0) / to_full / 32.0)) * 32
+    h = int(math.ceil((y1 - y0) / to_full / 32.0)) * 32
+    m = margin_px
+    img = slide.read_rect(
+        (x0 - m * to_full, y0 - m * to_full), (w + 2 * m, h + 2 * m), predictor.working_mpp
+    )
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255.0)
+    from pixnet.ops.readout import map_values
+
+    with torch.inference_mode():
+        vals = map_values(predictor.model(x), predictor.readout, float(s * s))[0]
+    mc = m // s
+    return vals[:, mc : mc + h // s, mc : mc + w // s].numpy(), s * to_full
