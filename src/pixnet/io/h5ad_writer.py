@@ -104,7 +104,7 @@ class StreamingH5ad:
         obs.attrs.update(
             {
                 "encoding-type": "dataframe", "encoding-version": "0.2.0",
-                "_index": "_index", "column-order": np.array(cols, dtype=object),
+                "_index": "_index", "column-order": cols,
             }
         )
         write_elem(self.f, "var", pd.DataFrame(index=pd.Index(self._var_names, dtype=str)))

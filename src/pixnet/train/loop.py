@@ -200,11 +200,11 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums["loss"] += float(loss)
+            sums["loss"] += float(loss.detach())
             sums["mse"] += parts["mse"]
             sums["pcc"] += parts["pcc"]
             n_b += 1
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         record: dict[str, Any] = {
             "epoch": epoch,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
