@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pixnet.errors import PixNetInputError
@@ -52,7 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     unknown = sorted(set(cfg.holdout) - known)
     if unknown:
         raise PixNetInputError(
-            cfg.samples, f"--holdout names unknown samples {unknown}",
+            cfg.samples,
+            f"--holdout names unknown samples {unknown}",
             f"known: {sorted(known)}",
         )
     train_samples = [s for s in samples if s.sample_id not in set(cfg.holdout)]
@@ -109,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing example run")
     p.set_defaults(func=_cmd_example)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    from pixnet.eval.evaluate import register as register_evaluate
+    from pixnet.eval.plots import register as register_plot
+
+    register_evaluate(sub)
+    register_plot(sub)
     return parser
-
-
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

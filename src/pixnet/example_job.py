@@ -32,16 +32,25 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
     samples = load_manifest(manifest)
     log.info("[2/5] training on EX1, EX2 (EX3 held out) for %d epochs", epochs)
     cfg = TrainConfig(
-        samples=str(manifest), holdout=["EX3"], out=str(out / "run"), epochs=epochs,
-        n_genes=30, overwrite=overwrite,
+        samples=str(manifest),
+        holdout=["EX3"],
+        out=str(out / "run"),
+        epochs=epochs,
+        n_genes=30,
+        overwrite=overwrite,
     )
     model = train(cfg, [s for s in samples if s.sample_id != "EX3"])
     log.info("[3/5] predicting EX3 at its spots, 55 um disks and 16/8 um bins")
     pred = out / "pred" / "EX3.h5ad"
     paths = run_predict(
         PredictConfig(
-            model=str(model), out=str(pred), samples=str(manifest), sample="EX3",
-            spot_diameters_um=[55.0], bins_um=[16.0, 8.0], overwrite=overwrite,
+            model=str(model),
+            out=str(pred),
+            samples=str(manifest),
+            sample="EX3",
+            spot_diameters_um=[55.0],
+            bins_um=[16.0, 8.0],
+            overwrite=overwrite,
         )
     )
     result = {"model": model, "pred": pred}
@@ -53,8 +62,11 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
         log.info("[4/5] evaluating EX3 predictions against its measured counts")
         metrics = run_evaluate(
             EvaluateConfig(
-                pred=[str(pred)], samples=str(manifest), model=str(model),
-                out=str(out / "eval" / "EX3"), overwrite=True,
+                pred=[str(pred)],
+                samples=str(manifest),
+                model=str(model),
+                out=str(out / "eval" / "EX3"),
+                overwrite=True,
             )
         )
         result["metrics"] = out / "eval" / "EX3.md"
@@ -67,8 +79,13 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
         log.info("[5/5] plotting")
         figs = run_plot(
             PlotConfig(
-                pred=[str(p) for p in paths], out=str(out / "figures"), samples=str(manifest),
-                sample="EX3", model=str(model), overwrite=True,
+                pred=[str(p) for p in paths],
+                out=str(out / "figures"),
+                samples=str(manifest),
+                sample="EX3",
+                model=str(model),
+                overwrite=True,
+                genes=["NUC_FINE", "STROMA", "REGION_H", "H_OVER_E"],
             )
         )
         result["figures"] = out / "figures"

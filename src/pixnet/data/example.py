@@ -51,7 +51,10 @@ def write_example_section(
     # small jitter, as real spot detection has
     centres = centres + rng.normal(scale=1.5, size=centres.shape)
     means = disk_mean(field, centres, 0.5 * EXAMPLE_SPOT_DIAMETER_UM / mpp)  # (N, G)
-    filler_share = rng.dirichlet(np.ones(N_FILLER_GENES)) * 0.6 * means.sum(axis=1).mean()
+    # filler genes: the same composition in every section (a section-specific one would be
+    # a batch effect no image model can learn)
+    filler = np.random.default_rng(4242).dirichlet(np.ones(N_FILLER_GENES))
+    filler_share = filler * 0.6 * means.sum(axis=1).mean()
     expected = np.concatenate(
         [means, np.broadcast_to(filler_share, (len(centres), N_FILLER_GENES))], axis=1
     )

@@ -55,7 +55,9 @@ class StreamingH5ad:
         self.f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         chunk_rows = max(1, min(self.n_obs, 1 << 20 // max(self.n_vars, 1)))
         self.X = self.f.create_dataset(
-            "X", shape=(self.n_obs, self.n_vars), dtype=dtype,
+            "X",
+            shape=(self.n_obs, self.n_vars),
+            dtype=dtype,
             chunks=(chunk_rows, self.n_vars) if self.n_obs else None,
         )
         self.X.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
@@ -103,8 +105,10 @@ class StreamingH5ad:
             write_elem(obs, name, np.asarray(values))
         obs.attrs.update(
             {
-                "encoding-type": "dataframe", "encoding-version": "0.2.0",
-                "_index": "_index", "column-order": cols,
+                "encoding-type": "dataframe",
+                "encoding-version": "0.2.0",
+                "_index": "_index",
+                "column-order": cols,
             }
         )
         write_elem(self.f, "var", pd.DataFrame(index=pd.Index(self._var_names, dtype=str)))

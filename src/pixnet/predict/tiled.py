@@ -221,7 +221,7 @@ def dense_map_region(
     img = slide.read_rect(
         (x0 - m * to_full, y0 - m * to_full), (w + 2 * m, h + 2 * m), predictor.working_mpp
     )
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255.0)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div_(255.0)
     from pixnet.ops.readout import map_values
 
     with torch.inference_mode():

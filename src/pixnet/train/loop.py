@@ -251,9 +251,8 @@ def _init_head(model: PixNet, panel: GenePanel, readout: str, spot_area_wpx: flo
     """Start the map at the training mean, on the scale of the chosen read-out."""
     mean = torch.tensor(panel.mean_targets, dtype=torch.float32)
     if readout == "density":
-        # softplus(b) = expm1(mean) so that log1p(mean density) = mean target
-        d = torch.expm1(mean).clamp(min=1e-4)
-        bias = d + torch.log(-torch.expm1(-d))
+        # exp(b) = expm1(mean) so that log1p(mean density) = mean target
+        bias = torch.log(torch.expm1(mean).clamp(min=1e-4))
     elif readout == "sum":
         bias = mean / spot_area_wpx  # the literal sum over a training spot = the mean
     else:
