@@ -10,8 +10,9 @@ Every function returns the *integral* of the map over the spot's area inside the
 (in cell-area units) and that area, so that the caller can form the paper's literal
 sum, a mean, or a density read-out (:mod:`pixnet.ops.readout`) from one code path.
 
-* Squares (Visium HD bins, any side) use an integral image sampled bilinearly at the
-  four corners, which is exact for a piecewise-constant map at sub-cell corners.
+* Squares (Visium HD bins, any side): small ones gather the cells they overlap weighted
+  by the overlap area; larger ones use row prefix sums. Both are exact for a
+  piecewise-constant map at sub-cell corners.
 * Disks (legacy ST, Visium, any radius) use row prefix sums: each cell row the disk
   crosses is cut into a few horizontal strips; each strip contributes the exact
   integral of its row between the two chord ends (linear interpolation of the row
@@ -31,6 +32,12 @@ import torch
 from torch import Tensor
 
 _DEFAULT_CHUNK = 65536
+_MAX_GATHER = 1 << 24  # values per gathered tensor in one chunk (64 MiB of float32)
+
+
+def _chunk_size(chunk: int, per_spot: int) -> int:
+    """Spots per chunk so that one gather holds at most ``_MAX_GATHER`` values."""
+    return max(1, min(chunk, _MAX_GATHER // max(per_spot, 1)))
 
 
 def fullres_to_map_units(
@@ -116,6 +123,7 @@ def integrate_disks(
     r_min = float(r[r > 0].min()) if bool((r > 0).any()) else 1.0
     strips_per_row = min(64, max(strips_per_row, int(math.ceil(8.0 / r_min))))
     t = (torch.arange(strips_per_row, dtype=dtype, device=maps.device) + 0.5) / strips_per_row
+    chunk = _chunk_size(chunk, n_rows * strips_per_row * G)
     integrals, areas = [], []
     for s in range(0, n, chunk):
         c, rr, bb = centres[s : s + chunk], r[s : s + chunk], bidx[s : s + chunk]
@@ -141,22 +149,6 @@ def integrate_disks(
     return torch.cat(integrals), torch.cat(areas)
 
 
-def _interp_integral(ii: Tensor, b: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """Bilinear sample of the integral image ``ii (B, G, H+1, W+1)`` at real (x, y)."""
-    Hp, Wp = ii.shape[-2] - 1, ii.shape[-1] - 1
-    x = x.clamp(0.0, float(Wp))
-    y = y.clamp(0.0, float(Hp))
-    x0 = x.floor().long().clamp(max=max(Wp - 1, 0))
-    y0 = y.floor().long().clamp(max=max(Hp - 1, 0))
-    fx = (x - x0.to(x.dtype)).unsqueeze(-1)
-    fy = (y - y0.to(y.dtype)).unsqueeze(-1)
-    x1 = (x0 + 1).clamp(max=Wp)
-    y1 = (y0 + 1).clamp(max=Hp)
-    top = ii[b, :, y0, x0] * (1 - fx) + ii[b, :, y0, x1] * fx
-    bottom = ii[b, :, y1, x0] * (1 - fx) + ii[b, :, y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 def _integrate_squares_direct(
     maps: Tensor, centres: Tensor, half: Tensor, bidx: Tensor, chunk: int
 ) -> tuple[Tensor, Tensor]:
@@ -168,6 +160,7 @@ def _integrate_squares_direct(
     B, G, H, W = maps.shape
     k = int(math.ceil(2.0 * float(half.max()))) + 1
     off = torch.arange(k, device=maps.device)
+    chunk = _chunk_size(chunk, k * k * G)
     integrals, areas = [], []
     for s in range(0, len(centres), chunk):
         c, hh, bb = centres[s : s + chunk], half[s : s + chunk], bidx[s : s + chunk]
@@ -203,7 +196,9 @@ def integrate_squares(
     """Integral of ``maps`` over axis-aligned squares, and their area inside the map.
 
     Squares up to ``direct_max_side`` cells use a direct gather of overlap-weighted
-    cells; larger ones an integral image sampled at the corners. Both are exact.
+    cells; larger ones row prefix sums (each covered cell row adds its exact integral
+    between the square's sides, weighted by its overlap in y). Both are exact, and
+    neither needs a 2-D integral image (whose float32 sums lose precision on big maps).
 
     Args:
         maps: ``(B, G, H, W)`` map values per cell.
@@ -227,22 +222,28 @@ def integrate_squares(
     bidx = _as_batch_index(batch_index, n, maps.device)
     if float(half.max()) * 2.0 <= direct_max_side:
         return _integrate_squares_direct(maps, centres, half, bidx, chunk)
-    ii = torch.nn.functional.pad(maps.cumsum(dim=-1).cumsum(dim=-2), (1, 0, 1, 0))
+    # larger squares: each cell row the square covers adds its exact row integral
+    # between the two sides (row prefix sums), weighted by the row's overlap in y
+    prefix = torch.nn.functional.pad(maps.cumsum(dim=-1), (1, 0))  # (B, G, H, W + 1)
+    n_rows = int(math.ceil(2.0 * float(half.max()))) + 2
+    k = torch.arange(n_rows, device=maps.device)
+    chunk = _chunk_size(chunk, 2 * n_rows * G)
     integrals, areas = [], []
     for s in range(0, n, chunk):
         c, hh, bb = centres[s : s + chunk], half[s : s + chunk], bidx[s : s + chunk]
-        xa, xb = c[:, 0] - hh, c[:, 0] + hh
-        ya, yb = c[:, 1] - hh, c[:, 1] + hh
-        total = (
-            _interp_integral(ii, bb, xb, yb)
-            - _interp_integral(ii, bb, xa, yb)
-            - _interp_integral(ii, bb, xb, ya)
-            + _interp_integral(ii, bb, xa, ya)
-        )
-        integrals.append(total)
+        xa, xb = (c[:, 0] - hh).unsqueeze(1), (c[:, 0] + hh).unsqueeze(1)
+        ya, yb = (c[:, 1] - hh).unsqueeze(1), (c[:, 1] + hh).unsqueeze(1)
+        row = ya.floor().long() + k.unsqueeze(0)  # (m, R)
+        rf = row.to(dtype)
+        wy = (torch.minimum(rf + 1.0, yb) - torch.maximum(rf, ya)).clamp(min=0.0)
+        wy = wy * ((row >= 0) & (row < H)).to(dtype)
+        row_c = row.clamp(0, H - 1)
+        b2 = bb.unsqueeze(1).expand_as(row_c)
+        x0, x1 = xa.expand_as(wy), xb.expand_as(wy)
+        seg = _interp_prefix(prefix, b2, row_c, x1) - _interp_prefix(prefix, b2, row_c, x0)
+        integrals.append((seg * wy.unsqueeze(-1)).sum(dim=1))
         wx = xb.clamp(0.0, float(W)) - xa.clamp(0.0, float(W))
-        wy = yb.clamp(0.0, float(H)) - ya.clamp(0.0, float(H))
-        areas.append(wx * wy)
+        areas.append((wx * wy).sum(dim=1))
     return torch.cat(integrals), torch.cat(areas)
 
 

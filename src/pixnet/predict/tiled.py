@@ -92,6 +92,7 @@ def predict_slide(
     tissue: tuple[np.ndarray, float] | None = None,
     progress: bool = True,
     map_sink: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    max_spots_per_write: int = 32768,
 ) -> dict[str, Any]:
     """Predict every spot of ``spot_sets`` on ``slide`` and hand them to ``sink``.
 
@@ -104,6 +105,8 @@ def predict_slide(
         margin_px: context on each side of a tile, working pixels (multiple of 16).
         batch_tiles: tiles per forward pass.
         tissue: ``(mask, mask_mpp)`` from a thumbnail; tiles without tissue are skipped.
+        max_spots_per_write: spots aggregated and handed to ``sink`` at a time (bounds
+            the memory of the predictions in flight: ``max_spots_per_write * G`` floats).
         map_sink: optional, receives ``(first cell row, map (G, rows, W), valid)`` for
             each band: the stitched dense map on the targets' scale (for export/plots).
 
@@ -166,8 +169,8 @@ def predict_slide(
         row0 = ty * tc - keep  # global cell row of buf row 0
         for k, it in enumerate(iters):
             block = next(it)
-            if len(block.rows):
-                sink(k, block, _aggregate(predictor, buf, block, cell_px, row0, spot_sets[k].shape))
+            for sub in _split(block, max_spots_per_write):
+                sink(k, sub, _aggregate(predictor, buf, sub, cell_px, row0, spot_sets[k].shape))
         if map_sink is not None:
             vals = buf[:G, keep:]
             if predictor.readout == "density":
@@ -180,6 +183,19 @@ def predict_slide(
     return stats
 
 
+def _split(block: SpotBlock, size: int) -> list[SpotBlock]:
+    """``block`` cut into pieces of at most ``size`` spots (none if it is empty)."""
+    return [
+        SpotBlock(
+            block.rows[i : i + size],
+            block.ids[i : i + size],
+            block.centres_px[i : i + size],
+            block.sizes_px[i : i + size],
+        )
+        for i in range(0, len(block.rows), size)
+    ]
+
+
 def _aggregate(
     predictor: Predictor, buf: torch.Tensor, block: SpotBlock, cell_px: float, row0: int, shape: str
 ) -> np.ndarray:
@@ -187,10 +203,9 @@ def _aggregate(
     c = torch.from_numpy(block.centres_px / cell_px)
     c[:, 1] -= row0
     sizes = torch.from_numpy(block.sizes_px / cell_px)
-    m = buf[None]
-    if shape == "disk" or float(sizes.max()) > 6.0:  # prefix sums: accumulate in float64
-        m = m.double()
-    integ, _ = integrate_spots(m, c.to(m.dtype), sizes.to(m.dtype), shape, chunk=16384)
+    # float32 throughout: only 1-D row prefix sums are formed, whose rounding is far
+    # below the map's own precision (a float64 copy would double the band's memory)
+    integ, _ = integrate_spots(buf[None], c.float(), sizes.float(), shape, chunk=16384)
     valid_area = integ[:, G]
     vals = spot_values(integ[:, :G], valid_area, predictor.readout, float(predictor.stride**2))
     return vals.float().numpy()

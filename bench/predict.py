@@ -1,0 +1,214 @@
+"""Whole-slide prediction: speed and peak memory, against the encoder floor and a
+crop-per-spot predictor.
+
+    .venv/bin/python bench/predict.py [--sample C3] [--model MODEL.pt]
+
+On one Her2ST section (default C3, the largest), runs ``pixnet predict`` in a fresh
+process for the section's own spots and for 16, 8 and 2 um bins over the tissue, and
+records wall time and peak RSS (``/usr/bin/time -v`` style, via ``resource``). In this
+process it then times (a) the same tissue tiles through the encoder alone, the floor of
+any dense method, and (b) a crop-per-spot predictor (ResNet18 + linear head on a 224 px
+crop around each spot, one CNN pass per spot, as spot-regression methods do) for the
+section's spots, and extrapolates (b) to the bin counts from a timed subset ("~").
+Without ``--model`` a randomly initialised ``cpu``-preset model with 250 genes is used:
+speed and memory do not depend on the weights. Prints a Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# run pixnet in a child that reports its own peak RSS on exit
+PIXNET = [
+    sys.executable,
+    "-c",
+    "import atexit, resource, sys; from pixnet.cli import main; "
+    "atexit.register(lambda: print('PEAK_RSS_KIB', "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+    "sys.exit(main(sys.argv[1:]))",
+]
+
+
+def random_model(path: Path, n_genes: int = 250) -> None:
+    from pixnet.data.preprocess import GenePanel
+    from pixnet.io.modelfile import save_model_file
+    from pixnet.models.pixnet import PixNet, from_preset
+
+    torch.manual_seed(0)
+    cfg = from_preset("cpu", n_genes=n_genes)
+    model = PixNet(cfg)
+    panel = GenePanel(genes=[f"G{i}" for i in range(n_genes)], mean_targets=[1.0] * n_genes)
+    geometry = {
+        "working_mpp": 2.0,
+        "readout": "density",
+        "map_stride": 2,
+        "spot_shape": "disk",
+        "spot_size_um": 100.0,
+        "crop_px": 256,
+    }
+    save_model_file(
+        path,
+        state_dict=model.state_dict(),
+        model_config=cfg.to_dict(),
+        panel=panel.to_dict(),
+        geometry=geometry,
+    )
+
+
+def run_predict(model: Path, manifest: str, sample: str, out: Path, bins: list[float]) -> dict:
+    """One ``pixnet predict`` in a child process: wall seconds, peak RSS, rows written."""
+    cmd = [
+        *PIXNET,
+        "predict",
+        "--model",
+        str(model),
+        "--samples",
+        manifest,
+        "--sample",
+        sample,
+        "--out",
+        str(out),
+        "--dtype",
+        "float16",
+    ]
+    if bins:
+        cmd += ["--bins-um", *[f"{b:g}" for b in bins]]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    peak_kib = int(proc.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
+    import h5py
+
+    rows = {}
+    for p in out.parent.glob(f"{out.stem}*.h5ad"):
+        with h5py.File(p) as f:
+            rows[p.name] = int(f["X"].shape[0])
+        size = p.stat().st_size
+        rows[p.name + " bytes"] = size
+        p.unlink()
+    return {
+        "wall_s": wall,
+        "peak_rss_mib": peak_kib / 1024,
+        "rows": rows,
+    }
+
+
+def tissue_tiles(slide, mask, mask_mpp, working_mpp: float, tile_px: int, margin_px: int):
+    from pixnet.io.tissue import tissue_fraction_in_rect
+
+    to_full = working_mpp / slide.mpp
+    W, H = slide.size_px
+    side = tile_px + 2 * margin_px
+    locs = []
+    for ty in range(int(np.ceil(H / to_full / tile_px))):
+        for tx in range(int(np.ceil(W / to_full / tile_px))):
+            loc = ((tx * tile_px - margin_px) * to_full, (ty * tile_px - margin_px) * to_full)
+            if tissue_fraction_in_rect(mask, mask_mpp, loc, (side * to_full,) * 2, slide.mpp) > 0:
+                locs.append(loc)
+    return locs, side
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", default="configs/her2st.csv")
+    ap.add_argument("--sample", default="C3")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--bins", type=float, nargs="*", default=[16.0, 8.0, 2.0])
+    ap.add_argument("--crop-subset", type=int, default=200)
+    args = ap.parse_args()
+    from pixnet.io.manifest import load_manifest
+    from pixnet.io.slide import open_slide
+    from pixnet.io.tissue import tissue_mask
+    from pixnet.models.resnet import ResNet18Encoder
+    from pixnet.predict.tiled import load_predictor
+
+    tmp = Path(tempfile.mkdtemp(prefix="pixnet-bench-"))
+    model = Path(args.model) if args.model else tmp / "random.pt"
+    if not args.model:
+        random_model(model)
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
+        f"model: {args.model or 'random init, cpu preset, 250 genes'}; sample {args.sample}\n"
+    )
+    results = {}
+    for label, bins in [("own spots", []), *[(f"{b:g} um bins", [b]) for b in args.bins]]:
+        r = run_predict(model, args.samples, args.sample, tmp / f"{args.sample}.h5ad", bins)
+        results[label] = r
+        print(
+            f"{label}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, {r['rows']}",
+            flush=True,
+        )
+
+    (sample,) = load_manifest(ROOT / args.samples, [args.sample])
+    pred = load_predictor(model)
+    torch.set_grad_enabled(False)
+    with open_slide(sample.image_path, mpp=sample.mpp) as slide:
+        thumb, tmpp = slide.thumbnail(1024)
+        mask = tissue_mask(thumb)
+        locs, side = tissue_tiles(slide, mask, tmpp, pred.working_mpp, 512, 64)
+        t = time.perf_counter()
+        imgs = [slide.read_rect(loc, (side, side), pred.working_mpp) for loc in locs]
+        t_read = time.perf_counter() - t
+        enc = pred.model.encoder.eval()
+        t = time.perf_counter()
+        for i in range(0, len(imgs), 2):
+            x = torch.from_numpy(np.stack(imgs[i : i + 2])).permute(0, 3, 1, 2).float() / 255
+            enc(x)
+        t_enc = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(0, len(imgs), 2):
+            x = torch.from_numpy(np.stack(imgs[i : i + 2])).permute(0, 3, 1, 2).float() / 255
+            pred.model(x)
+        t_full = time.perf_counter() - t
+        # crop-per-spot predictor: ResNet18 + linear head, 224 px crops at the working mpp
+        cnn = ResNet18Encoder().eval()
+        head = torch.nn.Linear(512, 250)
+        to_full = pred.working_mpp / slide.mpp
+        centres = sample.centres_px[: args.crop_subset]
+        t = time.perf_counter()
+        for i in range(0, len(centres), 16):
+            batch = [
+                slide.read_rect(
+                    (cx - 112 * to_full, cy - 112 * to_full), (224, 224), pred.working_mpp
+                )
+                for cx, cy in centres[i : i + 16]
+            ]
+            x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
+            head(cnn(x)[-1].mean(dim=(2, 3)))
+        t_crop_per_spot = (time.perf_counter() - t) / len(centres)
+    n_tiles = len(locs)
+    print(f"\n{n_tiles} tissue tiles of {side}x{side} working px; reading them: {t_read:.1f} s")
+    print(f"encoder alone over the tiles: {t_enc:.1f} s; full PixNet forward: {t_full:.1f} s")
+    print(f"crop-per-spot CNN: {t_crop_per_spot * 1000:.1f} ms per spot\n")
+    print(
+        "| prediction | spots/bins | wall s | peak RSS MiB | / encoder floor "
+        "| crop-per-spot s (ratio to PixNet) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, r in results.items():
+        n = max(v for k, v in r["rows"].items() if not k.endswith("bytes"))
+        crop_s = t_crop_per_spot * n
+        mark = "~" if n > args.crop_subset else ""
+        print(
+            f"| {label} | {n:,} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['wall_s'] / t_enc:.1f}x | "
+            f"{mark}{crop_s:,.0f} ({mark}{crop_s / r['wall_s']:.1f}x) |"
+        )
+    (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,600 @@
+"""Baselines that cross-validation runs beside PixNet, on the same data and budget.
+
+* **Training mean** (:func:`mean_predictions`): every spot gets the training mean of
+  each gene (``GenePanel.mean_targets``); its MSE skill is 0 by definition.
+* **Spot-crop regressor** in the style of ST-Net (:class:`SpotCropRegressor`,
+  :func:`train_spot_crop`): the same ResNet18 and initialisation as PixNet's encoder,
+  one crop centred on each spot at the same working mpp, one expression vector per
+  crop (ResNet18 -> global average pool of F5 -> linear head). It is trained with
+  PixNet's loss (:func:`pixnet.ops.losses.pixnet_loss`), optimiser (Adam, same lr and
+  weight decay), augmentation (flips, quarter turns, HED stain jitter), validation band
+  and epoch budget; the best epoch by validation loss is kept.
+* **Ridge on frozen encoder features** (:func:`encoder_features`, :func:`fit_ridge`), as
+  the HEST benchmark does: the untrained (or ``pretrained``) encoder embeds each spot
+  crop (global average pool of F5, 512 values), and a closed-form ridge regression
+  (NumPy, features standardised on the training spots) maps them to genes; the
+  penalty is chosen on the validation band.
+
+Budget: one PixNet epoch is ``crops_per_epoch`` crops, about one supervision per
+training spot (:class:`~pixnet.data.crops.CropSampler`); one spot-crop epoch is one crop
+per training spot. When ``crops_per_epoch`` is set explicitly the spot-crop epoch gets
+the same number of supervised spots: ``crops_per_epoch`` times the sampler's estimate
+of spots per crop (:func:`spot_crops_per_epoch`).
+
+Crops: the spot-crop models see a square of ``spot_crop_px`` working pixels centred on
+the spot (default :func:`default_spot_crop_px`: the spot plus 12 % context, rounded up
+to a multiple of 32, as ST-Net/HEST's 224 px at 0.5 um/px around 100/55 um spots).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pixnet.data.crops import (
+    CropSampler,
+    SlideSpots,
+    block_validation_mask,
+    centred_crops,
+    load_slide_spots,
+    rot_flip_image,
+    stain_jitter,
+)
+from pixnet.data.preprocess import GenePanel
+from pixnet.io.sample import Sample
+from pixnet.models.resnet import ResNet18Encoder
+from pixnet.models.weights import load_encoder_weights
+from pixnet.ops.losses import pearson_per_gene, pixnet_loss
+from pixnet.train.config import TrainConfig
+from pixnet.train.loop import _prepare as prepare_training_slides
+
+log = logging.getLogger(__name__)
+
+CONTEXT_FACTOR = 1.12
+"""Spot-crop side / spot diameter (ST-Net, HEST: 224 px at 0.5 um/px = 112 um)."""
+
+DEFAULT_RIDGE_ALPHAS: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
+"""Ridge penalties tried on the validation band (features are standardised)."""
+
+
+# -- data of one fold -----------------------------------------------------------------
+
+
+def validation_masks(slides: Sequence[SlideSpots], fraction: float, seed: int) -> list[np.ndarray]:
+    """The validation band of every training slide, exactly as :func:`train` draws it.
+
+    Same generator (``default_rng([seed, 12345])``) consumed slide by slide in the same
+    order, so PixNet and the baselines hold out the same spots. Returns ``(N_s,)`` bool
+    per slide, True = validation.
+    """
+    rng = np.random.default_rng([seed, 12345])
+    return [block_validation_mask(s.centres_wpx, fraction, rng) for s in slides]
+
+
+@dataclass
+class FoldData:
+    """Training samples of one fold at the working resolution.
+
+    Attributes:
+        panel: gene panel fitted on the training samples only.
+        slides: training slides; ``supervised`` is False on the validation band.
+        val_masks: ``(N_s,)`` bool per slide, True = validation band.
+    """
+
+    panel: GenePanel
+    slides: list[SlideSpots]
+    val_masks: list[np.ndarray]
+
+
+def prepare_fold_data(cfg: TrainConfig, samples: Sequence[Sample]) -> FoldData:
+    """Fit the panel on ``samples`` and read them as :func:`pixnet.train.loop.train` does.
+
+    ``cfg``: ``n_genes``, ``working_mpp``, ``val_fraction`` and ``seed`` are used.
+    """
+    panel, slides = prepare_training_slides(cfg, list(samples))
+    masks = validation_masks(slides, cfg.val_fraction, cfg.seed)
+    for s, m in zip(slides, masks, strict=True):
+        s.supervised = ~m
+    return FoldData(panel=panel, slides=slides, val_masks=masks)
+
+
+def load_test_slide(sample: Sample, panel: GenePanel, working_mpp: float) -> SlideSpots:
+    """A test sample at the working resolution with its targets under ``panel``."""
+    targets = panel.transform(sample) if sample.counts is not None else None
+    return load_slide_spots(sample, working_mpp, targets)
+
+
+def default_spot_crop_px(size_wpx: float) -> int:
+    """Spot-crop side in working pixels: ``CONTEXT_FACTOR`` x the spot, up to a multiple of 32."""
+    return max(32, int(math.ceil(CONTEXT_FACTOR * size_wpx / 32.0)) * 32)
+
+
+def spot_crops_per_epoch(cfg: TrainConfig, slides: Sequence[SlideSpots]) -> int:
+    """Spot crops per spot-crop epoch: the same supervision budget as a PixNet epoch.
+
+    One crop per supervised spot when ``cfg.crops_per_epoch`` is 0 (PixNet's default is
+    about one supervision per spot); otherwise ``cfg.crops_per_epoch`` times the
+    :class:`CropSampler`'s estimate of supervised spots per PixNet crop.
+    """
+    sampler = CropSampler(list(slides), cfg.crop_px, seed=cfg.seed, augment=False)
+    n_anchors = len(sampler.anchors)
+    if not cfg.crops_per_epoch:
+        return n_anchors
+    spots_per_crop = n_anchors / max(sampler.crops_per_epoch, 1)
+    return max(1, int(round(cfg.crops_per_epoch * spots_per_crop)))
+
+
+# -- training mean --------------------------------------------------------------------
+
+
+def mean_predictions(panel: GenePanel, n_spots: int) -> np.ndarray:
+    """``(n_spots, G)`` float32: the training mean of each gene at every spot."""
+    mean = np.asarray(panel.mean_targets, dtype=np.float32)
+    if mean.shape != (panel.n_genes,):
+        raise ValueError(f"panel has {mean.size} training means for {panel.n_genes} genes")
+    return np.broadcast_to(mean, (n_spots, panel.n_genes)).copy()
+
+
+# -- crops ----------------------------------------------------------------------------
+
+
+def _at_centres(slide: SlideSpots, centres_wpx: np.ndarray | None) -> SlideSpots:
+    if centres_wpx is None:
+        return slide
+    c = np.asarray(centres_wpx, dtype=np.float64).reshape(-1, 2)
+    return dataclasses.replace(
+        slide, centres_wpx=c, targets=None, supervised=np.ones(len(c), dtype=bool)
+    )
+
+
+def spot_crops(
+    slide: SlideSpots, indices: np.ndarray, crop_px: int
+) -> tuple[Tensor, Tensor | None]:
+    """Crops centred on the given spots (via :func:`~pixnet.data.crops.centred_crops`).
+
+    Returns ``images (n, 3, crop_px, crop_px)`` in [0, 1] and ``targets (n, G)`` (None
+    when the slide has no targets).
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    if len(idx) == 0:
+        return torch.zeros((0, 3, crop_px, crop_px)), None
+    ((_, batch),) = list(centred_crops(slide, idx, crop_px, len(idx)))
+    return batch.images, (batch.targets if slide.targets is not None else None)
+
+
+def augment_images(images: Tensor, rng: np.random.Generator) -> Tensor:
+    """Random flip, quarter turn and HED stain jitter of each ``(n, 3, S, S)`` crop.
+
+    The same transforms as :class:`~pixnet.data.crops.CropSampler` (rotation/flip, then
+    stain jitter), drawn from ``rng``.
+    """
+    arr = (images.permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
+    out = []
+    for img in arr:
+        k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+        out.append(stain_jitter(rot_flip_image(img, k, flip), rng))
+    x = np.stack(out).astype(np.float32) / 255.0
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+# -- spot-crop regressor ----------------------------------------------------------------
+
+
+class SpotCropRegressor(nn.Module):
+    """ST-Net-style regressor: ResNet18 -> global average pool -> linear head to genes.
+
+    Args:
+        n_genes: number of genes ``G``.
+
+    Shapes: ``images (B, 3, S, S)`` RGB in [0, 1] -> ``(B, G)`` on the targets' scale.
+    Any ``S >= 32`` works (F5 is ``S / 32`` cells a side, rounded up).
+    """
+
+    def __init__(self, n_genes: int) -> None:
+        super().__init__()
+        self.encoder = ResNet18Encoder(normalize=True)
+        self.head = nn.Linear(self.encoder.out_channels[-1], n_genes)
+
+    def features(self, images: Tensor) -> Tensor:
+        """``(B, 512)``: F5 averaged over its cells."""
+        return self.encoder(images)[-1].mean(dim=(2, 3))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, S, S) -> (B, G)``."""
+        return self.head(self.features(images))
+
+
+def build_spot_crop_regressor(
+    n_genes: int, mean_targets: Sequence[float] | None = None, pretrained: str | None = None
+) -> SpotCropRegressor:
+    """A regressor with PixNet's encoder initialisation and the head bias at the mean.
+
+    ``pretrained``: encoder weights file (:func:`load_encoder_weights`), as PixNet's
+    ``--pretrained``; ``None`` keeps torchvision's random initialisation.
+    """
+    model = SpotCropRegressor(n_genes)
+    if pretrained:
+        load_encoder_weights(model.encoder, Path(pretrained))
+    if mean_targets is not None:
+        with torch.no_grad():
+            model.head.bias.copy_(torch.as_tensor(list(mean_targets), dtype=torch.float32))
+    return model
+
+
+def _validation_metrics(p: Tensor, t: Tensor, pcc_weight: float) -> dict[str, float]:
+    """``val_mse``, ``val_pcc_m`` and ``val_loss`` as :func:`pixnet.train.loop.validate`."""
+    mse = float(torch.mean((p - t) ** 2))
+    varying = t.std(dim=0) > 0
+    pcc = float(pearson_per_gene(p[:, varying], t[:, varying]).mean()) if varying.any() else 0.0
+    return {"val_mse": mse, "val_pcc_m": pcc, "val_loss": mse + pcc_weight * (1 - pcc)}
+
+
+def predict_spot_crop(
+    model: SpotCropRegressor,
+    slide: SlideSpots,
+    crop_px: int,
+    batch_size: int = 64,
+    indices: np.ndarray | None = None,
+    centres_wpx: np.ndarray | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Predictions ``(n, G)`` float32 from crops centred on spots or on any points.
+
+    Args:
+        model: a trained :class:`SpotCropRegressor`.
+        slide: the slide at the working resolution.
+        crop_px: crop side, working pixels.
+        batch_size: crops per forward pass.
+        indices: spots of ``slide`` to predict (default all); ignored with ``centres_wpx``.
+        centres_wpx: ``(n, 2)`` (x, y) working-pixel centres to predict at instead (e.g.
+            small bins: each gets the crop centred on it).
+    """
+    s = _at_centres(slide, centres_wpx)
+    idx = np.arange(len(s.centres_wpx)) if indices is None or centres_wpx is not None else indices
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for b in tqdm(
+            range(0, len(idx), batch_size),
+            desc=f"spot crops {slide.sample_id}",
+            unit="batch",
+            leave=False,
+            disable=not progress,
+        ):
+            images, _ = spot_crops(s, idx[b : b + batch_size], crop_px)
+            out.append(model(images).float().numpy())
+    if not out:
+        return np.zeros((0, model.head.out_features), dtype=np.float32)
+    return np.concatenate(out, axis=0)
+
+
+@dataclass
+class SpotCropResult:
+    """A trained spot-crop regressor and its history.
+
+    Attributes:
+        model: weights of the best epoch (eval mode).
+        crop_px: crop side in working pixels.
+        best_epoch: epoch (0-based) with the lowest validation loss (last without a band).
+        history: one record per epoch (train loss parts, validation metrics, seconds).
+        crops_per_epoch: spot crops per epoch.
+    """
+
+    model: SpotCropRegressor
+    crop_px: int
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    crops_per_epoch: int = 0
+
+
+def train_spot_crop(
+    cfg: TrainConfig,
+    data: FoldData,
+    crop_px: int = 0,
+    batch_size: int = 32,
+    out: str | Path | None = None,
+) -> SpotCropResult:
+    """Train a :class:`SpotCropRegressor` with PixNet's loss, optimiser and budget.
+
+    Args:
+        cfg: ``epochs``, ``lr``, ``weight_decay``, ``pcc_weight``, ``augment``,
+            ``pretrained``, ``seed``, ``crops_per_epoch`` and ``crop_px`` (for the
+            budget) are used, as by PixNet's training.
+        data: the fold's training slides and validation band (:func:`prepare_fold_data`).
+        crop_px: spot-crop side in working pixels (0: :func:`default_spot_crop_px`).
+        batch_size: spot crops per optimiser step.
+        out: optional folder for ``log.jsonl`` and ``spotcrop.pt`` (best weights).
+
+    Data order: epoch ``e`` draws its spots and augmentations from
+    ``default_rng([seed, e])``; weights are initialised after ``torch.manual_seed(seed)``.
+    """
+    slides, panel = data.slides, data.panel
+    crop_px = int(crop_px) or default_spot_crop_px(slides[0].size_wpx)
+    torch.manual_seed(cfg.seed)
+    model = build_spot_crop_regressor(panel.n_genes, panel.mean_targets, cfg.pretrained)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchors = np.array(
+        [(i, j) for i, s in enumerate(slides) for j in np.flatnonzero(s.supervised)],
+        dtype=np.int64,
+    ).reshape(-1, 2)
+    if len(anchors) == 0:
+        raise ValueError("no supervised spots to train on")
+    per_epoch = spot_crops_per_epoch(cfg, slides)
+    log.info(
+        "spot-crop regressor: %d supervised spots, %d crops/epoch of %d px, %d genes",
+        len(anchors),
+        per_epoch,
+        crop_px,
+        panel.n_genes,
+    )
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    best_loss, best_epoch = float("inf"), -1
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict[str, Any]] = []
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        pick = rng.choice(len(anchors), size=per_epoch, replace=per_epoch > len(anchors))
+        model.train()
+        sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
+        n_b = 0
+        bar = tqdm(
+            range(0, len(pick), batch_size),
+            desc=f"spot-crop epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+        )
+        for b in bar:
+            imgs, targs = [], []
+            for i, j in anchors[pick[b : b + batch_size]]:
+                im, t = spot_crops(slides[i], np.array([j]), crop_px)
+                imgs.append(im)
+                assert t is not None
+                targs.append(t)
+            images = torch.cat(imgs)
+            if cfg.augment:
+                images = augment_images(images, rng)
+            pred = model(images)
+            loss, parts = pixnet_loss(pred, torch.cat(targs), cfg.pcc_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums["loss"] += float(loss.detach())
+            sums["mse"] += parts["mse"]
+            sums["pcc"] += parts["pcc"]
+            n_b += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
+            **validate_spot_crop(model, data, crop_px, cfg.pcc_weight),
+        }
+        if "val_loss" not in record or record["val_loss"] < best_loss:
+            best_loss, best_epoch = record.get("val_loss", float("inf")), epoch
+            best_state = copy.deepcopy(model.state_dict())
+        record["best_epoch"] = best_epoch
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(record)
+        log.info(
+            "spot-crop epoch %d: loss %.4f val_mse %s (%.1fs)",
+            epoch,
+            record["train_loss"],
+            f"{record['val_mse']:.4f}" if "val_mse" in record else "n/a",
+            record["seconds"],
+        )
+        if out_dir is not None:
+            with open(out_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+    model.load_state_dict(best_state)
+    model.eval()
+    if out_dir is not None:
+        from pixnet.io.atomic import atomic_write
+
+        payload = {
+            "state_dict": best_state,
+            "genes": list(panel.genes),
+            "crop_px": crop_px,
+            "best_epoch": best_epoch,
+        }
+        atomic_write(out_dir / "spotcrop.pt", lambda t: torch.save(payload, t))
+    return SpotCropResult(model, crop_px, best_epoch, history, per_epoch)
+
+
+def validate_spot_crop(
+    model: SpotCropRegressor, data: FoldData, crop_px: int, pcc_weight: float
+) -> dict[str, float]:
+    """Validation metrics over the band of every training slide (empty without a band)."""
+    preds, targets = [], []
+    for s, mask in zip(data.slides, data.val_masks, strict=True):
+        idx = np.flatnonzero(mask)
+        if len(idx) == 0:
+            continue
+        preds.append(torch.from_numpy(predict_spot_crop(model, s, crop_px, indices=idx)))
+        assert s.targets is not None
+        targets.append(torch.from_numpy(s.targets[idx]))
+    if not preds:
+        return {}
+    return _validation_metrics(torch.cat(preds), torch.cat(targets), pcc_weight)
+
+
+# -- ridge on frozen features -----------------------------------------------------------
+
+
+def encoder_features(
+    encoder: ResNet18Encoder,
+    slide: SlideSpots,
+    crop_px: int,
+    indices: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``(n, 512)`` float64: F5 of the frozen ``encoder``, averaged, per centred spot crop."""
+    idx = np.arange(len(slide.centres_wpx)) if indices is None else np.asarray(indices)
+    encoder.eval()
+    out = []
+    with torch.inference_mode():
+        for b in range(0, len(idx), batch_size):
+            images, _ = spot_crops(slide, idx[b : b + batch_size], crop_px)
+            out.append(encoder(images)[-1].mean(dim=(2, 3)).double().numpy())
+    if not out:
+        return np.zeros((0, encoder.out_channels[-1]))
+    return np.concatenate(out, axis=0)
+
+
+@dataclass
+class RidgeFit:
+    """A fitted ridge regression ``Y ~ standardise(X) @ coef + intercept``.
+
+    Attributes:
+        x_mean, x_scale: ``(D,)`` standardisation of the features (training spots).
+        coef: ``(D, G)``; intercept: ``(G,)``.
+        alpha: the chosen penalty.
+        val_mse: penalty -> validation MSE (empty when no band was given).
+    """
+
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    alpha: float
+    val_mse: dict[float, float] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """``(n, D) -> (n, G)`` float32."""
+        Z = (np.asarray(X, dtype=np.float64) - self.x_mean) / self.x_scale
+        return (Z @ self.coef + self.intercept).astype(np.float32)
+
+
+def fit_ridge(
+    X: np.ndarray,
+    Y: np.ndarray,
+    alphas: Sequence[float] = DEFAULT_RIDGE_ALPHAS,
+    X_val: np.ndarray | None = None,
+    Y_val: np.ndarray | None = None,
+) -> RidgeFit:
+    """Closed-form ridge for every penalty at once (one SVD); pick the best on the band.
+
+    ``coef(a) = V diag(s / (s^2 + a)) U^T (Y - mean Y)`` with ``Z = U diag(s) V^T`` the
+    standardised training features. The penalty with the lowest MSE on ``(X_val,
+    Y_val)`` is kept; without a band the middle penalty of ``alphas`` is used (logged).
+
+    Args:
+        X: ``(n, D)`` training features; Y: ``(n, G)`` training targets.
+        alphas: penalties to try (> 0).
+        X_val, Y_val: validation features ``(m, D)`` and targets ``(m, G)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if len(X) == 0:
+        raise ValueError("no training spots for the ridge regression")
+    mu = X.mean(axis=0)
+    sd = X.std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    Z = (X - mu) / sd
+    y_mean = Y.mean(axis=0)
+    U, s, Vt = np.linalg.svd(Z, full_matrices=False)
+    UtY = U.T @ (Y - y_mean)
+    alphas = sorted(float(a) for a in alphas)
+    coefs = {a: Vt.T @ ((s / (s * s + a))[:, None] * UtY) for a in alphas}
+    val_mse: dict[float, float] = {}
+    if X_val is not None and Y_val is not None and len(X_val):
+        Zv = (np.asarray(X_val, dtype=np.float64) - mu) / sd
+        for a, c in coefs.items():
+            val_mse[a] = float(np.mean((Zv @ c + y_mean - Y_val) ** 2))
+        alpha = min(val_mse, key=lambda a: val_mse[a])
+    else:
+        alpha = alphas[len(alphas) // 2]
+        log.warning("ridge: no validation spots, using alpha=%g", alpha)
+    log.info("ridge: alpha %g chosen on %d validation spots", alpha, 0 if X_val is None else len(X_val))
+    return RidgeFit(mu, sd, coefs[alpha], y_mean, alpha, val_mse)
+
+
+@dataclass
+class RidgeBaseline:
+    """Frozen encoder + ridge: what :func:`train_ridge` returns."""
+
+    encoder: ResNet18Encoder
+    fit: RidgeFit
+    crop_px: int
+
+    def predict(self, slide: SlideSpots, indices: np.ndarray | None = None) -> np.ndarray:
+        """``(n, G)`` predictions at the spots of ``slide``."""
+        return self.fit.predict(encoder_features(self.encoder, slide, self.crop_px, indices))
+
+
+def train_ridge(
+    cfg: TrainConfig,
+    data: FoldData,
+    crop_px: int = 0,
+    alphas: Sequence[float] = DEFAULT_RIDGE_ALPHAS,
+) -> RidgeBaseline:
+    """Embed the fold's training spots with the frozen encoder and fit the ridge.
+
+    The encoder is initialised as PixNet's (``torch.manual_seed(cfg.seed)``, then
+    ``cfg.pretrained`` if given) and never trained. Supervised spots fit the regression;
+    the validation band picks the penalty.
+    """
+    crop_px = int(crop_px) or default_spot_crop_px(data.slides[0].size_wpx)
+    torch.manual_seed(cfg.seed)
+    encoder = ResNet18Encoder(normalize=True)
+    if cfg.pretrained:
+        load_encoder_weights(encoder, Path(cfg.pretrained))
+    Xs, Ys, Xv, Yv = [], [], [], []
+    for s, mask in tqdm(
+        list(zip(data.slides, data.val_masks, strict=True)), desc="ridge features", leave=False
+    ):
+        assert s.targets is not None
+        tr, va = np.flatnonzero(~mask), np.flatnonzero(mask)
+        Xs.append(encoder_features(encoder, s, crop_px, tr))
+        Ys.append(s.targets[tr])
+        if len(va):
+            Xv.append(encoder_features(encoder, s, crop_px, va))
+            Yv.append(s.targets[va])
+    fit = fit_ridge(
+        np.concatenate(Xs),
+        np.concatenate(Ys),
+        alphas,
+        np.concatenate(Xv) if Xv else None,
+        np.concatenate(Yv) if Yv else None,
+    )
+    return RidgeBaseline(encoder, fit, crop_px)
+
+
+__all__ = [
+    "CONTEXT_FACTOR",
+    "DEFAULT_RIDGE_ALPHAS",
+    "FoldData",
+    "RidgeBaseline",
+    "RidgeFit",
+    "SpotCropRegressor",
+    "SpotCropResult",
+    "augment_images",
+    "build_spot_crop_regressor",
+    "default_spot_crop_px",
+    "encoder_features",
+    "fit_ridge",
+    "load_test_slide",
+    "mean_predictions",
+    "predict_spot_crop",
+    "prepare_fold_data",
+    "spot_crops",
+    "spot_crops_per_epoch",
+    "train_ridge",
+    "train_spot_crop",
+    "validate_spot_crop",
+    "validation_masks",
+]
