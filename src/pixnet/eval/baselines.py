@@ -519,7 +519,9 @@ def fit_ridge(
     else:
         alpha = alphas[len(alphas) // 2]
         log.warning("ridge: no validation spots, using alpha=%g", alpha)
-    log.info("ridge: alpha %g chosen on %d validation spots", alpha, 0 if X_val is None else len(X_val))
+    log.info(
+        "ridge: alpha %g chosen on %d validation spots", alpha, 0 if X_val is None else len(X_val)
+    )
     return RidgeFit(mu, sd, coefs[alpha], y_mean, alpha, val_mse)
 
 

@@ -125,6 +125,10 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
     elif not ckpt_path.is_file():
         raise PixNetInputError(ckpt_path, "no checkpoint to resume from", "drop --resume")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a run killed while writing
+        stale.unlink()
+    if not cfg.resume:  # a fresh run (--overwrite) starts a fresh log
+        (out / "log.jsonl").unlink(missing_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -172,6 +176,7 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start, best = int(state["epoch"]) + 1, dict(state["best"])
+        _truncate_log(out / "log.jsonl", start)
         log.info("resumed from %s at epoch %d", ckpt_path, start)
     log.info(
         "training on %s: %d supervised spots, %d validation spots, %d genes, %d crops/epoch",
@@ -236,6 +241,16 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
             record["seconds"],
         )
     return model_path
+
+
+def _truncate_log(path: Path, start_epoch: int) -> None:
+    """Drop log lines of epochs at or after ``start_epoch`` (re-run after a resume)."""
+    if not path.is_file():
+        return
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    keep = [x for x in lines if json.loads(x)["epoch"] < start_epoch]
+    if len(keep) != len(lines):
+        atomic_write(path, lambda t: t.write_text("".join(x + "\n" for x in keep)))
 
 
 def _fmt(v: float | None) -> str:

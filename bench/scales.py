@@ -1,0 +1,577 @@
+"""Controlled multi-scale benchmark: which spot read-out generalises across scales?
+
+    .venv/bin/python bench/scales.py --quick        # development, a few minutes
+    .venv/bin/python bench/scales.py                # full run (see --help for the budget)
+
+Real H&E images (Her2ST patient C, ``configs/her2st.csv``) are read at ``field_mpp``
+(default: the working mpp) and a *known* per-pixel expression field is derived from each
+(:func:`pixnet.data.synthetic.synthetic_field`: six synthetic genes from stain densities
+and texture, smoothed at 3 to 40 um). Everything below is computed from that field, so
+the truth is known at every scale:
+
+* **Targets.** For any region ``R`` (a spot, a bin) the "counts" of gene ``g`` are
+  ``m_g(R)``, the integral of its density over ``R``; every region also holds a filler
+  mass ``f * area(R)`` (a constant density standing for the thousands of other genes:
+  ``f`` makes the synthetic genes ``synthetic_share`` of the mass of an average training
+  spot, 2 % by default, so fractions are realistic). The target is, like real targets,
+  ``log1p(1e4 * m_g(R) / (sum_g' m_g'(R) + f * area(R)))``: a ratio of integrals,
+  which none of the read-outs reproduces exactly at every scale. Integrals are exact for
+  the piecewise-constant field (:mod:`pixnet.ops.aggregate`).
+* **Training** (train sections): the 100 um disks at the real spot positions. The
+  sections are given to ``pixnet train`` as samples whose counts are those masses (six
+  synthetic genes + filler genes small enough never to enter the 6-gene panel), so the
+  product's own target code (``GenePanel.transform``) makes the targets.
+* **Evaluation** (test section): the known field aggregated at 2, 8 and 16 um squares
+  (Visium HD-like bins on a grid anchored at the image origin, those whose centre lies
+  inside a measured 100 um spot; at most ``max_bins`` per size, drawn at random) and
+  55 and 100 um disks at the real spot centres. Predictions come from the product's
+  whole-slide predictor (``predict_slide``, tiles skipped where the thumbnail shows no
+  tissue, as ``pixnet predict`` does).
+
+Methods: PixNet with each read-out (``sum``, the paper's literal sum; ``mean``;
+``density``), the ST-Net-style spot-crop regressor (one vector per crop; every region,
+bins included, gets the crop centred on it) and the training mean. The table follows
+the paper's Table 3 (MSE, MAE, PCC@M per scale); the script ends by naming the read-out
+with the lowest mean MSE over the scales it was not trained at (2, 8, 16, 55 um).
+
+Structure finer than ``field_mpp`` does not exist in the field: at the default 4 um/px a
+2 um bin takes the value of the field pixel(s) it lies in. PixNet's map cell is
+``2 * working_mpp``, so detail between the cell and the field pixel is what no model
+here can resolve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel, fit_gene_panel
+from pixnet.data.synthetic import SYNTHETIC_GENES, synthetic_field
+from pixnet.io.sample import Sample
+
+log = logging.getLogger("bench.scales")
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SPOT_UM = 100.0
+FULL_EPOCHS = 8
+
+
+@dataclass
+class ScalesConfig:
+    """Configuration of the benchmark (every field is a ``--option``)."""
+
+    samples: str = str(ROOT / "configs" / "her2st.csv")
+    train: list[str] = field(default_factory=lambda: ["C2", "C3", "C4", "C5"])
+    test: str = "C6"
+    out: str = "runs/bench-scales"
+    results: str = str(ROOT / "bench" / "results" / "scales.json")
+    working_mpp: float = 4.0
+    field_mpp: float = 0.0  # 0: the working mpp
+    crop_px: int = 128
+    batch_size: int = 8
+    epochs: int = FULL_EPOCHS
+    crops_per_epoch: int = 0
+    val_fraction: float = 0.15
+    readouts: list[str] = field(default_factory=lambda: ["sum", "mean", "density"])
+    spotcrop: bool = True
+    spot_crop_px: int = 0
+    synthetic_share: float = 0.02
+    scales_um: list[float] = field(default_factory=lambda: [2.0, 8.0, 16.0, 55.0, 100.0])
+    max_bins: int = 50000
+    tile_px: int = 512
+    margin_px: int = 64
+    seed: int = 0
+    threads: int = 0
+
+
+# -- the known field and its aggregates -------------------------------------------------
+
+
+def read_field_image(sample: Sample, field_mpp: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """``(H, W, 3)`` uint8 image of ``sample`` at ``field_mpp`` and field px per full-res px."""
+    from pixnet.io.slide import open_slide
+
+    assert sample.image_path is not None
+    with open_slide(sample.image_path, mpp=sample.mpp) as slide:
+        rgb = np.asarray(slide.read_level_image(field_mpp))
+        w0, h0 = slide.size_px
+    return rgb, (rgb.shape[1] / w0, rgb.shape[0] / h0)
+
+
+def region_integrals(
+    density: np.ndarray,
+    scale_xy: tuple[float, float],
+    centres_px: np.ndarray,
+    sizes_px: float | np.ndarray,
+    shape: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact integrals of a piecewise-constant field over disks or squares.
+
+    Args:
+        density: ``(G, H, W)`` density per field pixel.
+        scale_xy: field pixels per full-resolution pixel along x and y.
+        centres_px: ``(N, 2)`` (x, y) full-resolution pixels.
+        sizes_px: diameters (disks) or sides (squares), full-resolution pixels.
+        shape: ``"disk"`` or ``"square"``.
+
+    Returns:
+        ``integral (N, G)`` (density x field pixels) and ``area (N,)`` (field pixels
+        inside the image), float64.
+    """
+    from pixnet.ops.aggregate import integrate_spots
+
+    if abs(scale_xy[0] - scale_xy[1]) > 1e-3 * scale_xy[0]:
+        log.warning("field pixels are not square (scale %s); using the x scale", scale_xy)
+    maps = torch.from_numpy(np.ascontiguousarray(density, dtype=np.float64))[None]
+    c = torch.from_numpy(np.asarray(centres_px, dtype=np.float64) * np.asarray(scale_xy))
+    s = torch.as_tensor(np.asarray(sizes_px, dtype=np.float64) * scale_xy[0])
+    integ, area = integrate_spots(maps, c, s, shape)
+    return integ.numpy(), area.numpy()
+
+
+def targets_from_integrals(
+    integ: np.ndarray, area: np.ndarray, filler_density: float, target_sum: float
+) -> np.ndarray:
+    """``log1p(target_sum * m_g / (sum_g m_g + f * area))``, ``(N, G)`` float64."""
+    total = integ.sum(axis=1) + filler_density * area
+    return np.log1p(target_sum * integ / np.maximum(total, 1e-300)[:, None])
+
+
+@dataclass
+class Section:
+    """One section with its known field.
+
+    Attributes:
+        sample: the original sample (image, spots).
+        density: ``(G, H, W)`` known field at ``field_mpp``.
+        scale_xy: field pixels per full-resolution pixel.
+        spot_integ: ``(N, G)`` integrals over the 100 um training spots; spot_area ``(N,)``.
+    """
+
+    sample: Sample
+    density: np.ndarray
+    scale_xy: tuple[float, float]
+    spot_integ: np.ndarray
+    spot_area: np.ndarray
+
+
+def load_section(sample: Sample, field_mpp: float) -> Section:
+    """Read the image, derive the field and integrate it over the sample's spots."""
+    rgb, scale = read_field_image(sample, field_mpp)
+    density = synthetic_field(rgb, field_mpp)
+    integ, area = region_integrals(
+        density, scale, sample.centres_px, TRAIN_SPOT_UM / sample.mpp, "disk"
+    )
+    log.info("%s: field %s at %.2f um/px", sample.sample_id, density.shape, field_mpp)
+    return Section(sample, density, scale, integ, area)
+
+
+def filler_density(sections: list[Section], synthetic_share: float) -> float:
+    """``f`` such that the synthetic genes are ``synthetic_share`` of an average spot's mass."""
+    per_area = np.concatenate([s.spot_integ.sum(axis=1) / s.spot_area for s in sections])
+    return float((1.0 - synthetic_share) / synthetic_share * per_area.mean())
+
+
+def synthetic_sample(section: Section, f: float, n_filler: int) -> Sample:
+    """The section as a sample whose counts are its spots' masses (+ ``n_filler`` fillers).
+
+    ``GenePanel.transform`` of it gives :func:`targets_from_integrals` exactly (up to
+    float32 storage) for the synthetic genes.
+    """
+    n = section.sample.n_spots
+    filler = np.repeat((f * section.spot_area / n_filler)[:, None], n_filler, axis=1)
+    counts = np.concatenate([section.spot_integ, filler], axis=1)
+    genes = [g.name for g in SYNTHETIC_GENES] + [f"FILLER{i:05d}" for i in range(n_filler)]
+    assert counts.shape == (n, len(genes))
+    return dataclasses.replace(section.sample, counts=sp.csr_matrix(counts), gene_names=genes)
+
+
+def n_filler_genes(sections: list[Section], f: float) -> int:
+    """Filler genes, each below half the rarest synthetic gene's mean spot fraction."""
+    integ = np.concatenate([s.spot_integ for s in sections])
+    area = np.concatenate([s.spot_area for s in sections])
+    total = integ.sum(axis=1) + f * area
+    frac = (integ / total[:, None]).mean(axis=0)
+    filler_frac = float((f * area / total).mean())
+    return max(1, math.ceil(filler_frac / (0.5 * float(frac.min()))))
+
+
+def bins_in_spots(centres_px: np.ndarray, radius_px: float, side_px: float) -> np.ndarray:
+    """Centres ``(M, 2)`` (x, y) of grid bins of ``side_px`` whose centre is inside a spot.
+
+    The grid is anchored at the image origin: bin ``(i, j)`` covers
+    ``[j s, (j + 1) s) x [i s, (i + 1) s)``.
+    """
+    found = []
+    for cx, cy in centres_px:
+        j = np.arange(
+            math.floor((cx - radius_px) / side_px), math.floor((cx + radius_px) / side_px) + 1
+        )
+        i = np.arange(
+            math.floor((cy - radius_px) / side_px), math.floor((cy + radius_px) / side_px) + 1
+        )
+        jj, ii = np.meshgrid(j, i)
+        bx, by = (jj + 0.5) * side_px, (ii + 0.5) * side_px
+        keep = (bx - cx) ** 2 + (by - cy) ** 2 <= radius_px**2
+        found.append(np.stack([jj[keep], ii[keep]], axis=1))
+    idx = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), int)
+    return (idx + 0.5) * side_px
+
+
+@dataclass
+class Regions:
+    """Evaluation regions of one scale on the test section (full-resolution pixels)."""
+
+    name: str
+    shape: str
+    size_um: float
+    centres_px: np.ndarray
+    sizes_px: float
+
+
+def eval_regions(sample: Sample, scales_um: list[float], max_bins: int, seed: int) -> list[Regions]:
+    """Squares below 50 um (bins inside the spots), disks at the spot centres above."""
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for s_um in scales_um:
+        size_px = s_um / sample.mpp
+        if s_um < 50.0:
+            c = bins_in_spots(sample.centres_px, 0.5 * TRAIN_SPOT_UM / sample.mpp, size_px)
+            if len(c) > max_bins:
+                c = c[np.sort(rng.choice(len(c), size=max_bins, replace=False))]
+            out.append(Regions(f"{s_um:g} um square", "square", s_um, c, size_px))
+        else:
+            out.append(Regions(f"{s_um:g} um disk", "disk", s_um, sample.centres_px, size_px))
+    return out
+
+
+# -- predictions --------------------------------------------------------------------------
+
+
+def predict_pixnet(
+    model_path: Path, sample: Sample, regions: list[Regions], tile_px: int, margin_px: int
+) -> list[np.ndarray]:
+    """PixNet predictions ``(N_r, G)`` for every region set, in one whole-slide pass."""
+    from pixnet.io.slide import open_slide
+    from pixnet.io.tissue import tissue_mask
+    from pixnet.predict.spotsets import ExplicitSpots
+    from pixnet.predict.tiled import load_predictor, predict_slide
+
+    predictor = load_predictor(model_path)
+    sets = [
+        ExplicitSpots(
+            r.name,
+            [str(i) for i in range(len(r.centres_px))],
+            r.centres_px,
+            r.sizes_px,
+            r.shape,
+            r.size_um,
+        )
+        for r in regions
+    ]
+    outs = [np.full((len(r.centres_px), predictor.panel.n_genes), np.nan) for r in regions]
+
+    def sink(k: int, block: Any, values: np.ndarray) -> None:
+        outs[k][block.rows] = values
+
+    assert sample.image_path is not None
+    with open_slide(sample.image_path, mpp=sample.mpp) as slide:
+        thumb, thumb_mpp = slide.thumbnail(1024)
+        predict_slide(
+            predictor,
+            slide,
+            sets,
+            sink,
+            tile_px=tile_px,
+            margin_px=margin_px,
+            tissue=(tissue_mask(thumb), thumb_mpp),
+        )
+    return outs
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[str, Any]:
+    """Run the benchmark; return the JSON-ready result (also written to ``cfg.results``)."""
+    from pixnet.eval.baselines import (
+        load_test_slide,
+        predict_spot_crop,
+        prepare_fold_data,
+        train_spot_crop,
+    )
+    from pixnet.eval.evaluate import _clean as json_safe
+    from pixnet.eval.metrics import summarise
+    from pixnet.io.atomic import atomic_write_text
+    from pixnet.io.manifest import load_manifest
+    from pixnet.train.config import TrainConfig
+    from pixnet.train.loop import train
+
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    field_mpp = cfg.field_mpp or cfg.working_mpp
+    if samples is None:
+        samples = load_manifest(cfg.samples, [*cfg.train, cfg.test])
+    by_id = {s.sample_id: s for s in samples}
+    sections = {sid: load_section(by_id[sid], field_mpp) for sid in [*cfg.train, cfg.test]}
+    train_secs = [sections[s] for s in cfg.train]
+    f = filler_density(train_secs, cfg.synthetic_share)
+    n_filler = n_filler_genes(train_secs, f)
+    genes = [g.name for g in SYNTHETIC_GENES]
+    synth = {sid: synthetic_sample(sec, f, n_filler) for sid, sec in sections.items()}
+    train_samples = [synth[s] for s in cfg.train]
+    panel: GenePanel = fit_gene_panel(train_samples, n_genes=len(genes))
+    if sorted(panel.genes) != sorted(genes):
+        raise RuntimeError(f"filler genes entered the panel: {panel.genes}")
+    log.info("filler density %.4g, %d filler genes; panel %s", f, n_filler, panel.genes)
+
+    test = sections[cfg.test]
+    regions = eval_regions(test.sample, cfg.scales_um, cfg.max_bins, cfg.seed)
+    truth = []
+    for r in regions:
+        integ, area = region_integrals(
+            test.density, test.scale_xy, r.centres_px, r.sizes_px, r.shape
+        )
+        t = targets_from_integrals(integ, area, f, DEFAULT_TARGET_SUM)
+        truth.append(t[:, [genes.index(g) for g in panel.genes]])
+    train_mean = np.asarray(panel.mean_targets)
+
+    out = Path(cfg.out)
+    base = TrainConfig(
+        samples=cfg.samples,
+        out="",
+        n_genes=len(genes),
+        working_mpp=cfg.working_mpp,
+        crop_px=cfg.crop_px,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        crops_per_epoch=cfg.crops_per_epoch,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        overwrite=True,
+    )
+    preds: dict[str, list[np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    for readout in cfg.readouts:
+        t0 = time.perf_counter()
+        run = out / f"pixnet-{readout}"
+        for stale in ("log.jsonl", "checkpoint.pt"):
+            (run / stale).unlink(missing_ok=True)  # a fresh run each time
+        model = train(dataclasses.replace(base, out=str(run), readout=readout), train_samples)
+        preds[f"pixnet-{readout}"] = predict_pixnet(
+            model, test.sample, regions, cfg.tile_px, cfg.margin_px
+        )
+        seconds[f"pixnet-{readout}"] = round(time.perf_counter() - t0, 1)
+        records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
+        details[f"pixnet-{readout}"] = {
+            "best_epoch": records[-1]["best_epoch"],
+            "model": str(model),
+        }
+    if cfg.spotcrop:
+        t0 = time.perf_counter()
+        tcfg = dataclasses.replace(base, out=str(out / "spotcrop"))
+        data = prepare_fold_data(tcfg, train_samples)
+        res = train_spot_crop(tcfg, data, cfg.spot_crop_px, out=out / "spotcrop")
+        slide = load_test_slide(synth[cfg.test], panel, cfg.working_mpp)
+        sx, sy = slide.scale_xy
+        cache: dict[bytes, np.ndarray] = {}
+        p_sc = []
+        for r in regions:
+            key = r.centres_px.tobytes()
+            if key not in cache:  # 55 and 100 um disks share their centres, hence their crops
+                c_w = r.centres_px * np.array([sx, sy])
+                cache[key] = predict_spot_crop(
+                    res.model, slide, res.crop_px, centres_wpx=c_w, progress=True
+                )
+            p_sc.append(cache[key])
+        preds["spotcrop"] = p_sc
+        seconds["spotcrop"] = round(time.perf_counter() - t0, 1)
+        details["spotcrop"] = {"best_epoch": res.best_epoch, "crop_px": res.crop_px}
+    preds["mean"] = [np.broadcast_to(train_mean, t.shape) for t in truth]
+    seconds["mean"] = 0.0
+
+    metrics: dict[str, dict[str, Any]] = {}
+    for m, plist in preds.items():
+        metrics[m] = {}
+        for r, p, t in zip(regions, plist, truth, strict=True):
+            s = summarise(p, t, train_mean)
+            s["pcc_per_gene"] = dict(zip(panel.genes, s.pop("pcc").tolist(), strict=True))
+            metrics[m][r.name] = s
+    held_out = [r.name for r in regions if r.size_um != TRAIN_SPOT_UM]
+    ranking = {
+        m: float(np.mean([metrics[m][n]["MSE"] for n in held_out]))
+        for m in metrics
+        if m.startswith("pixnet-")
+    }
+    pcc_rank = {
+        m: float(np.nanmean([metrics[m][n]["PCC@M"] for n in held_out]))
+        for m in metrics
+        if m.startswith("pixnet-")
+    }
+    best = min(ranking, key=lambda m: ranking[m]) if ranking else None
+    result = {
+        "benchmark": "controlled multi-scale (bench/scales.py)",
+        "config": asdict(cfg),
+        "field": {
+            "genes": [asdict(g) for g in SYNTHETIC_GENES],
+            "field_mpp": field_mpp,
+            "filler_density": f,
+            "n_filler_genes": n_filler,
+            "synthetic_share": cfg.synthetic_share,
+            "target": "log1p(1e4 * m_g(R) / (sum_g m_g(R) + filler_density * area(R)))",
+        },
+        "train": cfg.train,
+        "test": cfg.test,
+        "regions": {r.name: {"n": len(r.centres_px), "shape": r.shape} for r in regions},
+        "panel": {"genes": panel.genes, "mean_targets": panel.mean_targets},
+        "metrics": metrics,
+        "seconds": seconds,
+        "details": details,
+        "held_out_scales": held_out,
+        "mean_mse_held_out": ranking,
+        "mean_pcc_m_held_out": pcc_rank,
+        "best_readout": best,
+        "seeds": {"seed": cfg.seed, "rule": "every method uses the same seed"},
+        "environment": {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    result = json_safe(result)
+    res_path = Path(cfg.results)
+    atomic_write_text(res_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(res_path.with_suffix(".md"), format_markdown(result))
+    return result
+
+
+LABELS = {
+    "pixnet-sum": "PixNet, sum (paper)",
+    "pixnet-mean": "PixNet, mean",
+    "pixnet-density": "PixNet, density",
+    "spotcrop": "spot-crop ResNet18",
+    "mean": "training mean",
+}
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """Table 3 layout: MSE, MAE, PCC@M per scale for every method (NaN already ``None``)."""
+    names = list(result["regions"])
+    cfg = result["config"]
+    lines = [
+        "# Controlled multi-scale benchmark",
+        "",
+        f"Train {', '.join(result['train'])} (100 um spots), test {result['test']}; known field "
+        f"at {result['field']['field_mpp']} um/px, working {cfg['working_mpp']} um/px, "
+        f"{cfg['epochs']} epochs, seed {cfg['seed']}. Target: {result['field']['target']}. "
+        "Regions: "
+        + ", ".join(f"{n} ({result['regions'][n]['n']})" for n in names)
+        + ". PCC across the regions of the test section, per gene; PCC@M over the 6 genes.",
+        "",
+        "| method | " + " | ".join(f"{n} MSE | MAE | PCC@M" for n in names) + " |",
+        "|---|" + "---:|" * (3 * len(names)),
+    ]
+    for m, per in result["metrics"].items():
+        cells = [LABELS.get(m, m)]
+        for n in names:
+            s = per[n]
+            cells += [_f(s["MSE"]), _f(s["MAE"]), _f(s["PCC@M"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    genes = result["panel"]["genes"]
+    scales = {g["name"]: g["scale_um"] for g in result["field"]["genes"]}
+    lines += [
+        "",
+        f"PCC per gene (smoothing scale) at {names[0]}:",
+        "",
+        "| method | " + " | ".join(f"{g} ({scales.get(g, 0):g} um)" for g in genes) + " |",
+        "|---|" + "---:|" * len(genes),
+    ]
+    for m, per in result["metrics"].items():
+        pg = per[names[0]]["pcc_per_gene"]
+        lines.append("| " + " | ".join([LABELS.get(m, m), *(_f(pg[g]) for g in genes)]) + " |")
+    if result.get("best_readout"):
+        held = ", ".join(result["held_out_scales"])
+        lines += [
+            "",
+            f"Mean MSE over the scales not trained at ({held}): "
+            + ", ".join(f"{LABELS[m]} {v:.3f}" for m, v in result["mean_mse_held_out"].items())
+            + f". **Best read-out across scales: {result['best_readout'].removeprefix('pixnet-')}**"
+            + " (lowest mean MSE); mean PCC@M: "
+            + ", ".join(f"{LABELS[m]} {_f(v)}" for m, v in result["mean_pcc_m_held_out"].items())
+            + ".",
+        ]
+    lines += ["", f"Wall time: {result['wall_seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pixnet.config import add_dataclass_arguments, dataclass_from_args
+
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0]
+        + f" Full run: {FULL_EPOCHS} epochs x 3 read-outs + spot-crop on 4 Her2ST sections, "
+        "about 1 to 1.5 hours on 2 CPU cores (estimate).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_dataclass_arguments(ap, ScalesConfig)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="development run: train C2, C3; 1 epoch of 8 crops; 2000 bins per size",
+    )
+    ap.add_argument(
+        "--example",
+        action="store_true",
+        help="run on 3 generated sections (EX1, EX2 train, EX3 test) instead of Her2ST",
+    )
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = dataclass_from_args(ScalesConfig, args)
+    if args.quick:
+        cfg = dataclasses.replace(cfg, epochs=1, crops_per_epoch=8, max_bins=2000)
+        if cfg.train == ScalesConfig().train:
+            cfg.train = ["C2", "C3"]
+        if cfg.out == ScalesConfig.out:
+            cfg.out = "runs/bench-scales-quick"
+        if cfg.results == ScalesConfig.results:
+            cfg.results = str(ROOT / "bench" / "results" / "scales-quick.json")
+    if args.example:
+        from pixnet.data.example import write_example_dataset
+
+        manifest = Path(cfg.out) / "data" / "manifest.csv"
+        if not manifest.is_file():
+            write_example_dataset(manifest.parent, n_sections=3, size_px=(800, 800))
+        cfg = dataclasses.replace(cfg, samples=str(manifest), train=["EX1", "EX2"], test="EX3")
+        if cfg.results == ScalesConfig.results or cfg.results.endswith("scales-quick.json"):
+            cfg.results = str(Path(cfg.out) / "scales.json")
+        if cfg.crop_px > 64:
+            cfg.crop_px = 64
+    result = run_scales(cfg)
+    print(format_markdown(result), end="")
+    print(f"\nresults: {cfg.results} and {Path(cfg.results).with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

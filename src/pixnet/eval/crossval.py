@@ -1,0 +1,600 @@
+"""Cross-validation of PixNet and the baselines on one manifest (``pixnet crossval``).
+
+Protocol (SPEC section 3):
+
+* Folds by patient (no section of a test patient in training) when the manifest has
+  several patients; leave-one-section-out when it has one, and then the report says the
+  split is *within-patient* (:func:`make_folds`).
+* Each fold fits its gene panel on its training samples only; every method of the fold
+  uses that panel, its training means (for the MSE skill) and its targets.
+* Checkpoints are chosen on a validation band drawn from the training samples
+  (``val_fraction``; ``0``: the last epoch, i.e. a fixed epoch budget), never on the
+  test fold.
+* Methods (``--methods``): ``mean`` (training mean), ``ridge`` (frozen encoder features
+  + ridge), ``spotcrop`` (ST-Net-style spot-crop ResNet18), ``pixnet`` (the configured
+  read-out) or ``pixnet-<readout>`` (``pixnet-mean``, ``pixnet-sum``, ``pixnet-density``).
+  All run on the same folds, data, seeds and epoch budget (:mod:`pixnet.eval.baselines`).
+* Seeds: fold ``k`` (0-based, in manifest order of the test groups) uses
+  ``seed + k`` for every method (data order, validation band, initialisation).
+
+Outputs in ``--out``: ``results.json`` and ``results.md`` (rewritten after every fold),
+and per fold and method ``<fold>/<method>/`` with the predictions (``pred.npz``), what
+the method chose (``method.json``) and, for PixNet, its run folder and ``.h5ad``
+predictions. ``--resume`` reuses finished (fold, method) results and continues
+interrupted PixNet training from its checkpoint.
+
+Metrics: :func:`pixnet.eval.metrics.evaluate_slides` per test slide (PCC across the
+spots of one slide) and pooled over the fold's test slides; a fold's value is the mean
+over its test slides, and the summary is the mean and sample std (ddof=1) over folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pixnet.config import add_dataclass_arguments, dataclass_from_args
+from pixnet.data.preprocess import GenePanel, fit_gene_panel
+from pixnet.errors import PixNetInputError
+from pixnet.eval.evaluate import _clean as json_safe
+from pixnet.eval.metrics import METRICS, evaluate_slides
+from pixnet.io.atomic import atomic_write, atomic_write_text
+from pixnet.io.sample import Sample
+from pixnet.ops.readout import READOUTS
+from pixnet.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("auto", "patient", "section")
+BASE_METHODS = ("mean", "ridge", "spotcrop", "pixnet")
+METHOD_LABELS = {
+    "mean": "training mean",
+    "ridge": "ridge on frozen ResNet18 features",
+    "spotcrop": "spot-crop ResNet18 (ST-Net style)",
+    "pixnet": "PixNet",
+}
+METRICS_NOTE = (
+    "MSE/MAE over all (spot, gene) pairs of a test slide, on the targets' "
+    "log1p(1e4 * count / spot total) scale; PCC per gene across the spots of one test slide "
+    "(per-slide PCC); PCC@F/S/M = first quartile/median/mean over genes whose truth and "
+    "prediction vary; skill = 1 - MSE / MSE of the fold's training-mean predictor."
+)
+FOLD_NOTE = (
+    "A fold's value is the mean over its test slides; the summary is the mean and sample "
+    "std (ddof=1) over folds."
+)
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class CrossValConfig(TrainConfig):
+    """Every :class:`TrainConfig` field applies to each fold's training; plus the fields below.
+
+    ``samples`` is the manifest, ``out`` the results folder, ``holdout`` samples left out
+    of every fold, ``resume`` reuses finished folds.
+    """
+
+    out: str = field(default="runs/crossval", metadata=_h("results folder"))
+    holdout: list[str] = field(
+        default_factory=list, metadata=_h("sample ids left out of every fold (never used)")
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_h("reuse finished (fold, method) results in OUT; resume PixNet training"),
+    )
+    methods: list[str] = field(
+        default_factory=lambda: list(BASE_METHODS),
+        metadata=_h("methods: mean, ridge, spotcrop, pixnet, pixnet-<readout>"),
+    )
+    split: str = field(
+        default="auto",
+        metadata=_h("auto (patient if several, else section), patient, or section"),
+    )
+    only_folds: list[str] = field(
+        default_factory=list, metadata=_h("run only these folds (test patient or section ids)")
+    )
+    spot_crop_px: int = field(
+        default=0, metadata=_h("spot-crop side for spotcrop/ridge, working px (0: spot + 12%%)")
+    )
+    spot_batch_size: int = field(default=32, metadata=_h("spot crops per step (spotcrop)"))
+    ridge_alphas: list[float] = field(
+        default_factory=lambda: [1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5],
+        metadata=_h("ridge penalties tried on the validation band"),
+    )
+    tile_px: int = field(default=512, metadata=_h("PixNet prediction tile, working px"))
+    margin_px: int = field(default=64, metadata=_h("PixNet prediction tile context, working px"))
+    title: str = field(default="", metadata=_h("dataset name for the report"))
+
+
+# -- folds --------------------------------------------------------------------------------
+
+
+@dataclass
+class Fold:
+    """One train/test split.
+
+    Attributes:
+        name: the test group (patient id for patient folds, sample id for section folds).
+        test: test sample ids; train: training sample ids (manifest order).
+        test_patients: patients of the test samples.
+        within_patient: some training sample comes from a test patient.
+    """
+
+    name: str
+    test: list[str]
+    train: list[str]
+    test_patients: list[str]
+    within_patient: bool
+
+
+def make_folds(samples: list[Sample], split: str = "auto") -> tuple[str, list[Fold]]:
+    """Folds over ``samples``: ``("patient" | "section", folds)``.
+
+    ``auto``: by patient when there are at least two patients, else leave-one-section-out.
+    ``patient`` with a single patient, or fewer than two samples, is an error.
+    """
+    if split not in SPLITS:
+        raise PixNetInputError("--split", f"{split!r} unknown", f"use one of {', '.join(SPLITS)}")
+    if len(samples) < 2:
+        raise PixNetInputError(
+            "--samples", f"{len(samples)} sample(s): cross-validation needs at least two"
+        )
+    patients = list(dict.fromkeys(s.patient_id for s in samples))
+    kind = split if split != "auto" else ("patient" if len(patients) >= 2 else "section")
+    if kind == "patient" and len(patients) < 2:
+        raise PixNetInputError(
+            "--split patient",
+            f"all samples come from patient {patients[0]!r}",
+            "use --split section (leave-one-section-out, within-patient)",
+        )
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.patient_id if kind == "patient" else s.sample_id, []).append(s)
+    folds = []
+    for name, test in groups.items():
+        test_ids = [s.sample_id for s in test]
+        train = [s for s in samples if s.sample_id not in set(test_ids)]
+        test_patients = list(dict.fromkeys(s.patient_id for s in test))
+        folds.append(
+            Fold(
+                name=name,
+                test=test_ids,
+                train=[s.sample_id for s in train],
+                test_patients=test_patients,
+                within_patient=any(s.patient_id in test_patients for s in train),
+            )
+        )
+    return kind, folds
+
+
+def split_note(kind: str, folds: list[Fold]) -> str:
+    """One sentence that says how the folds were made and whether they are within-patient."""
+    if kind == "patient":
+        return (
+            f"{len(folds)} folds by patient (patient_id of the manifest): no section of a "
+            "test patient is in training"
+        )
+    within = [f.name for f in folds if f.within_patient]
+    if within:
+        pats = sorted({p for f in folds for p in f.test_patients})
+        return (
+            f"leave-one-section-out, {len(folds)} folds, within-patient: the training sections "
+            f"of {len(within)} fold(s) come from the test section's patient "
+            f"({', '.join(pats)}), so scores are optimistic for an unseen patient"
+        )
+    return f"leave-one-section-out, {len(folds)} folds; every section is its own patient"
+
+
+# -- methods ------------------------------------------------------------------------------
+
+
+def parse_method(method: str, default_readout: str) -> tuple[str, str | None]:
+    """``"pixnet-mean"`` -> ``("pixnet", "mean")``; baselines -> ``(name, None)``."""
+    if method in ("mean", "ridge", "spotcrop"):
+        return method, None
+    if method == "pixnet":
+        return "pixnet", default_readout
+    if method.startswith("pixnet-") and method[7:] in READOUTS:
+        return "pixnet", method[7:]
+    raise PixNetInputError(
+        "--methods",
+        f"{method!r} unknown",
+        f"use mean, ridge, spotcrop, pixnet or pixnet-<{'|'.join(READOUTS)}>",
+    )
+
+
+def method_label(method: str, default_readout: str) -> str:
+    base, readout = parse_method(method, default_readout)
+    return f"PixNet ({readout} read-out)" if base == "pixnet" else METHOD_LABELS[base]
+
+
+def fold_train_config(cfg: CrossValConfig, out: Path, seed: int, **changes: Any) -> TrainConfig:
+    """The :class:`TrainConfig` part of ``cfg`` for one fold's training."""
+    base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+    base.update(out=str(out), seed=seed, holdout=[], resume=False, overwrite=True)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def align_predictions(
+    values: np.ndarray,
+    spot_ids: list[str],
+    genes: list[str],
+    want_spots: list[str],
+    want_genes: list[str],
+) -> np.ndarray:
+    """Reorder ``values (n, g)`` to ``(len(want_spots), len(want_genes))``; NaN where absent."""
+    out = np.full((len(want_spots), len(want_genes)), np.nan, dtype=np.float32)
+    r = {s: i for i, s in enumerate(spot_ids)}
+    c = {g: j for j, g in enumerate(genes)}
+    rows = np.array([r.get(s, -1) for s in want_spots])
+    cols = np.array([c.get(g, -1) for g in want_genes])
+    ok_r, ok_c = rows >= 0, cols >= 0
+    out[np.ix_(ok_r, ok_c)] = values[np.ix_(rows[ok_r], cols[ok_c])]
+    return out
+
+
+def _run_pixnet(
+    cfg: CrossValConfig,
+    tcfg: TrainConfig,
+    train_samples: list[Sample],
+    test_samples: list[Sample],
+    panel: GenePanel,
+    mdir: Path,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from pixnet.eval.evaluate import read_prediction
+    from pixnet.io.modelfile import load_model_file
+    from pixnet.predict.job import PredictConfig, run_predict
+    from pixnet.train.loop import train
+
+    run_dir = Path(tcfg.out)
+    tcfg.resume = cfg.resume and (run_dir / "checkpoint.pt").is_file()
+    model_path = train(tcfg, train_samples)
+    model_genes = list(load_model_file(model_path)["panel"]["genes"])
+    if model_genes != panel.genes:
+        raise RuntimeError("PixNet's gene panel differs from the fold's panel")
+    preds = {}
+    for s in test_samples:
+        path = mdir / f"{s.sample_id}.h5ad"
+        run_predict(
+            PredictConfig(
+                model=str(model_path),
+                out=str(path),
+                tile_px=cfg.tile_px,
+                margin_px=cfg.margin_px,
+                overwrite=True,
+            ),
+            sample=s,
+        )
+        p = read_prediction(path, s.sample_id)
+        preds[s.sample_id] = align_predictions(
+            p.values, p.spot_ids, p.genes, s.spot_ids, panel.genes
+        )
+    records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x]
+    details = {
+        "model": str(model_path),
+        "readout": tcfg.readout,
+        "best_epoch": records[-1]["best_epoch"] if records else None,
+        "epochs_run": len(records),
+        "val_loss_best": min((r["val_loss"] for r in records if "val_loss" in r), default=None),
+    }
+    return preds, details
+
+
+def _run_method(
+    method: str,
+    cfg: CrossValConfig,
+    fold: Fold,
+    seed: int,
+    samples: dict[str, Sample],
+    panel: GenePanel,
+    mdir: Path,
+    fold_data: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Train ``method`` on the fold's training samples; predictions per test sample."""
+    from pixnet.eval import baselines as B
+
+    base, readout = parse_method(method, cfg.readout)
+    train_samples = [samples[i] for i in fold.train]
+    test_samples = [samples[i] for i in fold.test]
+    tcfg = fold_train_config(cfg, mdir / "run", seed, **({"readout": readout} if readout else {}))
+    if base == "mean":
+        return {s.sample_id: B.mean_predictions(panel, s.n_spots) for s in test_samples}, {}
+    if base == "pixnet":
+        return _run_pixnet(cfg, tcfg, train_samples, test_samples, panel, mdir)
+    if "data" not in fold_data:  # read the fold's images once for all baselines
+        fold_data["data"] = B.prepare_fold_data(tcfg, train_samples)
+        fold_data["test"] = {
+            s.sample_id: B.load_test_slide(s, panel, cfg.working_mpp) for s in test_samples
+        }
+        if fold_data["data"].panel.genes != panel.genes:
+            raise RuntimeError("baseline gene panel differs from the fold's panel")
+    data, tests = fold_data["data"], fold_data["test"]
+    if base == "spotcrop":
+        res = B.train_spot_crop(tcfg, data, cfg.spot_crop_px, cfg.spot_batch_size, out=mdir)
+        preds = {k: B.predict_spot_crop(res.model, s, res.crop_px) for k, s in tests.items()}
+        return preds, {
+            "crop_px": res.crop_px,
+            "best_epoch": res.best_epoch,
+            "crops_per_epoch": res.crops_per_epoch,
+            "history": res.history,
+        }
+    ridge = B.train_ridge(tcfg, data, cfg.spot_crop_px, cfg.ridge_alphas)
+    preds = {k: ridge.predict(s) for k, s in tests.items()}
+    return preds, {
+        "crop_px": ridge.crop_px,
+        "alpha": ridge.fit.alpha,
+        "val_mse": {str(a): v for a, v in ridge.fit.val_mse.items()},
+    }
+
+
+def _save_method(mdir: Path, preds: dict[str, np.ndarray], details: dict[str, Any]) -> None:
+    mdir.mkdir(parents=True, exist_ok=True)
+
+    def write_npz(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+            np.savez(fh, **preds)
+
+    atomic_write(mdir / "pred.npz", write_npz)
+    atomic_write_text(mdir / "method.json", json.dumps(json_safe(details), indent=2) + "\n")
+
+
+def _load_method(mdir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    if not (mdir / "method.json").is_file() or not (mdir / "pred.npz").is_file():
+        return None
+    with np.load(mdir / "pred.npz") as z:
+        preds = {k: z[k] for k in z.files}
+    return preds, json.loads((mdir / "method.json").read_text())
+
+
+# -- the driver ---------------------------------------------------------------------------
+
+
+def _summary(folds: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in methods:
+        out[m] = {}
+        for key in METRICS:
+            vals = [f["methods"][m]["fold"][key] for f in folds if m in f["methods"]]
+            arr = np.array([v for v in vals if v is not None and np.isfinite(v)], dtype=float)
+            out[m][key] = {
+                "mean": float(arr.mean()) if arr.size else float("nan"),
+                "std": float(arr.std(ddof=1)) if arr.size > 1 else float("nan"),
+                "n": int(arr.size),
+            }
+    return out
+
+
+def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> dict[str, Any]:
+    """Run every method on every fold; write ``results.json`` / ``results.md``; return the JSON.
+
+    Args:
+        cfg: the configuration (``samples`` is read unless ``samples`` is given).
+        samples: the samples, already loaded (e.g. by tests or benchmarks).
+
+    Returns:
+        ``split`` (kind, within-patient flag, note), ``folds`` (membership, seed, panel,
+        per method: ``per_slide`` and ``pooled`` metrics, ``fold`` values, ``seconds``,
+        ``details``), ``summary`` (method -> metric -> mean, std, n over folds),
+        ``seeds``, ``wall_seconds``, ``config``.
+    """
+    from pixnet.io.manifest import load_manifest
+
+    t_start = time.perf_counter()
+    if samples is None:
+        if not cfg.samples:
+            raise PixNetInputError("--samples", "no manifest given", "pass --samples MANIFEST.csv")
+        samples = load_manifest(cfg.samples)
+    unknown = sorted(set(cfg.holdout) - {s.sample_id for s in samples})
+    if unknown:
+        raise PixNetInputError("--holdout", f"unknown sample ids {unknown}")
+    samples = [s for s in samples if s.sample_id not in set(cfg.holdout)]
+    methods = list(dict.fromkeys(cfg.methods))
+    for m in methods:
+        parse_method(m, cfg.readout)
+    kind, folds = make_folds(samples, cfg.split)
+    note = split_note(kind, folds)
+    if cfg.only_folds:
+        missing = sorted(set(cfg.only_folds) - {f.name for f in folds})
+        if missing:
+            raise PixNetInputError(
+                "--only-folds", f"no fold {missing}", f"folds: {[f.name for f in folds]}"
+            )
+    out = Path(cfg.out)
+    json_path, md_path = out / "results.json", out / "results.md"
+    if json_path.exists() and not (cfg.overwrite or cfg.resume):
+        raise PixNetInputError(json_path, "output exists", "pass --overwrite or --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    by_id = {s.sample_id: s for s in samples}
+    log.info("cross-validation: %s; methods %s", note, ", ".join(methods))
+    result: dict[str, Any] = {
+        "command": "pixnet crossval",
+        "title": cfg.title,
+        "config": asdict(cfg),
+        "split": {"kind": kind, "within_patient": any(f.within_patient for f in folds)},
+        "methods": methods,
+        "method_labels": {m: method_label(m, cfg.readout) for m in methods},
+        "folds": [],
+        "seeds": {
+            "base": cfg.seed,
+            "rule": "fold k (0-based, in fold order) uses seed + k for every method",
+            "per_fold": {},
+        },
+        "metrics": f"{METRICS_NOTE} {FOLD_NOTE}",
+        "environment": {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+        },
+    }
+    result["split"]["note"] = note
+    for k, fold in enumerate(tqdm(folds, desc="folds", unit="fold")):
+        if cfg.only_folds and fold.name not in cfg.only_folds:
+            continue
+        seed = cfg.seed + k
+        result["seeds"]["per_fold"][fold.name] = seed
+        train_samples = [by_id[i] for i in fold.train]
+        test_samples = [by_id[i] for i in fold.test]
+        panel = fit_gene_panel(train_samples, n_genes=cfg.n_genes)
+        truth = {s.sample_id: panel.transform(s) for s in test_samples}
+        train_mean = np.asarray(panel.mean_targets, dtype=np.float64)
+        frec: dict[str, Any] = {
+            **asdict(fold),
+            "seed": seed,
+            "panel": {"n_genes": panel.n_genes, "fitted_on": panel.fitted_on, "genes": panel.genes},
+            "n_test_spots": {s.sample_id: s.n_spots for s in test_samples},
+            "methods": {},
+        }
+        fold_data: dict[str, Any] = {}
+        for m in methods:
+            mdir = out / fold.name / m
+            cached = _load_method(mdir) if cfg.resume else None
+            t0 = time.perf_counter()
+            if cached is None:
+                if mdir.exists() and not cfg.resume:
+                    shutil.rmtree(mdir)  # our own folder of an earlier run (--overwrite)
+                mdir.mkdir(parents=True, exist_ok=True)
+                log.info("fold %s (%d/%d): %s", fold.name, k + 1, len(folds), m)
+                preds, details = _run_method(m, cfg, fold, seed, by_id, panel, mdir, fold_data)
+                details["seconds"] = round(time.perf_counter() - t0, 2)
+                details["seed"] = seed
+                _save_method(mdir, preds, details)
+            else:
+                preds, details = cached
+                log.info("fold %s: %s reused from %s", fold.name, m, mdir)
+            res = evaluate_slides(
+                {sid: (preds[sid], truth[sid]) for sid in fold.test}, train_mean=train_mean
+            )
+            frec["methods"][m] = {
+                "per_slide": res["per_slide"],
+                "pooled": res["pooled"],
+                "fold": {key: res["mean_over_slides"][key]["mean"] for key in METRICS},
+                "seconds": details.get("seconds"),
+                "details": {k2: v for k2, v in details.items() if k2 != "history"},
+            }
+        result["folds"].append(frec)
+        result["summary"] = _summary(result["folds"], methods)
+        result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        _write(result, json_path, md_path)
+    result["summary"] = _summary(result["folds"], methods)
+    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    result["complete"] = True
+    result = _write(result, json_path, md_path)
+    log.info("cross-validation written to %s and %s", json_path, md_path)
+    return result
+
+
+def _write(result: dict[str, Any], json_path: Path, md_path: Path) -> dict[str, Any]:
+    clean = json_safe(result)
+    atomic_write_text(json_path, json.dumps(clean, indent=2) + "\n")
+    atomic_write_text(md_path, format_markdown(clean))
+    return clean
+
+
+def _pm(s: dict[str, Any]) -> str:
+    m, sd = s.get("mean"), s.get("std")
+    if m is None:
+        return "n/a"
+    return f"{m:.3f} ± {sd:.3f}" if sd is not None else f"{m:.3f}"
+
+
+def format_markdown(result: dict[str, Any], heading: str = "##") -> str:
+    """Table 2 layout: one row per method, mean ± std over folds (NaN already ``None``)."""
+    cfg = result["config"]
+    folds = result["folds"]
+    title = result.get("title") or cfg.get("samples") or "cross-validation"
+    lines = [
+        f"{heading} {title}",
+        "",
+        f"Split: {result['split']['note']}. Folds run: "
+        f"{', '.join(f['name'] for f in folds) or 'none'}. "
+        f"Genes: top {cfg['n_genes']} fitted per fold on its training sections. "
+        f"Budget: {cfg['epochs']} epochs, working {cfg['working_mpp']} um/px, "
+        f"crop {cfg['crop_px']} px, validation band {cfg['val_fraction']:.0%} of each "
+        f"training section. Seeds: {cfg['seed']} + fold index.",
+        "",
+        f"{METRICS_NOTE} Mean ± std over folds.",
+        "",
+        "| method | " + " | ".join(METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    summary = result.get("summary", {})
+    for m in result["methods"]:
+        if m not in summary:
+            continue
+        cells = [result["method_labels"][m], *(_pm(summary[m][k]) for k in METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if folds:
+        lines += [
+            "",
+            "Per fold: PCC@M / skill (seconds).",
+            "",
+            "| method | " + " | ".join(f["name"] for f in folds) + " |",
+            "|---|" + "---:|" * len(folds),
+        ]
+        for m in result["methods"]:
+            cells = [result["method_labels"][m]]
+            for f in folds:
+                r = f["methods"].get(m)
+                if r is None:
+                    cells.append("")
+                    continue
+                pcc, sk, sec = r["fold"]["PCC@M"], r["fold"]["skill"], r["seconds"]
+                cells.append(
+                    f"{'n/a' if pcc is None else f'{pcc:.3f}'} / "
+                    f"{'n/a' if sk is None else f'{sk:.3f}'} ({sec or 0:.0f} s)"
+                )
+            lines.append("| " + " | ".join(cells) + " |")
+    if "wall_seconds" in result:
+        lines += ["", f"Wall time: {result['wall_seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_crossval(args: argparse.Namespace) -> int:
+    result = run_crossval(dataclass_from_args(CrossValConfig, args))
+    print(format_markdown(result), end="")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``crossval`` command to the ``pixnet`` sub-command parser ``sub``."""
+    p = sub.add_parser(
+        "crossval", help="cross-validate PixNet and the baselines (folds by patient or section)"
+    )
+    add_dataclass_arguments(p, CrossValConfig)
+    p.set_defaults(func=_cmd_crossval)
+
+
+__all__ = [
+    "BASE_METHODS",
+    "SPLITS",
+    "CrossValConfig",
+    "Fold",
+    "align_predictions",
+    "fold_train_config",
+    "format_markdown",
+    "make_folds",
+    "method_label",
+    "parse_method",
+    "register",
+    "run_crossval",
+    "split_note",
+]
