@@ -1,0 +1,190 @@
+"""Accuracy benchmark: PixNet against the baselines, cross-validated (paper Table 2 layout).
+
+    .venv/bin/python bench/accuracy.py --quick      # development: 1 fold per dataset, minutes
+    .venv/bin/python bench/accuracy.py              # full run (budget below)
+
+Datasets (``--datasets``):
+
+* ``her2st``: Her2ST patient C, sections C2-C6 (``configs/her2st.csv``),
+  leave-one-section-out: 5 folds, *within-patient* (one patient). Working 4 um/px.
+* ``mob``: mouse olfactory bulb MOB1-MOB3 (``configs/mouse-olfactory-bulb.csv``),
+  leave-one-section-out: 3 folds. The images are about 4.64 um/px, so the working
+  resolution is 4.64 um/px (the image's own).
+* ``example``: three generated sections (no data needed; for smoke runs).
+
+Every method (training mean, ridge on frozen ResNet18 features, ST-Net-style spot-crop
+ResNet18, PixNet) runs through :func:`pixnet.eval.crossval.run_crossval` on the same
+folds, gene panels (top 250 genes of each fold's training sections), validation band
+(15 % of each training section, picks the epoch), seeds and epoch budget. Metrics
+(MSE, MAE, PCC@F, PCC@S, PCC@M per test slide, MSE skill) are mean ± std over folds.
+
+Full budget: ``FULL_EPOCHS`` epochs per fold for each trained method (PixNet: about one
+supervision per training spot per epoch; spot-crop: one crop per training spot per
+epoch), ``cpu`` preset, 128 px crops, batch 8, random (torchvision) initialisation
+unless ``--pretrained``. Estimated wall time on 2 CPU cores: about 2 to 2.5 hours
+(Her2ST ~50 s and MOB ~2 min per PixNet epoch, measured from short runs and
+extrapolated; the JSON records the real time per fold and method).
+
+Outputs: Markdown on stdout and in ``--results`` with ``.md``; JSON in ``--results``
+(default ``bench/results/accuracy.json``, ``accuracy-quick.json`` with ``--quick``);
+run folders under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL_EPOCHS = 10
+log = logging.getLogger("bench.accuracy")
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "her2st": {
+        "manifest": ROOT / "configs" / "her2st.csv",
+        "title": "Her2ST patient C (C2-C6), leave-one-section-out",
+        "split": "section",
+        "working_mpp": 4.0,
+        "crop_px": 128,
+    },
+    "mob": {
+        "manifest": ROOT / "configs" / "mouse-olfactory-bulb.csv",
+        "title": "Mouse olfactory bulb (MOB1-MOB3), leave-one-section-out",
+        "split": "section",
+        "working_mpp": 4.64,
+        "crop_px": 128,
+    },
+    "example": {
+        "manifest": None,  # generated
+        "title": "Generated example sections (smoke run)",
+        "split": "section",
+        "working_mpp": 4.0,
+        "crop_px": 64,
+    },
+}
+
+
+def budget_text(epochs: int, quick: bool) -> str:
+    if quick:
+        return (
+            f"quick: {epochs} epoch(s) of 8 crops, 50 genes, first fold of each dataset only "
+            "(development; the numbers mean nothing)"
+        )
+    return (
+        f"{epochs} epochs per fold for PixNet and the spot-crop regressor (about one "
+        "supervision per training spot per epoch), cpu preset, 128 px crops, batch 8, 250 "
+        "genes, best epoch on a 15 % validation band of the training sections; estimated "
+        "2-2.5 h on 2 CPU cores"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
+    from pixnet.io.atomic import atomic_write_text
+    from pixnet.io.manifest import load_manifest
+
+    ap = argparse.ArgumentParser(
+        description="Cross-validated accuracy of PixNet and baselines (Table 2 layout). "
+        + budget_text(FULL_EPOCHS, False)
+        + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--quick", action="store_true", help="1 epoch of 8 crops, 50 genes, 1 fold")
+    ap.add_argument("--datasets", nargs="*", default=["her2st", "mob"], choices=list(DATASETS))
+    ap.add_argument("--epochs", type=int, default=0, help=f"0: {FULL_EPOCHS} (quick: 1)")
+    ap.add_argument("--methods", nargs="*", default=["mean", "ridge", "spotcrop", "pixnet"])
+    ap.add_argument("--readout", default="density", help="PixNet read-out of method 'pixnet'")
+    ap.add_argument("--all-folds", action="store_true", help="with --quick: every fold")
+    ap.add_argument("--out", default="", help="run folders (default runs/bench-accuracy[-quick])")
+    ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")
+    ap.add_argument("--pretrained", default=None, help="encoder weights for every method")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    suffix = "-quick" if args.quick else ""
+    out = Path(args.out or f"runs/bench-accuracy{suffix}")
+    results = Path(args.results or ROOT / "bench" / "results" / f"accuracy{suffix}.json")
+    if "example" in args.datasets and not args.results:
+        results = out / f"accuracy{suffix}.json"
+    epochs = args.epochs or (1 if args.quick else FULL_EPOCHS)
+    t0 = time.perf_counter()
+    combined: dict[str, Any] = {
+        "benchmark": "accuracy (bench/accuracy.py)",
+        "quick": args.quick,
+        "budget": budget_text(epochs, args.quick),
+        "epochs": epochs,
+        "datasets": {},
+        "environment": {
+            "torch": torch.__version__,
+            "torch_threads": args.threads or torch.get_num_threads(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+        },
+    }
+    md = [
+        "# Accuracy benchmark",
+        "",
+        f"Budget: {combined['budget']}.",
+        "",
+    ]
+    for name in args.datasets:
+        spec = DATASETS[name]
+        manifest = spec["manifest"]
+        if manifest is None:
+            from pixnet.data.example import write_example_dataset
+
+            manifest = out / "example-data" / "manifest.csv"
+            if not manifest.is_file():
+                write_example_dataset(manifest.parent, n_sections=3, size_px=(600, 600))
+        samples = load_manifest(manifest)
+        _, folds = make_folds(samples, spec["split"])
+        cfg = CrossValConfig(
+            samples=str(manifest),
+            out=str(out / name),
+            title=spec["title"],
+            split=spec["split"],
+            working_mpp=spec["working_mpp"],
+            crop_px=spec["crop_px"],
+            epochs=epochs,
+            methods=list(args.methods),
+            readout=args.readout,
+            pretrained=args.pretrained,
+            threads=args.threads,
+            seed=args.seed,
+            resume=args.resume,
+            overwrite=not args.resume,
+        )
+        if args.quick:
+            cfg = dataclasses.replace(cfg, crops_per_epoch=8, n_genes=50)
+            if not args.all_folds:
+                cfg.only_folds = [folds[0].name]
+        td = time.perf_counter()
+        result = run_crossval(cfg, samples)
+        result["dataset_wall_seconds"] = round(time.perf_counter() - td, 1)
+        combined["datasets"][name] = result
+        md.append(format_markdown(result, heading="##"))
+        log.info("%s done in %.1f min", name, result["dataset_wall_seconds"] / 60)
+    combined["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    md.append(f"Total wall time: {combined['wall_seconds'] / 60:.1f} min.\n")
+    text = "\n".join(md)
+    atomic_write_text(results, json.dumps(combined, indent=2) + "\n")
+    atomic_write_text(results.with_suffix(".md"), text)
+    print(text, end="")
+    print(f"\nresults: {results} and {results.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
