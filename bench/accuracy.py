@@ -21,9 +21,11 @@ folds, gene panels (top 250 genes of each fold's training sections), validation 
 Full budget: ``FULL_EPOCHS`` epochs per fold for each trained method (PixNet: about one
 supervision per training spot per epoch; spot-crop: one crop per training spot per
 epoch), ``cpu`` preset, 128 px crops, batch 8, random (torchvision) initialisation
-unless ``--pretrained``. Estimated wall time on 2 CPU cores: about 2 to 2.5 hours
-(Her2ST ~50 s and MOB ~2 min per PixNet epoch, measured from short runs and
-extrapolated; the JSON records the real time per fold and method).
+unless ``--pretrained``. Estimated wall time on this 2-core machine: about 1.5 hours,
+at most 2.5 (a PixNet step of 8 crops of 128 px took 0.7 s on one thread while the
+machine was shared: Her2ST ~190 crops and MOB ~90 crops per epoch, so ~25 s and
+~12 s per epoch, 5 + 3 folds, plus whole-slide prediction and the baselines; the JSON
+records the real time per fold and method).
 
 Outputs: Markdown on stdout and in ``--results`` with ``.md``; JSON in ``--results``
 (default ``bench/results/accuracy.json``, ``accuracy-quick.json`` with ``--quick``);
@@ -45,7 +47,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL_EPOCHS = 10
+FULL_EPOCHS = 20
 log = logging.getLogger("bench.accuracy")
 
 DATASETS: dict[str, dict[str, Any]] = {
@@ -83,7 +85,7 @@ def budget_text(epochs: int, quick: bool) -> str:
         f"{epochs} epochs per fold for PixNet and the spot-crop regressor (about one "
         "supervision per training spot per epoch), cpu preset, 128 px crops, batch 8, 250 "
         "genes, best epoch on a 15 % validation band of the training sections; estimated "
-        "2-2.5 h on 2 CPU cores"
+        "1.5 h (at most 2.5 h) on 2 CPU cores"
     )
 
 

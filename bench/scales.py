@@ -66,35 +66,53 @@ log = logging.getLogger("bench.scales")
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SPOT_UM = 100.0
-FULL_EPOCHS = 8
+FULL_EPOCHS = 20
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass
 class ScalesConfig:
     """Configuration of the benchmark (every field is a ``--option``)."""
 
-    samples: str = str(ROOT / "configs" / "her2st.csv")
-    train: list[str] = field(default_factory=lambda: ["C2", "C3", "C4", "C5"])
-    test: str = "C6"
-    out: str = "runs/bench-scales"
-    results: str = str(ROOT / "bench" / "results" / "scales.json")
-    working_mpp: float = 4.0
-    field_mpp: float = 0.0  # 0: the working mpp
-    crop_px: int = 128
-    batch_size: int = 8
-    epochs: int = FULL_EPOCHS
-    crops_per_epoch: int = 0
-    val_fraction: float = 0.15
-    readouts: list[str] = field(default_factory=lambda: ["sum", "mean", "density"])
-    spotcrop: bool = True
-    spot_crop_px: int = 0
-    synthetic_share: float = 0.02
-    scales_um: list[float] = field(default_factory=lambda: [2.0, 8.0, 16.0, 55.0, 100.0])
-    max_bins: int = 50000
-    tile_px: int = 512
-    margin_px: int = 64
-    seed: int = 0
-    threads: int = 0
+    samples: str = field(default=str(ROOT / "configs" / "her2st.csv"), metadata=_h("manifest"))
+    train: list[str] = field(
+        default_factory=lambda: ["C2", "C3", "C4", "C5"], metadata=_h("training sections")
+    )
+    test: str = field(default="C6", metadata=_h("test section"))
+    out: str = field(default="runs/bench-scales", metadata=_h("run folders"))
+    results: str = field(
+        default=str(ROOT / "bench" / "results" / "scales.json"),
+        metadata=_h("JSON results (Markdown beside it)"),
+    )
+    working_mpp: float = field(default=4.0, metadata=_h("um per pixel the networks see"))
+    field_mpp: float = field(
+        default=0.0, metadata=_h("um per pixel of the known field (0: working)")
+    )
+    crop_px: int = field(default=128, metadata=_h("PixNet training crop, working px"))
+    batch_size: int = field(default=8, metadata=_h("PixNet crops per step"))
+    epochs: int = field(default=FULL_EPOCHS, metadata=_h("epochs of every trained model"))
+    crops_per_epoch: int = field(default=0, metadata=_h("0: about one supervision per spot"))
+    val_fraction: float = field(default=0.15, metadata=_h("validation band per training section"))
+    readouts: list[str] = field(
+        default_factory=lambda: ["sum", "mean", "density"], metadata=_h("PixNet read-outs")
+    )
+    spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
+    spot_crop_px: int = field(default=0, metadata=_h("spot-crop side, working px (0: auto)"))
+    synthetic_share: float = field(
+        default=0.02, metadata=_h("synthetic genes' share of an average spot's mass")
+    )
+    scales_um: list[float] = field(
+        default_factory=lambda: [2.0, 8.0, 16.0, 55.0, 100.0],
+        metadata=_h("evaluation sizes: squares below 50 um, disks above"),
+    )
+    max_bins: int = field(default=50000, metadata=_h("bins per square size (random subset)"))
+    tile_px: int = field(default=512, metadata=_h("prediction tile, working px"))
+    margin_px: int = field(default=64, metadata=_h("prediction tile context, working px"))
+    seed: int = field(default=0, metadata=_h("seed of every method"))
+    threads: int = field(default=0, metadata=_h("torch threads (0: default)"))
 
 
 # -- the known field and its aggregates -------------------------------------------------
@@ -371,8 +389,6 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     for readout in cfg.readouts:
         t0 = time.perf_counter()
         run = out / f"pixnet-{readout}"
-        for stale in ("log.jsonl", "checkpoint.pt"):
-            (run / stale).unlink(missing_ok=True)  # a fresh run each time
         model = train(dataclasses.replace(base, out=str(run), readout=readout), train_samples)
         preds[f"pixnet-{readout}"] = predict_pixnet(
             model, test.sample, regions, cfg.tile_px, cfg.margin_px
@@ -531,8 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]
         + f" Full run: {FULL_EPOCHS} epochs x 3 read-outs + spot-crop on 4 Her2ST sections, "
-        "about 1 to 1.5 hours on 2 CPU cores (estimate).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "about 40 minutes (at most 1.5 hours) on 2 CPU cores (estimate).",
     )
     add_dataclass_arguments(ap, ScalesConfig)
     ap.add_argument(

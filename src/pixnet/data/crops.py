@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 
@@ -56,7 +57,18 @@ class SlideSpots:
 def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | None) -> SlideSpots:
     """Read ``sample``'s image at ``working_mpp`` and convert its spots to working pixels."""
     if sample.image_path is None:
-        raise ValueError(f"{sample.sample_id}: sample has no image")
+        raise PixNetInputError(
+            sample.sample_id, "sample has no image", "add its image to the manifest ('image')"
+        )
+    if working_mpp < 0.9 * sample.mpp:
+        log.warning(
+            "%s: working mpp %.2f is finer than the image's %.2f um/px: the image is "
+            "upsampled; consider --working-mpp %.2f",
+            sample.sample_id,
+            working_mpp,
+            sample.mpp,
+            sample.mpp,
+        )
     with open_slide(sample.image_path, mpp=sample.mpp) as slide:
         image = np.asarray(slide.read_level_image(working_mpp))
         w0, h0 = slide.size_px

@@ -343,6 +343,7 @@ def train_spot_crop(
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "log.jsonl").unlink(missing_ok=True)  # a fresh log per run
     best_loss, best_epoch = float("inf"), -1
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict[str, Any]] = []

@@ -86,10 +86,14 @@ class CrossValConfig(TrainConfig):
     """Every :class:`TrainConfig` field applies to each fold's training; plus the fields below.
 
     ``samples`` is the manifest, ``out`` the results folder, ``holdout`` samples left out
-    of every fold, ``resume`` reuses finished folds.
+    of every fold, ``resume`` reuses finished folds, ``overwrite`` replaces an earlier run.
     """
 
+    samples: str = field(default="", metadata=_h("sample manifest CSV"))
     out: str = field(default="runs/crossval", metadata=_h("results folder"))
+    overwrite: bool = field(
+        default=False, metadata=_h("replace the results and run folders of an earlier run in OUT")
+    )
     holdout: list[str] = field(
         default_factory=list, metadata=_h("sample ids left out of every fold (never used)")
     )
@@ -197,7 +201,10 @@ def split_note(kind: str, folds: list[Fold]) -> str:
             f"of {len(within)} fold(s) come from the test section's patient "
             f"({', '.join(pats)}), so scores are optimistic for an unseen patient"
         )
-    return f"leave-one-section-out, {len(folds)} folds; every section is its own patient"
+    return (
+        f"leave-one-section-out, {len(folds)} folds; every section has its own patient_id "
+        "in the manifest"
+    )
 
 
 # -- methods ------------------------------------------------------------------------------
@@ -348,7 +355,7 @@ def _save_method(mdir: Path, preds: dict[str, np.ndarray], details: dict[str, An
 
     def write_npz(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
-            np.savez(fh, **preds)
+            np.savez(fh, **preds)  # type: ignore[arg-type]  # numpy stubs: **kwds vs allow_pickle
 
     atomic_write(mdir / "pred.npz", write_npz)
     atomic_write_text(mdir / "method.json", json.dumps(json_safe(details), indent=2) + "\n")

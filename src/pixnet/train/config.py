@@ -21,7 +21,7 @@ class TrainConfig:
     working_mpp: float = field(default=2.0, metadata=_h("um per pixel the network sees"))
     crop_px: int = field(default=256, metadata=_h("training crop side, working pixels"))
     batch_size: int = field(default=8, metadata=_h("crops per batch"))
-    epochs: int = field(default=40, metadata=_h("training epochs (paper: 200)"))
+    epochs: int = field(default=30, metadata=_h("training epochs (paper: 200)"))
     crops_per_epoch: int = field(
         default=0, metadata=_h("crops per epoch (0: about one supervision per spot)")
     )

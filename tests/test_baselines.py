@@ -1,0 +1,136 @@
+"""Baselines: training mean, spot-crop regressor, ridge on frozen features (tiny data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixnet.data.example import write_example_dataset
+from pixnet.data.preprocess import fit_gene_panel
+from pixnet.eval import baselines as B
+from pixnet.eval.metrics import mse_skill, summarise
+from pixnet.io.manifest import load_manifest
+from pixnet.io.sample import Sample
+from pixnet.train.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    root = tmp_path_factory.mktemp("bl")
+    return load_manifest(write_example_dataset(root, n_sections=2, size_px=(600, 600)))
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    base = dict(n_genes=8, working_mpp=4.0, crop_px=64, batch_size=4, epochs=1, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def fold(samples: list[Sample]) -> B.FoldData:
+    torch.set_num_threads(1)
+    return B.prepare_fold_data(_cfg(), samples[:1])
+
+
+def test_mean_predictor_has_zero_skill_on_its_training_data(samples: list[Sample]) -> None:
+    panel = fit_gene_panel(samples, n_genes=8)
+    truth = np.concatenate([panel.transform(s) for s in samples])
+    pred = B.mean_predictions(panel, len(truth))
+    assert pred.shape == (len(truth), 8)
+    assert np.all(pred == np.asarray(panel.mean_targets, dtype=np.float32)[None])
+    assert mse_skill(pred, truth, np.asarray(panel.mean_targets)) == 0.0
+    s = summarise(pred, truth, np.asarray(panel.mean_targets))
+    assert s["skill"] == 0.0 and s["n_genes_pred_constant"] == 8
+
+
+def test_fold_data_holds_out_the_band_train_holds_out(
+    samples: list[Sample], fold: B.FoldData, tmp_path: Path
+) -> None:
+    """Same panel (fitted on the training samples only) and same validation spots as train()."""
+    assert fold.panel.fitted_on == [samples[0].sample_id]
+    s, m = fold.slides[0], fold.val_masks[0]
+    assert m.any() and not m.all()
+    assert np.array_equal(s.supervised, ~m)
+    again = B.validation_masks(fold.slides, 0.15, seed=3)
+    assert np.array_equal(again[0], m)
+    assert not np.array_equal(B.validation_masks(fold.slides, 0.15, seed=4)[0], m)
+    from pixnet.train.loop import train
+
+    cfg = _cfg(out=str(tmp_path / "run"), crops_per_epoch=1, overwrite=True)
+    train(cfg, samples[:1])
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["n_val_spots"] == int(m.sum())
+    assert recorded["n_train_spots"] == int(s.supervised.sum())
+
+
+def test_spot_crop_regressor_shapes_and_gradients() -> None:
+    torch.manual_seed(0)
+    model = B.build_spot_crop_regressor(5, mean_targets=[1.0, 2.0, 3.0, 4.0, 5.0])
+    x = torch.rand(3, 3, 32, 32)
+    y = model(x)
+    assert y.shape == (3, 5) and model.features(x).shape == (3, 512)
+    assert torch.equal(model.head.bias.detach(), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    y.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_default_crop_and_budget(fold: B.FoldData) -> None:
+    assert B.default_spot_crop_px(25.0) == 32  # 100 um at 4 um/px
+    assert B.default_spot_crop_px(50.0) == 64  # 100 um at 2 um/px
+    n_sup = int(sum(s.supervised.sum() for s in fold.slides))
+    assert B.spot_crops_per_epoch(_cfg(), fold.slides) == n_sup
+    small = B.spot_crops_per_epoch(_cfg(crops_per_epoch=2), fold.slides)
+    assert 2 <= small < n_sup
+
+
+def test_augment_images_keeps_shape_and_changes_pixels() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.rand(4, 3, 32, 32)
+    x = (x * 255).round() / 255
+    y = B.augment_images(x, rng)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert not torch.equal(x, y)
+
+
+def test_spot_crop_loss_falls(fold: B.FoldData) -> None:
+    """Training on one section without augmentation lowers the training loss."""
+    cfg = _cfg(epochs=5, lr=1e-3, augment=False, crops_per_epoch=0)
+    res = B.train_spot_crop(cfg, fold, crop_px=32, batch_size=16)
+    losses = [r["train_loss"] for r in res.history]
+    assert len(losses) == 5
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert 0 <= res.best_epoch < 5 and all("val_loss" in r for r in res.history)
+    pred = B.predict_spot_crop(res.model, fold.slides[0], res.crop_px)
+    assert pred.shape == (len(fold.slides[0].centres_wpx), fold.panel.n_genes)
+    at = B.predict_spot_crop(
+        res.model, fold.slides[0], res.crop_px, centres_wpx=fold.slides[0].centres_wpx
+    )
+    np.testing.assert_allclose(at, pred, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_ridge_recovers_linear_map_and_picks_alpha_on_band() -> None:
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(10, 3))
+    X = rng.normal(size=(200, 10)) * 3 + 1
+    Y = X @ W + 0.5
+    Xv = rng.normal(size=(50, 10)) * 3 + 1
+    fit = B.fit_ridge(X, Y, alphas=[1e-6, 1e3, 1e6], X_val=Xv, Y_val=Xv @ W + 0.5)
+    assert fit.alpha == 1e-6
+    assert min(fit.val_mse, key=lambda a: fit.val_mse[a]) == fit.alpha
+    np.testing.assert_allclose(fit.predict(Xv), Xv @ W + 0.5, atol=1e-3)
+    big = B.fit_ridge(X, Y, alphas=[1e12])
+    np.testing.assert_allclose(big.predict(Xv), np.broadcast_to(Y.mean(0), (50, 3)), atol=1e-3)
+
+
+def test_ridge_baseline_on_fold(fold: B.FoldData) -> None:
+    r = B.train_ridge(_cfg(), fold, crop_px=32, alphas=[1.0, 100.0])
+    assert r.fit.alpha in (1.0, 100.0) and set(r.fit.val_mse) == {1.0, 100.0}
+    p = r.predict(fold.slides[0])
+    assert p.shape == (len(fold.slides[0].centres_wpx), fold.panel.n_genes)
+    assert np.isfinite(p).all()

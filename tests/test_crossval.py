@@ -1,0 +1,215 @@
+"""Cross-validation driver: folds, fold-wise gene panels, every method, JSON, resume, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pixnet.data.example import write_example_dataset
+from pixnet.errors import PixNetInputError
+from pixnet.eval.crossval import (
+    CrossValConfig,
+    align_predictions,
+    fold_train_config,
+    format_markdown,
+    make_folds,
+    parse_method,
+    register,
+    run_crossval,
+)
+from pixnet.eval.metrics import METRICS
+from pixnet.io.manifest import load_manifest
+from pixnet.io.modelfile import load_model_file
+from pixnet.io.sample import Sample
+
+METHODS = ["mean", "ridge", "spotcrop", "pixnet"]
+
+
+def _fake(sample_id: str, patient: str) -> Sample:
+    return Sample(
+        sample_id=sample_id,
+        patient_id=patient,
+        image_path=None,
+        mpp=1.0,
+        centres_px=np.zeros((2, 2)),
+        spot_shape="disk",
+        spot_size_um=100.0,
+        spot_ids=["a", "b"],
+        counts=sp.csr_matrix(np.ones((2, 1))),
+        gene_names=["G"],
+        format="test",
+    )
+
+
+def test_patient_folds_never_train_on_a_test_patient() -> None:
+    samples = [_fake("a1", "A"), _fake("b1", "B"), _fake("a2", "A"), _fake("c1", "C")]
+    kind, folds = make_folds(samples)
+    assert kind == "patient"
+    assert [f.name for f in folds] == ["A", "B", "C"]
+    assert folds[0].test == ["a1", "a2"] and folds[0].train == ["b1", "c1"]
+    patient = {s.sample_id: s.patient_id for s in samples}
+    for f in folds:
+        assert not {patient[i] for i in f.train} & {patient[i] for i in f.test}
+        assert not f.within_patient
+    assert sorted(i for f in folds for i in f.test) == sorted(patient)
+
+
+def test_one_patient_gives_within_patient_sections() -> None:
+    samples = [_fake(f"C{i}", "C") for i in range(2, 5)]
+    kind, folds = make_folds(samples, "auto")
+    assert kind == "section" and [f.test for f in folds] == [["C2"], ["C3"], ["C4"]]
+    assert all(f.within_patient for f in folds)
+    assert folds[1].train == ["C2", "C4"]
+    with pytest.raises(PixNetInputError, match="--split section"):
+        make_folds(samples, "patient")
+    with pytest.raises(PixNetInputError, match="at least two"):
+        make_folds(samples[:1])
+    # section folds over different patients are not within-patient
+    _, folds = make_folds([_fake("x", "X"), _fake("y", "Y")], "section")
+    assert not any(f.within_patient for f in folds)
+
+
+def test_methods_and_train_config() -> None:
+    assert parse_method("pixnet", "density") == ("pixnet", "density")
+    assert parse_method("pixnet-sum", "density") == ("pixnet", "sum")
+    assert parse_method("ridge", "density") == ("ridge", None)
+    with pytest.raises(PixNetInputError, match="unknown"):
+        parse_method("pixnet-max", "density")
+    cfg = CrossValConfig(epochs=3, lr=1e-3, holdout=["Z"], resume=True, spot_crop_px=64)
+    t = fold_train_config(cfg, Path("x/run"), seed=7, readout="mean")
+    assert (t.epochs, t.lr, t.seed, t.readout, t.out) == (3, 1e-3, 7, "mean", "x/run")
+    assert t.holdout == [] and t.resume is False
+
+
+def test_align_predictions() -> None:
+    v = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out = align_predictions(v, ["s1", "s2", "s3"], ["g1", "g2"], ["s3", "s9", "s1"], ["g2", "g0"])
+    assert out.shape == (3, 2)
+    assert out[0, 0] == 5 and out[2, 0] == 1
+    assert np.isnan(out[1]).all() and np.isnan(out[:, 1]).all()
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    root = tmp_path_factory.mktemp("cv")
+    return load_manifest(write_example_dataset(root, n_sections=2, size_px=(600, 600)))
+
+
+def _tiny(out: Path, **kw: object) -> CrossValConfig:
+    base = dict(
+        out=str(out),
+        methods=METHODS,
+        n_genes=8,
+        working_mpp=4.0,
+        crop_px=64,
+        batch_size=4,
+        epochs=1,
+        crops_per_epoch=2,
+        threads=1,
+        tile_px=256,
+        margin_px=32,
+        seed=5,
+        overwrite=True,
+    )
+    base.update(kw)
+    return CrossValConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def cv(example: list[Sample], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("cvrun")
+    return run_crossval(_tiny(out), example), out
+
+
+def test_driver_runs_every_method_on_every_fold(cv: tuple[dict, Path]) -> None:
+    result, out = cv
+    assert result["split"] == {
+        "kind": "patient",
+        "within_patient": False,
+        "note": result["split"]["note"],
+    }
+    assert [f["name"] for f in result["folds"]] == ["patient-EX1", "patient-EX2"]
+    assert result["seeds"]["per_fold"] == {"patient-EX1": 5, "patient-EX2": 6}
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == result and on_disk["complete"] is True
+    for f in result["folds"]:
+        assert f["test"] == [f["name"].removeprefix("patient-")]
+        # the gene panel is fitted on the fold's training sections only
+        assert f["panel"]["fitted_on"] == f["train"] and f["test"][0] not in f["train"]
+        assert set(f["methods"]) == set(METHODS)
+        for m in METHODS:
+            r = f["methods"][m]
+            assert set(r["fold"]) == set(METRICS)
+            assert r["fold"]["MSE"] is not None and r["fold"]["MSE"] >= 0
+            assert (out / f["name"] / m / "pred.npz").is_file()
+        assert f["methods"]["mean"]["fold"]["skill"] == 0.0
+        sid = f["test"][0]
+        assert f["methods"]["ridge"]["per_slide"][sid]["n_spots"] == f["n_test_spots"][sid]
+        assert f["methods"]["pixnet"]["details"]["readout"] == "density"
+        model = load_model_file(out / f["name"] / "pixnet" / "run" / "model.pt")
+        assert model["panel"]["fitted_on"] == f["train"]
+        assert model["panel"]["genes"] == f["panel"]["genes"]
+    for m in METHODS:
+        s = result["summary"][m]["MSE"]
+        assert s["n"] == 2 and s["mean"] > 0
+    md = (out / "results.md").read_text()
+    assert md == format_markdown(result)
+    for label in result["method_labels"].values():
+        assert f"| {label} |" in md
+
+
+def test_existing_results_need_overwrite_or_resume(
+    cv: tuple[dict, Path], example: list[Sample]
+) -> None:
+    _, out = cv
+    with pytest.raises(PixNetInputError, match="--overwrite or --resume"):
+        run_crossval(_tiny(out, overwrite=False, methods=["mean"]), example)
+
+
+def test_resume_reuses_finished_methods(cv: tuple[dict, Path], example: list[Sample]) -> None:
+    first, out = cv
+    npz = out / "patient-EX1" / "spotcrop" / "pred.npz"
+    before = npz.stat().st_mtime_ns
+    again = run_crossval(
+        _tiny(out, resume=True, overwrite=False, methods=["mean", "spotcrop"]), example
+    )
+    assert npz.stat().st_mtime_ns == before
+    assert again["methods"] == ["mean", "spotcrop"]
+    a = again["folds"][0]["methods"]["spotcrop"]["fold"]
+    b = first["folds"][0]["methods"]["spotcrop"]["fold"]
+    assert a == b
+
+
+def test_within_patient_and_only_folds(example: list[Sample], tmp_path: Path) -> None:
+    same = [dataclasses.replace(s, patient_id="P") for s in example]
+    r = run_crossval(_tiny(tmp_path, methods=["mean"], only_folds=["EX2"]), same)
+    assert r["split"]["kind"] == "section" and r["split"]["within_patient"] is True
+    assert "within-patient" in r["split"]["note"]
+    assert [f["name"] for f in r["folds"]] == ["EX2"]
+    assert r["seeds"]["per_fold"] == {"EX2": 6}
+    with pytest.raises(PixNetInputError, match="no fold"):
+        run_crossval(_tiny(tmp_path / "x", methods=["mean"], only_folds=["EX9"]), same)
+
+
+def test_cli_registration_builds_the_config() -> None:
+    from pixnet.config import dataclass_from_args
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["crossval", "--samples", "m.csv", "--methods", "mean", "pixnet-mean", "--epochs", "3"]
+        + ["--split", "section", "--only-folds", "C2", "--ridge-alphas", "1", "10"]
+    )
+    cfg = dataclass_from_args(CrossValConfig, args)
+    assert cfg.samples == "m.csv" and cfg.methods == ["mean", "pixnet-mean"]
+    assert cfg.epochs == 3 and cfg.split == "section" and cfg.only_folds == ["C2"]
+    assert cfg.ridge_alphas == [1.0, 10.0] and cfg.out == "runs/crossval"
+    assert args.func.__name__ == "_cmd_crossval"

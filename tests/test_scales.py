@@ -1,0 +1,116 @@
+"""The controlled multi-scale benchmark (bench/scales.py): its truth and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+from pixnet.data.example import write_example_dataset
+from pixnet.data.preprocess import fit_gene_panel
+from pixnet.data.synthetic import SYNTHETIC_GENES
+from pixnet.io.manifest import load_manifest
+from pixnet.io.sample import Sample
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "scales.py"
+
+
+@pytest.fixture(scope="module")
+def scales() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_scales", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_scales"] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    root = tmp_path_factory.mktemp("scales")
+    return load_manifest(write_example_dataset(root, n_sections=2, size_px=(600, 600)))
+
+
+def test_constant_field_gives_the_same_truth_at_every_scale(scales: ModuleType) -> None:
+    dens = np.full((2, 100, 100), 3.0)
+    dens[1] = 1.0
+    centres = np.array([[50.0, 50.0], [40.3, 61.7]])
+    for shape, size in (("square", 0.5), ("square", 4.0), ("disk", 13.75), ("disk", 25.0)):
+        integ, area = scales.region_integrals(dens, (1.0, 1.0), centres, size, shape)
+        want = size**2 if shape == "square" else np.pi * size**2 / 4
+        np.testing.assert_allclose(area, want, rtol=1e-2)
+        np.testing.assert_allclose(integ[:, 0], 3 * area, rtol=1e-9)
+        t = scales.targets_from_integrals(integ, area, filler_density=6.0, target_sum=1e4)
+        np.testing.assert_allclose(t, np.log1p(1e4 * np.array([[0.3, 0.1]] * 2)), rtol=1e-9)
+
+
+def test_bins_lie_inside_the_spots(scales: ModuleType) -> None:
+    centres = np.array([[100.0, 100.0], [400.0, 130.0]])
+    c = scales.bins_in_spots(centres, radius_px=20.0, side_px=2.0)
+    d = np.min(np.linalg.norm(c[:, None] - centres[None], axis=2), axis=1)
+    assert (d <= 20.0).all()
+    assert abs(len(c) - 2 * np.pi * 20**2 / 4) < 0.05 * len(c)  # ~ area / bin area
+    np.testing.assert_allclose((c / 2.0 - 0.5) % 1, 0, atol=1e-9)  # on the grid
+
+
+def test_synthetic_samples_give_the_known_targets(
+    scales: ModuleType, samples: list[Sample]
+) -> None:
+    """pixnet's own target code on the synthetic counts equals the field's exact targets."""
+    secs = [scales.load_section(s, 4.0) for s in samples]
+    f = scales.filler_density(secs, 0.02)
+    n_fill = scales.n_filler_genes(secs, f)
+    synth = [scales.synthetic_sample(s, f, n_fill) for s in secs]
+    panel = fit_gene_panel(synth, n_genes=len(SYNTHETIC_GENES))
+    assert sorted(panel.genes) == sorted(g.name for g in SYNTHETIC_GENES)
+    for sec, s in zip(secs, synth, strict=True):
+        want = scales.targets_from_integrals(sec.spot_integ, sec.spot_area, f, 1e4)
+        order = [[g.name for g in SYNTHETIC_GENES].index(g) for g in panel.genes]
+        np.testing.assert_allclose(panel.transform(s), want[:, order], rtol=1e-4, atol=1e-4)
+        frac = sec.spot_integ.sum(1) / (sec.spot_integ.sum(1) + f * sec.spot_area)
+        assert 0.005 < frac.mean() < 0.05  # the synthetic genes are ~2 % of the mass
+
+
+def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = scales.ScalesConfig(
+        samples="generated",
+        train=["EX1"],
+        test="EX2",
+        out=str(tmp_path / "runs"),
+        results=str(tmp_path / "scales.json"),
+        crop_px=64,
+        batch_size=4,
+        epochs=1,
+        crops_per_epoch=2,
+        max_bins=300,
+        tile_px=256,
+        margin_px=32,
+        threads=1,
+    )
+    r = scales.run_scales(cfg, samples)
+    names = ["2 um square", "8 um square", "16 um square", "55 um disk", "100 um disk"]
+    assert list(r["regions"]) == names
+    assert r["regions"]["2 um square"]["n"] == 300
+    assert r["regions"]["100 um disk"]["n"] == samples[1].n_spots
+    methods = ["pixnet-sum", "pixnet-mean", "pixnet-density", "spotcrop", "mean"]
+    assert list(r["metrics"]) == methods
+    for m in methods:
+        for n in names:
+            s = r["metrics"][m][n]
+            assert s["MSE"] is not None and s["MSE"] >= 0 and s["MAE"] is not None
+            assert set(s["pcc_per_gene"]) == set(r["panel"]["genes"])
+    for n in names:  # the training mean has no PCC and no skill, by construction
+        assert r["metrics"]["mean"][n]["PCC@M"] is None
+        assert r["metrics"]["mean"][n]["skill"] == 0.0
+    assert r["held_out_scales"] == names[:4]
+    assert r["best_readout"] == min(r["mean_mse_held_out"], key=r["mean_mse_held_out"].get)
+    assert json.loads((tmp_path / "scales.json").read_text()) == r
+    md = (tmp_path / "scales.md").read_text()
+    assert "Best read-out across scales" in md and "| PixNet, density |" in md
