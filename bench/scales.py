@@ -331,7 +331,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         prepare_fold_data,
         train_spot_crop,
     )
-    from pixnet.eval.evaluate import _clean as json_safe
+    from pixnet.eval.evaluate import json_safe
     from pixnet.eval.metrics import summarise
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest

@@ -110,11 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing example run")
     p.set_defaults(func=_cmd_example)
 
+    from pixnet.eval.crossval import register as register_crossval
     from pixnet.eval.evaluate import register as register_evaluate
     from pixnet.eval.plots import register as register_plot
 
     register_evaluate(sub)
     register_plot(sub)
+    register_crossval(sub)
     return parser
 
 

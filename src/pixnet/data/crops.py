@@ -107,6 +107,17 @@ def block_validation_mask(
     return mask
 
 
+def validation_masks(slides: list[SlideSpots], fraction: float, seed: int) -> list[np.ndarray]:
+    """The validation band of every training slide (:func:`block_validation_mask`).
+
+    One generator (``default_rng([seed, 12345])``) consumed slide by slide, so PixNet
+    and the baselines hold out the same spots. ``(N_s,)`` bool per slide, True =
+    validation.
+    """
+    rng = np.random.default_rng([seed, 12345])
+    return [block_validation_mask(s.centres_wpx, fraction, rng) for s in slides]
+
+
 def crop_image(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
     """``(size, size, 3)`` crop with top-left ``(x0, y0)``; outside the image is white."""
     H, W = image.shape[:2]

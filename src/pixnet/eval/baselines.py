@@ -47,19 +47,19 @@ from tqdm.auto import tqdm
 from pixnet.data.crops import (
     CropSampler,
     SlideSpots,
-    block_validation_mask,
     centred_crops,
     load_slide_spots,
     rot_flip_image,
     stain_jitter,
+    validation_masks,
 )
 from pixnet.data.preprocess import GenePanel
 from pixnet.io.sample import Sample
 from pixnet.models.resnet import ResNet18Encoder
 from pixnet.models.weights import load_encoder_weights
-from pixnet.ops.losses import pearson_per_gene, pixnet_loss
+from pixnet.ops.losses import pixnet_loss
 from pixnet.train.config import TrainConfig
-from pixnet.train.loop import _prepare as prepare_training_slides
+from pixnet.train.loop import prepare_training_slides, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +71,6 @@ DEFAULT_RIDGE_ALPHAS: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4,
 
 
 # -- data of one fold -----------------------------------------------------------------
-
-
-def validation_masks(slides: Sequence[SlideSpots], fraction: float, seed: int) -> list[np.ndarray]:
-    """The validation band of every training slide, exactly as :func:`train` draws it.
-
-    Same generator (``default_rng([seed, 12345])``) consumed slide by slide in the same
-    order, so PixNet and the baselines hold out the same spots. Returns ``(N_s,)`` bool
-    per slide, True = validation.
-    """
-    rng = np.random.default_rng([seed, 12345])
-    return [block_validation_mask(s.centres_wpx, fraction, rng) for s in slides]
 
 
 @dataclass
@@ -232,14 +221,6 @@ def build_spot_crop_regressor(
         with torch.no_grad():
             model.head.bias.copy_(torch.as_tensor(list(mean_targets), dtype=torch.float32))
     return model
-
-
-def _validation_metrics(p: Tensor, t: Tensor, pcc_weight: float) -> dict[str, float]:
-    """``val_mse``, ``val_pcc_m`` and ``val_loss`` as :func:`pixnet.train.loop.validate`."""
-    mse = float(torch.mean((p - t) ** 2))
-    varying = t.std(dim=0) > 0
-    pcc = float(pearson_per_gene(p[:, varying], t[:, varying]).mean()) if varying.any() else 0.0
-    return {"val_mse": mse, "val_pcc_m": pcc, "val_loss": mse + pcc_weight * (1 - pcc)}
 
 
 def predict_spot_crop(
@@ -430,7 +411,7 @@ def validate_spot_crop(
         targets.append(torch.from_numpy(s.targets[idx]))
     if not preds:
         return {}
-    return _validation_metrics(torch.cat(preds), torch.cat(targets), pcc_weight)
+    return validation_metrics(torch.cat(preds), torch.cat(targets), pcc_weight)
 
 
 # -- ridge on frozen features -----------------------------------------------------------

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from pixnet.config import add_dataclass_arguments, dataclass_from_args
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.errors import PixNetInputError
-from pixnet.eval.evaluate import _clean as json_safe
+from pixnet.eval.evaluate import json_safe
 from pixnet.eval.metrics import METRICS, evaluate_slides
 from pixnet.io.atomic import atomic_write, atomic_write_text
 from pixnet.io.sample import Sample

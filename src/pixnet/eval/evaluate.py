@@ -269,14 +269,14 @@ def match_prediction(pred: Prediction, sample: Sample) -> Match:
     )
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe copy: NaN/inf -> None, NumPy scalars and arrays -> Python."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -455,7 +455,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "n_slides": res["n_slides"],
         "warnings": warnings,
     }
-    result = _clean(result)
+    result = json_safe(result)
     atomic_write_text(json_path, json.dumps(result, indent=2) + "\n", overwrite=cfg.overwrite)
     atomic_write_text(md_path, format_markdown(result), overwrite=cfg.overwrite)
     log.info("evaluation of %d slide(s) written to %s and %s", len(per_slide), json_path, md_path)

@@ -28,9 +28,9 @@ from pixnet.data.crops import (
     CropBatch,
     CropSampler,
     SlideSpots,
-    block_validation_mask,
     centred_crops,
     load_slide_spots,
+    validation_masks,
 )
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.errors import PixNetInputError
@@ -74,11 +74,15 @@ def validate(
                 targets.append(batch.targets)
     if not preds:
         return {}
-    p, t = torch.cat(preds), torch.cat(targets)
+    return validation_metrics(torch.cat(preds), torch.cat(targets), cfg.pcc_weight)
+
+
+def validation_metrics(p: torch.Tensor, t: torch.Tensor, pcc_weight: float) -> dict[str, float]:
+    """``val_mse``, ``val_pcc_m`` (genes varying in ``t``) and ``val_loss`` (Eq. 10)."""
     mse = float(torch.mean((p - t) ** 2))
     varying = t.std(dim=0) > 0
     pcc = float(pearson_per_gene(p[:, varying], t[:, varying]).mean()) if varying.any() else 0.0
-    return {"val_mse": mse, "val_pcc_m": pcc, "val_loss": mse + cfg.pcc_weight * (1 - pcc)}
+    return {"val_mse": mse, "val_pcc_m": pcc, "val_loss": mse + pcc_weight * (1 - pcc)}
 
 
 def _checkpoint_state(
@@ -93,7 +97,10 @@ def _checkpoint_state(
     }
 
 
-def _prepare(cfg: TrainConfig, samples: list[Sample]) -> tuple[GenePanel, list[SlideSpots]]:
+def prepare_training_slides(
+    cfg: TrainConfig, samples: list[Sample]
+) -> tuple[GenePanel, list[SlideSpots]]:
+    """Fit the gene panel on ``samples`` and read them at the working resolution."""
     panel = fit_gene_panel(samples, n_genes=cfg.n_genes)
     slides = []
     for s in tqdm(samples, desc="reading slides", unit="slide", leave=False):
@@ -132,9 +139,8 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    panel, slides = _prepare(cfg, samples)
-    rng = np.random.default_rng([cfg.seed, 12345])
-    val_masks = [block_validation_mask(s.centres_wpx, cfg.val_fraction, rng) for s in slides]
+    panel, slides = prepare_training_slides(cfg, samples)
+    val_masks = validation_masks(slides, cfg.val_fraction, cfg.seed)
     for s, m in zip(slides, val_masks, strict=True):
         s.supervised = ~m
     sampler = CropSampler(
