@@ -129,3 +129,26 @@ def test_spots_csv(tmp_path: Path) -> None:
     dup.write_text("id,x,y\na,1,2\na,3,4\n")
     with pytest.raises(PixNetInputError, match="duplicated"):
         read_spots_csv(dup, mpp=0.5, default_size_um=55)
+
+
+def test_atomic_outputs_get_normal_permissions_and_vanish_on_error(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from pixnet.io.atomic import atomic_write, atomic_write_text
+
+    p = atomic_write_text(tmp_path / "a.txt", "hello")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+
+    def fail_halfway(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_write(tmp_path / "b.txt", fail_halfway)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.txt"]
+    with pytest.raises(PixNetInputError, match="output exists"):
+        atomic_write_text(tmp_path / "a.txt", "again", overwrite=False)
+    assert (tmp_path / "a.txt").read_text() == "hello"

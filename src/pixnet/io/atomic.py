@@ -16,6 +16,12 @@ from typing import Any
 from pixnet.errors import PixNetInputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse to replace an existing ``path`` unless ``overwrite``."""
     p = Path(path)
@@ -37,6 +43,7 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, p)
     finally:
         if tmp.exists():
