@@ -270,6 +270,11 @@ class CropSampler:
 
     def epoch(self, epoch: int, batch_size: int) -> Iterator[CropBatch]:
         """Yield the batches of epoch ``epoch`` (same for the same seed and epoch)."""
+        for items in self.epoch_items(epoch, batch_size):
+            yield collate(items, self.slides[0].shape)
+
+    def epoch_items(self, epoch: int, batch_size: int) -> Iterator[list[tuple]]:
+        """The crops of each batch of epoch ``epoch``, uncollated (see :func:`collate`)."""
         rng = np.random.default_rng([self.seed, epoch])
         pick = rng.choice(
             len(self.anchors),
@@ -277,8 +282,7 @@ class CropSampler:
             replace=self.crops_per_epoch > len(self.anchors),
         )
         for b in range(0, len(pick), batch_size):
-            items = [self._crop(rng, *self.anchors[a]) for a in pick[b : b + batch_size]]
-            yield collate(items, self.slides[0].shape)
+            yield [self._crop(rng, *self.anchors[a]) for a in pick[b : b + batch_size]]
 
     def n_batches(self, batch_size: int) -> int:
         return int(np.ceil(self.crops_per_epoch / batch_size))

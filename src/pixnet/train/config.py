@@ -22,6 +22,13 @@ class TrainConfig:
     crop_px: int = field(default=256, metadata=_h("training crop side, working pixels"))
     batch_size: int = field(default=8, metadata=_h("crops per batch"))
     epochs: int = field(default=30, metadata=_h("training epochs (paper: 200)"))
+    micro_batches: int = field(
+        default=1,
+        metadata=_h(
+            "forward each batch in this many parts (BatchNorm statistics per part); one "
+            "process with N equals a torchrun job of N processes"
+        ),
+    )
     crops_per_epoch: int = field(
         default=0, metadata=_h("crops per epoch (0: about one supervision per spot)")
     )

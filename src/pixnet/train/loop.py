@@ -29,6 +29,7 @@ from pixnet.data.crops import (
     CropSampler,
     SlideSpots,
     centred_crops,
+    collate,
     load_slide_spots,
     validation_masks,
 )
@@ -42,13 +43,19 @@ from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.losses import pearson_per_gene, pixnet_loss
 from pixnet.ops.readout import check_readout, prepare_map, spot_values
 from pixnet.train.config import TrainConfig
+from pixnet.train.distributed import DistInfo, barrier, gather_rows, init_distributed, shutdown
 
 log = logging.getLogger(__name__)
 
 
-def predict_batch(model: PixNet, batch: CropBatch, readout: str) -> torch.Tensor:
-    """Spot predictions ``(n, G)`` for the spots of a crop batch."""
-    head = model(batch.images)
+def predict_batch(
+    model: PixNet, batch: CropBatch, readout: str, forward: Any = None
+) -> torch.Tensor:
+    """Spot predictions ``(n, G)`` for the spots of a crop batch.
+
+    ``forward`` runs the network instead of ``model`` (e.g. its DDP wrapper).
+    """
+    head = (forward or model)(batch.images)
     stride = model.map_stride
     maps = prepare_map(head, readout)
     integ, area = integrate_spots(
@@ -124,6 +131,25 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         )
     if not samples:
         raise PixNetInputError("train config", "no training samples left after --holdout")
+    if cfg.micro_batches < 1 or cfg.micro_batches > cfg.batch_size:
+        raise PixNetInputError(
+            "--micro-batches", f"{cfg.micro_batches} must be between 1 and --batch-size"
+        )
+    info = init_distributed()
+    try:
+        return _train(cfg, samples, info)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
+    parts = info.world if info.active else cfg.micro_batches
+    if parts > cfg.batch_size:
+        raise PixNetInputError(
+            "--batch-size",
+            f"{cfg.batch_size} crops cannot be shared by {parts} processes",
+            f"use --batch-size {parts} or more",
+        )
     out = Path(cfg.out)
     ckpt_path, model_path = out / "checkpoint.pt", out / "model.pt"
     if not cfg.resume:
@@ -131,11 +157,13 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         check_writable(ckpt_path, cfg.overwrite)
     elif not ckpt_path.is_file():
         raise PixNetInputError(ckpt_path, "no checkpoint to resume from", "drop --resume")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a run killed while writing
-        stale.unlink()
-    if not cfg.resume:  # a fresh run (--overwrite) starts a fresh log
-        (out / "log.jsonl").unlink(missing_ok=True)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a run killed while writing
+            stale.unlink()
+        if not cfg.resume:  # a fresh run (--overwrite) starts a fresh log
+            (out / "log.jsonl").unlink(missing_ok=True)
+    barrier(info)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -163,18 +191,19 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         "crop_px": cfg.crop_px,
     }
     n_val = int(sum(m.sum() for m in val_masks))
-    save_config(
-        cfg,
-        out / "config.json",
-        extra={
-            "model_config": mcfg.to_dict(),
-            "geometry": geometry,
-            "train_samples": [s.sample_id for s in samples],
-            "n_train_spots": int(len(sampler.anchors)),
-            "n_val_spots": n_val,
-            "crops_per_epoch_resolved": sampler.crops_per_epoch,
-        },
-    )
+    if info.is_main:
+        save_config(
+            cfg,
+            out / "config.json",
+            extra={
+                "model_config": mcfg.to_dict(),
+                "geometry": geometry,
+                "train_samples": [s.sample_id for s in samples],
+                "n_train_spots": int(len(sampler.anchors)),
+                "n_val_spots": n_val,
+                "crops_per_epoch_resolved": sampler.crops_per_epoch,
+            },
+        )
     start, best = 0, {"val_loss": float("inf"), "epoch": -1}
     if cfg.resume:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -182,8 +211,14 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start, best = int(state["epoch"]) + 1, dict(state["best"])
-        _truncate_log(out / "log.jsonl", start)
+        if info.is_main:
+            _truncate_log(out / "log.jsonl", start)
         log.info("resumed from %s at epoch %d", ckpt_path, start)
+    forward: Any = model
+    if info.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model)
     log.info(
         "training on %s: %d supervised spots, %d validation spots, %d genes, %d crops/epoch",
         ", ".join(s.sample_id for s in samples),
@@ -199,23 +234,37 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
         n_b = 0
         bar = tqdm(
-            sampler.epoch(epoch, cfg.batch_size),
+            sampler.epoch_items(epoch, cfg.batch_size),
             total=sampler.n_batches(cfg.batch_size),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
             leave=False,
+            disable=not info.is_main,
         )
-        for batch in bar:
-            pred = predict_batch(model, batch, cfg.readout)
-            loss, parts = pixnet_loss(pred, batch.targets, cfg.pcc_weight)
+        for items in bar:
+            if len(items) < parts:  # a last, short batch cannot be shared
+                continue
+            shares = np.array_split(np.arange(len(items)), parts)
+            mine = [shares[info.rank]] if info.active else shares
+            preds, targets = [], []
+            for idx in mine:
+                batch = collate([items[i] for i in idx], sampler.slides[0].shape)
+                preds.append(predict_batch(model, batch, cfg.readout, forward))
+                targets.append(batch.targets)
+            pred = gather_rows(torch.cat(preds), info)
+            target = gather_rows(torch.cat(targets), info)
+            loss, loss_parts = pixnet_loss(pred, target, cfg.pcc_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sums["loss"] += float(loss.detach())
-            sums["mse"] += parts["mse"]
-            sums["pcc"] += parts["pcc"]
+            sums["mse"] += loss_parts["mse"]
+            sums["pcc"] += loss_parts["pcc"]
             n_b += 1
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if not info.is_main:  # rank 0 validates and writes; the others wait
+            barrier(info)
+            continue
         record: dict[str, Any] = {
             "epoch": epoch,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
@@ -246,6 +295,7 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
             _fmt(record.get("val_pcc_m")),
             record["seconds"],
         )
+        barrier(info)
     return model_path
 
 
