@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 import h5py
@@ -452,3 +453,25 @@ def test_scalefactors_not_json(tmp_path: Path) -> None:
     (t.paths["outs"] / "spatial" / "scalefactors_json.json").write_text("{oops")
     with pytest.raises(PixNetInputError, match="scalefactors_json.json: not valid JSON"):
         read_visium(t.paths["outs"], t.paths["image"])
+
+
+# ------------------------------------------------------------ mpp off by 10x
+
+
+def test_mpp_off_by_10x_is_refused(tmp_path: Path) -> None:
+    t = write_spaceranger_outs(tmp_path, microns_per_pixel=0.7)
+    with pytest.raises(PixNetInputError, match=r"given pixel size 7 um/px disagrees with 0\.7"):
+        read_visium(t.paths["outs"], t.paths["image"], mpp=7.0)
+    legacy = write_legacy_st(tmp_path / "st")
+    est = read_legacy_st(legacy.paths["counts"], legacy.paths["spots"], legacy.paths["image"]).mpp
+    with pytest.raises(PixNetInputError, match="selection.tsv: given pixel size .* spot grid"):
+        read_legacy_st(
+            legacy.paths["counts"], legacy.paths["spots"], legacy.paths["image"], mpp=est * 10
+        )
+
+
+def test_mpp_slightly_off_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    t = write_spaceranger_outs(tmp_path, microns_per_pixel=0.7)
+    with caplog.at_level(logging.WARNING):
+        s = read_visium(t.paths["outs"], t.paths["image"], mpp=0.9)
+    assert s.mpp == 0.9 and "disagrees with 0.7" in caplog.text

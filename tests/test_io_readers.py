@@ -137,8 +137,8 @@ def test_visium_microns_per_pixel_wins_and_given_mpp_wins(tmp_path: Path) -> Non
     t = write_spaceranger_outs(tmp_path, microns_per_pixel=0.7)
     s = read_visium(t.paths["outs"], t.paths["image"], sample_id="V1")
     assert s.mpp == 0.7 and s.mpp_source == "scalefactors microns_per_pixel"
-    s = read_visium(t.paths["outs"], t.paths["image"], mpp=0.3)
-    assert s.mpp == 0.3 and s.mpp_source == "given"
+    s = read_visium(t.paths["outs"], t.paths["image"], mpp=0.65)
+    assert s.mpp == 0.65 and s.mpp_source == "given"
 
 
 def test_visium_without_image_is_expression_only(tmp_path: Path) -> None:
@@ -304,10 +304,10 @@ def test_manifest_skips_comment_and_blank_lines(tmp_path: Path) -> None:
         "# legacy ST test\n"
         "sample_id,format,counts,spots,image,mpp\n"
         "\n"
-        "S1,legacy_st,S1.tsv.gz,S1_selection.tsv,S1.jpg,2.5\n"
+        "S1,legacy_st,S1.tsv.gz,S1_selection.tsv,S1.jpg,6.5\n"
     )
     (s,) = load_manifest(p)
-    assert s.mpp == 2.5 and s.n_spots == len(t.spot_ids)
+    assert s.mpp == 6.5 and s.n_spots == len(t.spot_ids)
     assert read_manifest(p)[0].source.endswith("row 4")
 
 

@@ -41,6 +41,7 @@ class SlideSpots:
         shape: ``"disk"`` or ``"square"``.
         targets: ``(N, G)`` float32 log-normalised targets, or ``None``.
         supervised: ``(N,)`` bool, spots whose targets may be used for training.
+        measured: ``(N,)`` bool, spots with any counts (zero-count spots have no target).
     """
 
     sample_id: str
@@ -52,6 +53,7 @@ class SlideSpots:
     shape: str
     targets: np.ndarray | None
     supervised: np.ndarray
+    measured: np.ndarray | None = None
 
 
 def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | None) -> SlideSpots:
@@ -75,6 +77,15 @@ def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | N
     scale = (image.shape[1] / w0, image.shape[0] / h0)
     centres = sample.centres_px * np.array(scale)[None, :]
     n = sample.n_spots
+    measured = np.ones(n, dtype=bool)
+    if sample.counts is not None:
+        measured = np.asarray(sample.counts.sum(axis=1)).ravel() > 0
+        if not measured.all():
+            log.warning(
+                "%s: %d spots have no counts at all; they are not used for training or validation",
+                sample.sample_id,
+                int((~measured).sum()),
+            )
     return SlideSpots(
         sample_id=sample.sample_id,
         image=image,
@@ -84,7 +95,8 @@ def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | N
         size_wpx=sample.spot_size_um / working_mpp,
         shape=sample.spot_shape,
         targets=targets,
-        supervised=np.ones(n, dtype=bool),
+        supervised=measured.copy(),
+        measured=measured,
     )
 
 
@@ -108,14 +120,20 @@ def block_validation_mask(
 
 
 def validation_masks(slides: list[SlideSpots], fraction: float, seed: int) -> list[np.ndarray]:
-    """The validation band of every training slide (:func:`block_validation_mask`).
+    """Draw the validation band of every training slide and mark the rest supervised.
 
-    One generator (``default_rng([seed, 12345])``) consumed slide by slide, so PixNet
-    and the baselines hold out the same spots. ``(N_s,)`` bool per slide, True =
-    validation.
+    Sets each slide's ``supervised`` to its measured spots outside the band (see
+    :func:`block_validation_mask`). One generator (``default_rng([seed, 12345])``) is
+    consumed slide by slide, so PixNet and the baselines hold out the same spots.
+    Returns ``(N_s,)`` bool per slide, True = validation.
     """
     rng = np.random.default_rng([seed, 12345])
-    return [block_validation_mask(s.centres_wpx, fraction, rng) for s in slides]
+    masks = [block_validation_mask(s.centres_wpx, fraction, rng) for s in slides]
+    for s, m in zip(slides, masks, strict=True):
+        if s.measured is not None:
+            m &= s.measured  # zero-count spots are neither trained on nor validated
+        s.supervised = ~m if s.measured is None else ~m & s.measured
+    return masks
 
 
 def crop_image(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:

@@ -95,8 +95,6 @@ def prepare_fold_data(cfg: TrainConfig, samples: Sequence[Sample]) -> FoldData:
     """
     panel, slides = prepare_training_slides(cfg, list(samples))
     masks = validation_masks(slides, cfg.val_fraction, cfg.seed)
-    for s, m in zip(slides, masks, strict=True):
-        s.supervised = ~m
     return FoldData(panel=panel, slides=slides, val_masks=masks)
 
 

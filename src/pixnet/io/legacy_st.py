@@ -169,6 +169,11 @@ def read_legacy_st(
 
     if mpp is not None:
         mpp_source = "given"
+        est = estimate_mpp_from_grid(
+            table[[K.X, K.Y]].to_numpy(), table[[K.PIXEL_X, K.PIXEL_Y]].to_numpy(), pitch_um
+        )
+        if est is not None:
+            v.check_mpp_agrees(mpp, est[0], spots_path, f"the spot grid (pitch {pitch_um:g} um)")
     else:
         est = estimate_mpp_from_grid(
             table[[K.X, K.Y]].to_numpy(), table[[K.PIXEL_X, K.PIXEL_Y]].to_numpy(), pitch_um

@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 BackendName = Literal["auto", "openslide", "tifffile", "pillow"]
 
-DEFAULT_MAX_WHOLE_PIXELS = 300_000_000
+DEFAULT_MAX_WHOLE_PIXELS = int(os.environ.get("PIXNET_MAX_WHOLE_PIXELS", "300000000"))
+"""Largest image decoded whole; override with the environment variable
+``PIXNET_MAX_WHOLE_PIXELS`` (decompression-bomb guard)."""
 """Largest image (W * H pixels) decoded whole: plain images, ``read_level_image`` results."""
 
 OPENSLIDE_SUFFIXES = frozenset({".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif"})

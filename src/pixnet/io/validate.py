@@ -286,3 +286,26 @@ def image_for_spots(
     size = read_image_size(p)
     check_spots_in_image(centres_px, size, where, spot_ids, p)
     return p, size
+
+
+def check_mpp_agrees(
+    mpp: float,
+    derived: float,
+    where: str | Path,
+    derived_from: str,
+    warn_ratio: float = 1.2,
+    error_ratio: float = 2.0,
+) -> None:
+    """Compare a given pixel size with one derived from the data.
+
+    Off by more than ``error_ratio`` (e.g. a 10x slip between 0.25 and 2.5 um/px) is an
+    error; by more than ``warn_ratio`` a warning.
+    """
+    ratio = max(mpp, derived) / min(mpp, derived)
+    msg = f"given pixel size {mpp:g} um/px disagrees with {derived:.4g} um/px from {derived_from}"
+    if ratio > error_ratio:
+        raise PixNetInputError(
+            where, msg, f"check the manifest's 'mpp' (leave it empty to use {derived:.4g})"
+        )
+    if ratio > warn_ratio:
+        log.warning("%s: %s", where, msg)

@@ -225,7 +225,9 @@ def build_spaceranger_sample(
     )
 
 
-def visium_mpp(scalefactors: dict[str, float], mpp: float | None) -> tuple[float | None, str]:
+def visium_mpp(
+    scalefactors: dict[str, float], mpp: float | None, where: str | Path = "scalefactors"
+) -> tuple[float | None, str]:
     """Pixel size and where it came from: given, ``microns_per_pixel``, else from the spot.
 
     Space Ranger defines ``spot_diameter_fullres`` as the width in full-resolution pixels
@@ -233,6 +235,9 @@ def visium_mpp(scalefactors: dict[str, float], mpp: float | None) -> tuple[float
     65 / spot_diameter_fullres), so the fallback is ``65 / spot_diameter_fullres``.
     """
     if mpp is not None:
+        derived, source = visium_mpp(scalefactors, None)
+        if derived is not None:
+            v.check_mpp_agrees(mpp, derived, where, source)
         return mpp, "given"
     if K.MICRONS_PER_PIXEL in scalefactors:
         return scalefactors[K.MICRONS_PER_PIXEL], f"scalefactors {K.MICRONS_PER_PIXEL}"
@@ -266,8 +271,9 @@ def read_visium(
     folder = v.require_dir(outs, "a Space Ranger outs/ folder")
     if sample_id is None:
         sample_id = folder.parent.name if folder.name == "outs" else folder.name
-    sf = read_scalefactors(folder / K.SPATIAL_DIR / K.SCALEFACTORS_FILE)
-    mpp, source = visium_mpp(sf, mpp)
+    sf_path = folder / K.SPATIAL_DIR / K.SCALEFACTORS_FILE
+    sf = read_scalefactors(sf_path)
+    mpp, source = visium_mpp(sf, mpp, sf_path)
     return build_spaceranger_sample(
         folder,
         image_path,

@@ -169,8 +169,6 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     torch.manual_seed(cfg.seed)
     panel, slides = prepare_training_slides(cfg, samples)
     val_masks = validation_masks(slides, cfg.val_fraction, cfg.seed)
-    for s, m in zip(slides, val_masks, strict=True):
-        s.supervised = ~m
     sampler = CropSampler(
         slides,
         cfg.crop_px,
@@ -207,6 +205,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     start, best = 0, {"val_loss": float("inf"), "epoch": -1}
     if cfg.resume:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        _check_same_genes(state, model, ckpt_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -297,6 +296,18 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         )
         barrier(info)
     return model_path
+
+
+def _check_same_genes(state: dict[str, Any], model: PixNet, path: Path) -> None:
+    """A checkpoint from a run with another gene set cannot be resumed."""
+    head = [k for k in state["model"] if k.endswith("head.weight")]
+    n_ckpt = int(state["model"][head[0]].shape[0]) if head else -1
+    if n_ckpt != model.n_genes:
+        raise PixNetInputError(
+            path,
+            f"checkpoint predicts {n_ckpt} genes, this run {model.n_genes}",
+            "resume with the same samples and --n-genes, or start a new --out",
+        )
 
 
 def _truncate_log(path: Path, start_epoch: int) -> None:
