@@ -83,3 +83,53 @@ def test_torchrun_two_processes_match_one_process(manifest: Path, tmp_path: Path
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
     assert json.loads((two / "config.json").read_text())["epochs"] == 2
     assert (two / "model.pt").is_file()
+
+
+def test_torchrun_prediction_shards_samples(manifest: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = write_example_dataset(tmp_path / "ex2", n_sections=3, size_px=(320, 320))
+    run = tmp_path / "run"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixnet",
+            *_args(manifest, run)[:-4],
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    out = tmp_path / "pred"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "pixnet",
+            "predict",
+            "--model",
+            str(run / "model.pt"),
+            "--samples",
+            str(two),
+            "--sample-ids",
+            "all",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["EX1.h5ad", "EX2.h5ad", "EX3.h5ad"]
+    # rank 0 took EX1 and EX3, rank 1 EX2
+    assert "process 1 of 2 predicts EX2" in proc.stderr
+    assert "process 0 of 2 predicts EX1, EX3" in proc.stderr

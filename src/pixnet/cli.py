@@ -64,9 +64,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pixnet.config import dataclass_from_args
-    from pixnet.predict.job import PredictConfig, run_predict
+    from pixnet.predict.job import PredictConfig, run_predict, run_predict_many
 
-    for path in run_predict(dataclass_from_args(PredictConfig, args)):
+    cfg = dataclass_from_args(PredictConfig, args)
+    for path in (run_predict_many if cfg.sample_ids else run_predict)(cfg):
         print(f"wrote {path}")
     return 0
 

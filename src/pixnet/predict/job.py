@@ -42,6 +42,13 @@ class PredictConfig:
     out: str = field(default="", metadata=_h("output .h5ad for the sample's own spots"))
     samples: str = field(default="", metadata=_h("sample manifest CSV"))
     sample: str = field(default="", metadata=_h("sample id in the manifest"))
+    sample_ids: list[str] = field(
+        default_factory=list,
+        metadata=_h(
+            "several sample ids ('all': every sample): --out is then a folder with one "
+            "{id}.h5ad each; under torchrun each process predicts every N-th sample"
+        ),
+    )
     image: str = field(default="", metadata=_h("bare image to predict on (instead of a sample)"))
     mpp: float | None = field(default=None, metadata=_h("um per pixel of --image"))
     spot_diameters_um: list[float] = field(
@@ -211,3 +218,31 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
                 w.abort()
             raise
     return [p for _, p in sets]
+
+
+def run_predict_many(cfg: PredictConfig) -> list[Path]:
+    """Predict every sample of ``cfg.sample_ids`` into the folder ``cfg.out``.
+
+    Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) process ``r`` of ``N`` takes the
+    samples ``r, r + N, ...`` of the list; no communication is needed.
+    """
+    import os
+    from dataclasses import replace
+
+    from pixnet.io.manifest import read_manifest
+
+    if not cfg.samples:
+        raise PixNetInputError("--sample-ids", "needs a manifest", "pass --samples MANIFEST.csv")
+    known = [r.sample_id for r in read_manifest(cfg.samples)]
+    ids = known if cfg.sample_ids == ["all"] else list(cfg.sample_ids)
+    unknown = sorted(set(ids) - set(known))
+    if unknown:
+        raise PixNetInputError(cfg.samples, f"unknown sample ids {unknown}", f"known: {known}")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    mine = ids[rank::world]
+    log.info("process %d of %d predicts %s", rank, world, ", ".join(mine) or "nothing")
+    written: list[Path] = []
+    for sid in mine:
+        sub = replace(cfg, sample=sid, sample_ids=[], out=str(Path(cfg.out) / f"{sid}.h5ad"))
+        written += run_predict(sub)
+    return written
