@@ -84,7 +84,9 @@ def save_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     payload = {"format": PIXNET_ENCODER_FORMAT, "version": 1, "arch": "resnet18"}
-    torch.save({**payload, "state_dict": state}, str(path))
+    from pixnet.io.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save({**payload, "state_dict": state}, tmp))
 
 
 def _looks_pickled(path: Path) -> bool:
