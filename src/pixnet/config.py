@@ -34,7 +34,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp, optional = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc,operator]
         if tp is bool:
             parser.add_argument(
                 flag,

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str, Path]:
     """Run the example job into ``out``; return the main output paths."""
     from pixnet.data.example import write_example_dataset
+    from pixnet.eval.evaluate import EvaluateConfig, run_evaluate
+    from pixnet.eval.plots import PlotConfig, run_plot
     from pixnet.io.manifest import load_manifest
     from pixnet.predict.job import PredictConfig, run_predict
     from pixnet.train.config import TrainConfig
@@ -54,41 +56,39 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
         )
     )
     result = {"model": model, "pred": pred}
-    try:
-        from pixnet.eval.evaluate import EvaluateConfig, run_evaluate
-    except ImportError:  # pragma: no cover - evaluation not installed
-        run_evaluate = None
-    if run_evaluate is not None:
-        log.info("[4/5] evaluating EX3 predictions against its measured counts")
-        metrics = run_evaluate(
-            EvaluateConfig(
-                pred=[str(pred)],
-                samples=str(manifest),
-                model=str(model),
-                out=str(out / "eval" / "EX3"),
-                overwrite=True,
-            )
+    log.info("[4/5] evaluating EX3 predictions against its measured counts")
+    metrics = run_evaluate(
+        EvaluateConfig(
+            pred=[str(pred)],
+            samples=str(manifest),
+            model=str(model),
+            out=str(out / "eval" / "EX3"),
+            overwrite=overwrite,
         )
-        result["metrics"] = out / "eval" / "EX3.md"
-        log.info("EX3 metrics: %s", metrics.get("pooled", metrics))
-    try:
-        from pixnet.eval.plots import PlotConfig, run_plot
-    except ImportError:  # pragma: no cover
-        run_plot = None
-    if run_plot is not None:
-        log.info("[5/5] plotting")
-        figs = run_plot(
-            PlotConfig(
-                pred=[str(p) for p in paths],
-                out=str(out / "figures"),
-                samples=str(manifest),
-                sample="EX3",
-                model=str(model),
-                overwrite=True,
-                genes=["NUC_FINE", "STROMA", "REGION_H", "H_OVER_E"],
-            )
+    )
+    result["metrics"] = out / "eval" / "EX3.md"
+    m = metrics["pooled"]
+    log.info(
+        "EX3: PCC@M %.3f, PCC@S %.3f, MSE %.4f, MSE skill %.3f (table: %s)",
+        m["PCC@M"],
+        m["PCC@S"],
+        m["MSE"],
+        m["skill"],
+        result["metrics"],
+    )
+    log.info("[5/5] plotting")
+    figs = run_plot(
+        PlotConfig(
+            pred=[str(p) for p in paths],
+            out=str(out / "figures"),
+            samples=str(manifest),
+            sample="EX3",
+            model=str(model),
+            overwrite=overwrite,
+            genes=["NUC_FINE", "STROMA", "REGION_H", "H_OVER_E"],
         )
-        result["figures"] = out / "figures"
-        for f in figs:
-            log.info("figure: %s", f)
+    )
+    result["figures"] = out / "figures"
+    for f in figs:
+        log.info("figure: %s", f)
     return result

@@ -253,7 +253,7 @@ class CropSampler:
                     f"{self.crop_px}px crop; raise crop_px or working_mpp"
                 )
         if crops_per_epoch is None:
-            pitch = np.mean([_median_pitch(s.centres_wpx) for s in slides])
+            pitch = float(np.mean([_median_pitch(s.centres_wpx) for s in slides]))
             spots_per_crop = max(1.0, (self.crop_px / max(pitch, 1.0)) ** 2 * 0.5)
             crops_per_epoch = int(np.ceil(len(self.anchors) / spots_per_crop))
         self.crops_per_epoch = int(crops_per_epoch)

@@ -134,7 +134,9 @@ class BinGrid(SpotSet):
         band = np.searchsorted(band_edges_px[1:-1], bottoms, side="right")
         tag = f"{int(round(self.size_um)):03d}um"
         for k in range(len(band_edges_px) - 1):
-            rows_out, ids, cents = [], [], []
+            rows_out: list[np.ndarray] = []
+            ids: list[str] = []
+            cents: list[np.ndarray] = []
             for i in np.flatnonzero(band == k):
                 keep = np.flatnonzero(self._keep(int(i)))
                 if not len(keep):

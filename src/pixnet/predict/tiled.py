@@ -131,7 +131,7 @@ def predict_slide(
     band_edges[0], band_edges[-1] = -np.inf, np.inf
     iters = [ss.blocks(band_edges) for ss in spot_sets]
     buf = torch.zeros((G + 1, keep + tc, width_cells), dtype=torch.float32)
-    stats = {
+    stats: dict[str, Any] = {
         "tiles_run": 0,
         "tiles_skipped": 0,
         "cell_px": cell_px,

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +284,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             )
         record["best_epoch"] = best["epoch"]
         state = _checkpoint_state(model, opt, epoch, best)
-        atomic_write(ckpt_path, lambda t, st=state: torch.save(st, t))
+        atomic_write(ckpt_path, partial(_save_torch, state))
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         log.info(
@@ -296,6 +297,10 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         )
         barrier(info)
     return model_path
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    torch.save(obj, path)
 
 
 def _check_same_genes(state: dict[str, Any], model: PixNet, path: Path) -> None:
