@@ -57,9 +57,8 @@ from pixnet.data.preprocess import GenePanel
 from pixnet.io.sample import Sample
 from pixnet.models.resnet import ResNet18Encoder
 from pixnet.models.weights import load_encoder_weights
-from pixnet.ops.losses import pixnet_loss
 from pixnet.train.config import TrainConfig
-from pixnet.train.loop import prepare_training_slides, validation_metrics
+from pixnet.train.loop import optimise_step, prepare_training_slides, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -349,16 +348,9 @@ def train_spot_crop(
             images = torch.cat(imgs)
             if cfg.augment:
                 images = augment_images(images, rng)
-            pred = model(images)
-            loss, parts = pixnet_loss(pred, torch.cat(targs), cfg.pcc_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums["loss"] += float(loss.detach())
-            sums["mse"] += parts["mse"]
-            sums["pcc"] += parts["pcc"]
+            loss = optimise_step(opt, model(images), torch.cat(targs), cfg.pcc_weight, sums)
             n_b += 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}")
         record: dict[str, Any] = {
             "epoch": epoch,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},

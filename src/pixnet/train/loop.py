@@ -65,6 +65,26 @@ def predict_batch(
     return spot_values(integ, area, readout, cell_area_px=float(stride * stride))
 
 
+def optimise_step(
+    opt: torch.optim.Optimizer,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    pcc_weight: float,
+    sums: dict[str, float],
+) -> float:
+    """One step on the Eq. 10 loss of ``pred`` vs ``target``; adds its parts to ``sums``
+    (keys ``loss``, ``mse``, ``pcc``) and returns the loss."""
+    loss, parts = pixnet_loss(pred, target, pcc_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    value = float(loss.detach())
+    sums["loss"] += value
+    sums["mse"] += parts["mse"]
+    sums["pcc"] += parts["pcc"]
+    return value
+
+
 def validate(
     model: PixNet,
     slides: list[SlideSpots],
@@ -253,15 +273,9 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                 targets.append(batch.targets)
             pred = gather_rows(torch.cat(preds), info)
             target = gather_rows(torch.cat(targets), info)
-            loss, loss_parts = pixnet_loss(pred, target, cfg.pcc_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums["loss"] += float(loss.detach())
-            sums["mse"] += loss_parts["mse"]
-            sums["pcc"] += loss_parts["pcc"]
+            loss = optimise_step(opt, pred, target, cfg.pcc_weight, sums)
             n_b += 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}")
         if not info.is_main:  # rank 0 validates and writes; the others wait
             barrier(info)
             continue
