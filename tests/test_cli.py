@@ -42,7 +42,16 @@ def test_inspect_bad_input_exits_2_naming_file_and_fix(
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for cmd in ("inspect", "train", "predict", "evaluate", "plot", "example"):
+    for cmd in (
+        "inspect",
+        "train",
+        "predict",
+        "evaluate",
+        "plot",
+        "example",
+        "pretrain",
+        "crossval",
+    ):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0

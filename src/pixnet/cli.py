@@ -114,10 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pixnet.eval.crossval import register as register_crossval
     from pixnet.eval.evaluate import register as register_evaluate
     from pixnet.eval.plots import register as register_plot
+    from pixnet.train.pretrain import register as register_pretrain
 
     register_evaluate(sub)
     register_plot(sub)
     register_crossval(sub)
+    register_pretrain(sub)
     return parser
 
 
