@@ -48,6 +48,25 @@ def _args(manifest: Path, out: Path) -> list[str]:
     ]
 
 
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=2 -m pixnet ARGS``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "pixnet",
+            *args,
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_torchrun_two_processes_match_one_process(manifest: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
@@ -57,21 +76,7 @@ def test_torchrun_two_processes_match_one_process(manifest: Path, tmp_path: Path
         env=env,
         capture_output=True,
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "pixnet",
-            *_args(manifest, two),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = _torchrun(*_args(manifest, two))
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = torch.load(one / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(two / "checkpoint.pt", weights_only=True)["model"]
@@ -105,28 +110,16 @@ def test_torchrun_prediction_shards_samples(manifest: Path, tmp_path: Path) -> N
         capture_output=True,
     )
     out = tmp_path / "pred"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "pixnet",
-            "predict",
-            "--model",
-            str(run / "model.pt"),
-            "--samples",
-            str(two),
-            "--sample-ids",
-            "all",
-            "--out",
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = _torchrun(
+        "predict",
+        "--model",
+        str(run / "model.pt"),
+        "--samples",
+        str(two),
+        "--sample-ids",
+        "all",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["EX1.h5ad", "EX2.h5ad", "EX3.h5ad"]
