@@ -62,3 +62,15 @@ def atomic_write(
 def atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool = True) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda t: t.write_text(text), overwrite=overwrite)
+
+
+def append_line_atomic(path: str | os.PathLike[str], line: str) -> Path:
+    """Append one line to a small text log by rewriting it atomically.
+
+    A crash leaves the log with or without the new line, never half of it.
+    """
+    p = Path(path)
+    old = p.read_text() if p.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    return atomic_write_text(p, old + line.rstrip("\n") + "\n")

@@ -36,7 +36,7 @@ from pixnet.data.crops import (
 )
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.errors import PixNetInputError
-from pixnet.io.atomic import atomic_write, check_writable
+from pixnet.io.atomic import append_line_atomic, atomic_write, check_writable
 from pixnet.io.modelfile import save_model_file
 from pixnet.io.sample import Sample
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset
@@ -232,7 +232,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         torch.set_rng_state(state["torch_rng"])
         start, best = int(state["epoch"]) + 1, dict(state["best"])
         if info.is_main:
-            _truncate_log(out / "log.jsonl", start)
+            truncate_epoch_log(out / "log.jsonl", start)
         log.info("resumed from %s at epoch %d", ckpt_path, start)
     forward: Any = model
     if info.active:
@@ -298,9 +298,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             )
         record["best_epoch"] = best["epoch"]
         state = _checkpoint_state(model, opt, epoch, best)
-        atomic_write(ckpt_path, partial(_save_torch, state))
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        atomic_write(ckpt_path, partial(save_torch, state))
+        append_line_atomic(log_path, json.dumps(record))
         log.info(
             "epoch %d: loss %.4f val_mse %s val_pcc_m %s (%.1fs)",
             epoch,
@@ -313,7 +312,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     return model_path
 
 
-def _save_torch(obj: Any, path: Path) -> None:
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` with the (object, path) argument order :func:`atomic_write` wants."""
     torch.save(obj, path)
 
 
@@ -329,7 +329,7 @@ def _check_same_genes(state: dict[str, Any], model: PixNet, path: Path) -> None:
         )
 
 
-def _truncate_log(path: Path, start_epoch: int) -> None:
+def truncate_epoch_log(path: Path, start_epoch: int) -> None:
     """Drop log lines of epochs at or after ``start_epoch`` (re-run after a resume)."""
     if not path.is_file():
         return

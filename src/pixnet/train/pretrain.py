@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +39,7 @@ from tqdm.auto import tqdm
 from pixnet.config import save_config
 from pixnet.data.crops import crop_image, rot_flip_image, stain_jitter
 from pixnet.errors import PixNetInputError
-from pixnet.io.atomic import atomic_write, check_writable
+from pixnet.io.atomic import append_line_atomic, atomic_write, check_writable
 from pixnet.io.slide import (
     OPENSLIDE_SUFFIXES,
     PILLOW_SUFFIXES,
@@ -51,6 +50,7 @@ from pixnet.io.slide import (
 from pixnet.io.tissue import tissue_mask
 from pixnet.models.resnet import ResNet18Encoder
 from pixnet.models.weights import save_encoder_weights
+from pixnet.train.loop import save_torch, truncate_epoch_log
 
 log = logging.getLogger(__name__)
 
@@ -401,20 +401,6 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
 # run
 
 
-def _save_torch(obj: Any, path: Path) -> None:
-    torch.save(obj, path)
-
-
-def _truncate_log(path: Path, start_epoch: int) -> None:
-    """Drop log lines of epochs at or after ``start_epoch`` (re-run after a resume)."""
-    if not path.is_file():
-        return
-    lines = [x for x in path.read_text().splitlines() if x.strip()]
-    keep = [x for x in lines if json.loads(x)["epoch"] < start_epoch]
-    if len(keep) != len(lines):
-        atomic_write(path, lambda t: t.write_text("".join(x + "\n" for x in keep)))
-
-
 def _check_config(cfg: PretrainConfig) -> None:
     problems = []
     if cfg.tile_px < 32:
@@ -475,7 +461,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["epoch"]) + 1
-        _truncate_log(log_path, start)
+        truncate_epoch_log(log_path, start)
         log.info("resumed from %s at epoch %d", ckpt_path, start)
     log.info(
         "SimCLR pretraining on %d slides, %d tissue tile positions, %d tiles/epoch of %d px "
@@ -520,9 +506,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             "optimizer": opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
-        atomic_write(ckpt_path, partial(_save_torch, state))
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        atomic_write(ckpt_path, partial(save_torch, state))
+        append_line_atomic(log_path, json.dumps(record))
         log.info("epoch %d: loss %.4f (%.1fs)", epoch, record["loss"], record["seconds"])
     for s in slides:
         s.slide.close()
