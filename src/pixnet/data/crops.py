@@ -207,6 +207,17 @@ class CropBatch:
     targets: Tensor
     shape: str
 
+    def to(self, device: torch.device | str) -> CropBatch:
+        """The same batch with its tensors on ``device``."""
+        return CropBatch(
+            images=self.images.to(device),
+            centres=self.centres.to(device),
+            batch_index=self.batch_index.to(device),
+            sizes=self.sizes.to(device),
+            targets=self.targets.to(device),
+            shape=self.shape,
+        )
+
 
 def _to_tensor_images(crops: list[np.ndarray]) -> Tensor:
     arr = np.stack(crops).astype(np.float32) / 255.0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -251,6 +252,12 @@ class PixNet(nn.Module):
         """Set the head bias to ``scale * mean_targets``; see
         :meth:`PixNetDecoder.head_bias_init`."""
         self.decoder.head_bias_init(mean_targets, scale)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -67,6 +67,9 @@ class PredictConfig:
     margin_px: int = field(default=64, metadata=_h("context around each tile, working pixels"))
     dtype: str = field(default="float32", metadata=_h("X dtype: float32 or float16"))
     skip_background: bool = field(default=True, metadata=_h("do not run tiles without tissue"))
+    device: str = field(
+        default="auto", metadata=_h("auto (a GPU if CUDA is available), cpu, cuda:N")
+    )
     overwrite: bool = field(default=False, metadata=_h("replace existing outputs"))
 
 
@@ -136,7 +139,7 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
         raise PixNetInputError("--out", "no output given", "pass --out pred/NAME.h5ad")
     if cfg.dtype not in ("float32", "float16"):
         raise PixNetInputError("--dtype", f"{cfg.dtype!r} unknown", "use float32 or float16")
-    predictor = load_predictor(cfg.model)
+    predictor = load_predictor(cfg.model, cfg.device)
     if sample is None and cfg.samples:
         from pixnet.io.manifest import load_manifest
 

@@ -33,7 +33,7 @@ from pixnet.data.preprocess import GenePanel
 from pixnet.io.modelfile import load_model_file
 from pixnet.io.slide import Slide
 from pixnet.io.tissue import tissue_fraction_in_rect
-from pixnet.models.pixnet import PixNet, PixNetConfig
+from pixnet.models.pixnet import PixNet, PixNetConfig, model_device
 from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.readout import prepare_map, spot_values
 from pixnet.predict.spotsets import SpotBlock, SpotSet
@@ -57,14 +57,17 @@ class Predictor:
         return int(self.model.map_stride)
 
 
-def load_predictor(path: str | Path) -> Predictor:
-    """Load ``model.pt`` (weights_only) into an eval-mode :class:`Predictor`."""
+def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
+    """Load ``model.pt`` (weights_only) into an eval-mode :class:`Predictor` on ``device``
+    (``"auto"``: a GPU when CUDA is available)."""
     payload = load_model_file(path)
     mcfg = PixNetConfig.from_dict(dict(payload["model_config"]))
     mcfg.pretrained = None  # the file's weights already hold the encoder
     model = PixNet(mcfg)
     model.load_state_dict(payload["state_dict"])
-    model.eval()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
     geo = payload["geometry"]
     return Predictor(
         model=model,
@@ -160,7 +163,8 @@ def predict_slide(
             imgs = np.stack([slide.read_rect(loc, (side, side), w_mpp) for _, loc in chunk])
             x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
             with torch.inference_mode():
-                maps = prepare_map(model(x), predictor.readout)
+                x = x.to(model_device(model))
+                maps = prepare_map(model(x), predictor.readout).float().cpu()
             for (tx, _), m in zip(chunk, maps, strict=True):
                 buf[:G, keep:, tx * tc : (tx + 1) * tc] = m[:, mc : mc + tc, mc : mc + tc]
                 buf[G, keep:, tx * tc : (tx + 1) * tc] = 1.0
@@ -240,6 +244,7 @@ def dense_map_region(
     from pixnet.ops.readout import map_values
 
     with torch.inference_mode():
-        vals = map_values(predictor.model(x), predictor.readout, float(s * s))[0]
+        x = x.to(model_device(predictor.model))
+        vals = map_values(predictor.model(x), predictor.readout, float(s * s))[0].cpu()
     mc = m // s
     return vals[:, mc : mc + h // s, mc : mc + w // s].numpy(), s * to_full

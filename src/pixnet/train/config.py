@@ -44,6 +44,10 @@ class TrainConfig:
     augment: bool = field(default=True, metadata=_h("flips, rotations, stain jitter"))
     pretrained: str | None = field(default=None, metadata=_h("encoder weights file"))
     seed: int = field(default=0, metadata=_h("random seed"))
+    device: str = field(
+        default="auto",
+        metadata=_h("auto (the process's GPU if CUDA is available, else cpu), cpu, cuda:N"),
+    )
     threads: int = field(default=0, metadata=_h("torch CPU threads (0: torch default)"))
     resume: bool = field(default=False, metadata=_h("continue from OUT/checkpoint.pt"))
     overwrite: bool = field(default=False, metadata=_h("replace an existing run folder's model"))

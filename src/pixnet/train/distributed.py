@@ -69,7 +69,7 @@ def gather_rows(t: Tensor, info: DistInfo) -> Tensor:
         return t
     from torch.distributed.nn.functional import all_gather
 
-    n = torch.tensor([t.shape[0]], dtype=torch.long)
+    n = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(info.world)]
     dist.all_gather(sizes, n)
     rows = [int(s) for s in sizes]
@@ -77,6 +77,15 @@ def gather_rows(t: Tensor, info: DistInfo) -> Tensor:
     padded = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))]) if pad else t
     parts = all_gather(padded)
     return torch.cat([p[:r] for p, r in zip(parts, rows, strict=True)])
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """``"auto"``: this process's GPU (``cuda:LOCAL_RANK``) when CUDA is there, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
 
 
 def barrier(info: DistInfo) -> None:

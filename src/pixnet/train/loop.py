@@ -39,12 +39,19 @@ from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import append_line_atomic, atomic_write, check_writable
 from pixnet.io.modelfile import save_model_file
 from pixnet.io.sample import Sample
-from pixnet.models.pixnet import PixNet, build_pixnet, from_preset
+from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.losses import pearson_per_gene, pixnet_loss
 from pixnet.ops.readout import check_readout, prepare_map, spot_values
 from pixnet.train.config import TrainConfig
-from pixnet.train.distributed import DistInfo, barrier, gather_rows, init_distributed, shutdown
+from pixnet.train.distributed import (
+    DistInfo,
+    barrier,
+    gather_rows,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,7 @@ def validate(
         for s, mask in zip(slides, val_masks, strict=True):
             idx = np.flatnonzero(mask)
             for _, batch in centred_crops(s, idx, cfg.crop_px, cfg.batch_size):
+                batch = batch.to(model_device(model))
                 preds.append(predict_batch(model, batch, cfg.readout))
                 targets.append(batch.targets)
     if not preds:
@@ -198,7 +206,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         crops_per_epoch=cfg.crops_per_epoch or None,
     )
     mcfg = from_preset(cfg.preset, n_genes=panel.n_genes, pretrained=cfg.pretrained)
-    model = build_pixnet(mcfg)
+    device = resolve_device(cfg.device, info)
+    model = build_pixnet(mcfg).to(device)
     _init_head(model, panel, cfg.readout, spot_area_wpx=_spot_area(slides[0]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     geometry = {
@@ -238,7 +247,9 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     if info.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(model)
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     log.info(
         "training on %s: %d supervised spots, %d validation spots, %d genes, %d crops/epoch",
         ", ".join(s.sample_id for s in samples),
@@ -268,7 +279,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             mine = [shares[info.rank]] if info.active else shares
             preds, targets = [], []
             for idx in mine:
-                batch = collate([items[i] for i in idx], sampler.slides[0].shape)
+                batch = collate([items[i] for i in idx], sampler.slides[0].shape).to(device)
                 preds.append(predict_batch(model, batch, cfg.readout, forward))
                 targets.append(batch.targets)
             pred = gather_rows(torch.cat(preds), info)
