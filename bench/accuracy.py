@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="*", default=["her2st", "mob"], choices=list(DATASETS))
     ap.add_argument("--epochs", type=int, default=0, help=f"0: {FULL_EPOCHS} (quick: 1)")
     ap.add_argument("--methods", nargs="*", default=["mean", "ridge", "spotcrop", "pixnet"])
-    ap.add_argument("--readout", default="density", help="PixNet read-out of method 'pixnet'")
+    ap.add_argument("--readout", default="mean", help="PixNet read-out of method 'pixnet'")
     ap.add_argument("--all-folds", action="store_true", help="with --quick: every fold")
     ap.add_argument("--out", default="", help="run folders (default runs/bench-accuracy[-quick])")
     ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")

@@ -153,7 +153,7 @@ def test_driver_runs_every_method_on_every_fold(cv: tuple[dict, Path]) -> None:
         assert f["methods"]["mean"]["fold"]["skill"] == 0.0
         sid = f["test"][0]
         assert f["methods"]["ridge"]["per_slide"][sid]["n_spots"] == f["n_test_spots"][sid]
-        assert f["methods"]["pixnet"]["details"]["readout"] == "density"
+        assert f["methods"]["pixnet"]["details"]["readout"] == "mean"  # the default read-out
         model = load_model_file(out / f["name"] / "pixnet" / "run" / "model.pt")
         assert model["panel"]["fitted_on"] == f["train"]
         assert model["panel"]["genes"] == f["panel"]["genes"]

@@ -6,8 +6,9 @@ any spot size other than the one trained on. Three read-outs are offered:
 
 * ``"sum"`` — the paper's literal sum over working-resolution pixels inside the spot
   (``integral * cell_area_px``). Kept for fidelity and comparison.
-* ``"mean"`` — the mean of the map over the spot. Scale-consistent: a spot of any size
-  is on the scale of its own target.
+* ``"mean"`` (default) — the mean of the map over the spot. Scale-consistent: a spot of
+  any size is on the scale of its own target. Chosen by the controlled multi-scale
+  benchmark (``bench/scales.py``, docs/DESIGN.md).
 * ``"density"`` — the head predicts the log of a non-negative density of normalised
   expression; the density is averaged over the spot and then log-transformed,
   ``log1p(mean(exp(G)))``. The head works on the targets' log scale (well conditioned

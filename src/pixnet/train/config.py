@@ -36,7 +36,7 @@ class TrainConfig:
     weight_decay: float = field(default=1e-4, metadata=_h("Adam weight decay (paper: 1e-4)"))
     pcc_weight: float = field(default=0.5, metadata=_h("lambda of the PCC loss (paper: 0.5)"))
     readout: str = field(
-        default="density", metadata=_h("spot read-out: density, mean, or the paper's sum")
+        default="mean", metadata=_h("spot read-out: mean, density, or the paper's sum")
     )
     val_fraction: float = field(
         default=0.15, metadata=_h("share of each training sample's spots held out for validation")
