@@ -27,6 +27,11 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def help_meta(text: str) -> dict[str, str]:
+    """Field metadata holding an option's help text: ``field(..., metadata=help_meta("..."))``."""
+    return {"help": text}
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--name`` option per field of dataclass ``cls`` (help from metadata)."""
     hints = typing.get_type_hints(cls)

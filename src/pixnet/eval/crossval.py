@@ -46,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pixnet.config import add_dataclass_arguments, dataclass_from_args
+from pixnet.config import help_meta as _h
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.errors import PixNetInputError
 from pixnet.eval.evaluate import json_safe
@@ -75,10 +76,6 @@ FOLD_NOTE = (
     "A fold's value is the mean over its test slides; the summary is the mean and sample "
     "std (ddof=1) over folds."
 )
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pixnet._constants import AnnDataKeys, SpaceRangerKeys
+from pixnet.config import help_meta as _h
 from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import atomic_write, check_writable
 
@@ -969,10 +970,6 @@ def summary_figure(
 
 
 # ------------------------------------------------------------------ command
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

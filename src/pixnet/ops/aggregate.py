@@ -79,6 +79,21 @@ def _interp_prefix(prefix: Tensor, b: Tensor, row: Tensor, x: Tensor) -> Tensor:
     return p0 + frac * (p1 - p0)
 
 
+def _row_segments(
+    prefix: Tensor, b: Tensor, row: Tensor, x0: Tensor, x1: Tensor, w: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Sum over strips of ``w * (integral of a cell row from x0 to x1)``, and the area.
+
+    ``prefix``: ``(B, G, H, W + 1)`` row prefix sums; ``b``, ``row``, ``x0``, ``x1``, ``w``:
+    ``(n, S)`` per strip (``w`` = strip height, 0 for strips outside the map). Returns
+    ``(integral (n, G), area (n,))``; the area counts only the part inside the map.
+    """
+    width = float(prefix.shape[-1] - 1)
+    seg = _interp_prefix(prefix, b, row, x1) - _interp_prefix(prefix, b, row, x0)
+    length = x1.clamp(0.0, width) - x0.clamp(0.0, width)
+    return (seg * w.unsqueeze(-1)).sum(dim=1), (length * w).sum(dim=1)
+
+
 def integrate_disks(
     maps: Tensor,
     centres: Tensor,
@@ -142,10 +157,9 @@ def integrate_disks(
         b2 = bb.unsqueeze(1).expand_as(row_c)
         x0 = (cx.unsqueeze(-1) - half).reshape(m, -1)
         x1 = (cx.unsqueeze(-1) + half).reshape(m, -1)
-        seg = _interp_prefix(prefix, b2, row_c, x1) - _interp_prefix(prefix, b2, row_c, x0)
-        integrals.append((seg * w.unsqueeze(-1)).sum(dim=1))
-        length = x1.clamp(0.0, float(W)) - x0.clamp(0.0, float(W))
-        areas.append((length * w).sum(dim=1))
+        integral, area = _row_segments(prefix, b2, row_c, x0, x1, w)
+        integrals.append(integral)
+        areas.append(area)
     return torch.cat(integrals), torch.cat(areas)
 
 
@@ -239,11 +253,9 @@ def integrate_squares(
         wy = wy * ((row >= 0) & (row < H)).to(dtype)
         row_c = row.clamp(0, H - 1)
         b2 = bb.unsqueeze(1).expand_as(row_c)
-        x0, x1 = xa.expand_as(wy), xb.expand_as(wy)
-        seg = _interp_prefix(prefix, b2, row_c, x1) - _interp_prefix(prefix, b2, row_c, x0)
-        integrals.append((seg * wy.unsqueeze(-1)).sum(dim=1))
-        wx = xb.clamp(0.0, float(W)) - xa.clamp(0.0, float(W))
-        areas.append((wx * wy).sum(dim=1))
+        integral, area = _row_segments(prefix, b2, row_c, xa.expand_as(wy), xb.expand_as(wy), wy)
+        integrals.append(integral)
+        areas.append(area)
     return torch.cat(integrals), torch.cat(areas)
 
 

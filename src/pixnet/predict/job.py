@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pixnet.config import help_meta as _h
 from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import check_writable
 from pixnet.io.h5ad_writer import StreamingH5ad
@@ -30,10 +31,6 @@ from pixnet.predict.tiled import load_predictor, predict_slide
 log = logging.getLogger(__name__)
 
 HIRES_MAX_SIDE = 2000
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
+from pixnet.config import help_meta as _h
 
 
 @dataclass

@@ -36,6 +36,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pixnet.config import help_meta as _h
 from pixnet.config import save_config
 from pixnet.data.crops import crop_image, rot_flip_image, stain_jitter
 from pixnet.errors import PixNetInputError
@@ -56,10 +57,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = OPENSLIDE_SUFFIXES | TIFF_SUFFIXES | PILLOW_SUFFIXES
 """Suffixes of the files ``--images`` picks up from a folder."""
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
