@@ -17,8 +17,12 @@ def pearson_per_gene(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     p = pred - pred.mean(dim=0, keepdim=True)
     t = target - target.mean(dim=0, keepdim=True)
     cov = (p * t).sum(dim=0)
-    denom = torch.sqrt((p * p).sum(dim=0) * (t * t).sum(dim=0))
-    return torch.where(denom > eps, cov / denom.clamp(min=eps), torch.zeros_like(cov))
+    denom_sq = (p * p).sum(dim=0) * (t * t).sum(dim=0)
+    ok = denom_sq > eps * eps
+    # sqrt only of values kept away from 0: d sqrt(x)/dx at 0 is inf, and torch.where's
+    # backward multiplies the unused branch's gradient by 0 (inf * 0 = NaN weights).
+    denom = torch.sqrt(torch.where(ok, denom_sq, torch.ones_like(denom_sq)))
+    return torch.where(ok, cov / denom, torch.zeros_like(cov))
 
 
 def pixnet_loss(
