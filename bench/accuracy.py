@@ -103,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 epoch of 8 crops, 50 genes, 1 fold")
     ap.add_argument("--datasets", nargs="*", default=["her2st", "mob"], choices=list(DATASETS))
     ap.add_argument("--epochs", type=int, default=0, help=f"0: {FULL_EPOCHS} (quick: 1)")
-    ap.add_argument("--methods", nargs="*", default=["mean", "ridge", "spotcrop", "pixnet"])
+    ap.add_argument(
+        "--methods",
+        nargs="*",
+        default=["mean", "ridge", "spotcrop", "pixnet", "pixnet-simclr"],
+        help="pixnet-simclr: PixNet from a SimCLR encoder pretrained in each fold on its "
+        "training sections' images (the pretraining comparison)",
+    )
+    ap.add_argument("--simclr-epochs", type=int, default=0, help="0: the driver's default (8)")
     ap.add_argument("--readout", default="mean", help="PixNet read-out of method 'pixnet'")
     ap.add_argument("--all-folds", action="store_true", help="with --quick: every fold")
     ap.add_argument("--out", default="", help="run folders (default runs/bench-accuracy[-quick])")
@@ -168,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             overwrite=not args.resume,
         )
+        if args.simclr_epochs:
+            cfg.simclr_epochs = args.simclr_epochs
         if args.quick:
-            cfg = dataclasses.replace(cfg, crops_per_epoch=8, n_genes=50)
+            cfg = dataclasses.replace(
+                cfg, crops_per_epoch=8, n_genes=50, simclr_epochs=1, simclr_tiles_per_epoch=64
+            )
             if not args.all_folds:
                 cfg.only_folds = [folds[0].name]
         td = time.perf_counter()

@@ -80,6 +80,7 @@ def test_methods_and_train_config() -> None:
     assert parse_method("pixnet", "density") == ("pixnet", "density")
     assert parse_method("pixnet-sum", "density") == ("pixnet", "sum")
     assert parse_method("ridge", "density") == ("ridge", None)
+    assert parse_method("pixnet-simclr", "mean") == ("pixnet", "mean")
     with pytest.raises(PixNetInputError, match="unknown"):
         parse_method("pixnet-max", "density")
     cfg = CrossValConfig(epochs=3, lr=1e-3, holdout=["Z"], resume=True, spot_crop_px=64)
@@ -186,6 +187,33 @@ def test_resume_reuses_finished_methods(cv: tuple[dict, Path], example: list[Sam
     a = again["folds"][0]["methods"]["spotcrop"]["fold"]
     b = first["folds"][0]["methods"]["spotcrop"]["fold"]
     assert a == b
+
+
+def test_simclr_method_pretrains_on_the_training_sections_only(
+    example: list[Sample], tmp_path: Path
+) -> None:
+    cfg = _tiny(
+        tmp_path,
+        methods=["pixnet-simclr"],
+        only_folds=["patient-EX1"],
+        simclr_epochs=1,
+        simclr_tiles_per_epoch=4,
+        simclr_batch_size=2,
+        simclr_tile_px=32,
+    )
+    r = run_crossval(cfg, example)
+    fold = r["folds"][0]
+    assert fold["test"] == ["EX1"]
+    d = fold["methods"]["pixnet-simclr"]["details"]
+    assert d["pretrained_on"] == ["EX2"] and len(d["pretrain_loss"]) == 1
+    assert d["pretrain_seconds"] > 0
+    pre = tmp_path / "patient-EX1" / "pixnet-simclr" / "pretrain"
+    assert json.loads((pre / "config.json").read_text())["slides"] == ["EX2"]
+    run_cfg = json.loads(
+        (tmp_path / "patient-EX1" / "pixnet-simclr" / "run" / "config.json").read_text()
+    )
+    assert run_cfg["pretrained"] == str(pre / "encoder.pt")
+    assert "SimCLR" in r["method_labels"]["pixnet-simclr"]
 
 
 def test_within_patient_and_only_folds(example: list[Sample], tmp_path: Path) -> None:

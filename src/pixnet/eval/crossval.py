@@ -12,7 +12,10 @@ Protocol (SPEC section 3):
   test fold.
 * Methods (``--methods``): ``mean`` (training mean), ``ridge`` (frozen encoder features
   + ridge), ``spotcrop`` (ST-Net-style spot-crop ResNet18), ``pixnet`` (the configured
-  read-out) or ``pixnet-<readout>`` (``pixnet-mean``, ``pixnet-sum``, ``pixnet-density``).
+  read-out) or ``pixnet-<readout>`` (``pixnet-mean``, ``pixnet-sum``, ``pixnet-density``),
+  and ``pixnet-simclr``: PixNet (the configured read-out) whose encoder starts from
+  SimCLR weights pretrained in the fold on the training samples' images only
+  (:mod:`pixnet.train.pretrain`, budget ``--simclr-*``; never on a test section).
   All run on the same folds, data, seeds and epoch budget (:mod:`pixnet.eval.baselines`).
 * Seeds: fold ``k`` (0-based, in manifest order of the test groups) uses
   ``seed + k`` for every method (data order, validation band, initialisation).
@@ -60,6 +63,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("auto", "patient", "section")
 BASE_METHODS = ("mean", "ridge", "spotcrop", "pixnet")
+SIMCLR_METHOD = "pixnet-simclr"
 METHOD_LABELS = {
     "mean": "training mean",
     "ridge": "ridge on frozen ResNet18 features",
@@ -100,7 +104,19 @@ class CrossValConfig(TrainConfig):
     )
     methods: list[str] = field(
         default_factory=lambda: list(BASE_METHODS),
-        metadata=_h("methods: mean, ridge, spotcrop, pixnet, pixnet-<readout>"),
+        metadata=_h("methods: mean, ridge, spotcrop, pixnet, pixnet-<readout>, pixnet-simclr"),
+    )
+    simclr_epochs: int = field(
+        default=8, metadata=_h("pixnet-simclr: SimCLR pretraining epochs per fold")
+    )
+    simclr_tiles_per_epoch: int = field(
+        default=1024, metadata=_h("pixnet-simclr: tissue tiles per pretraining epoch")
+    )
+    simclr_tile_px: int = field(
+        default=96, metadata=_h("pixnet-simclr: pretraining tile side, working px")
+    )
+    simclr_batch_size: int = field(
+        default=32, metadata=_h("pixnet-simclr: tiles per pretraining batch (2 views each)")
     )
     split: str = field(
         default="auto",
@@ -208,22 +224,25 @@ def split_note(kind: str, folds: list[Fold]) -> str:
 
 
 def parse_method(method: str, default_readout: str) -> tuple[str, str | None]:
-    """``"pixnet-mean"`` -> ``("pixnet", "mean")``; baselines -> ``(name, None)``."""
+    """``"pixnet-mean"`` -> ``("pixnet", "mean")``; baselines -> ``(name, None)``;
+    ``"pixnet-simclr"`` -> ``("pixnet", default_readout)`` (its encoder init differs)."""
     if method in ("mean", "ridge", "spotcrop"):
         return method, None
-    if method == "pixnet":
+    if method in ("pixnet", SIMCLR_METHOD):
         return "pixnet", default_readout
     if method.startswith("pixnet-") and method[7:] in READOUTS:
         return "pixnet", method[7:]
     raise PixNetInputError(
         "--methods",
         f"{method!r} unknown",
-        f"use mean, ridge, spotcrop, pixnet or pixnet-<{'|'.join(READOUTS)}>",
+        f"use mean, ridge, spotcrop, pixnet, {SIMCLR_METHOD} or pixnet-<{'|'.join(READOUTS)}>",
     )
 
 
 def method_label(method: str, default_readout: str) -> str:
     base, readout = parse_method(method, default_readout)
+    if method == SIMCLR_METHOD:
+        return f"PixNet ({readout} read-out), SimCLR init (fold's training images)"
     return f"PixNet ({readout} read-out)" if base == "pixnet" else METHOD_LABELS[base]
 
 
@@ -260,6 +279,7 @@ def _run_pixnet(
     test_samples: list[Sample],
     panel: GenePanel,
     mdir: Path,
+    simclr: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from pixnet.eval.evaluate import read_prediction
     from pixnet.io.modelfile import load_model_file
@@ -267,6 +287,9 @@ def _run_pixnet(
     from pixnet.train.loop import train
 
     run_dir = Path(tcfg.out)
+    pre: dict[str, Any] = {}
+    if simclr:
+        tcfg.pretrained, pre = _pretrain_fold(cfg, tcfg.seed, train_samples, mdir / "pretrain")
     tcfg.resume = cfg.resume and (run_dir / "checkpoint.pt").is_file()
     model_path = train(tcfg, train_samples)
     model_genes = list(load_model_file(model_path)["panel"]["genes"])
@@ -296,8 +319,38 @@ def _run_pixnet(
         "best_epoch": records[-1]["best_epoch"] if records else None,
         "epochs_run": len(records),
         "val_loss_best": min((r["val_loss"] for r in records if "val_loss" in r), default=None),
+        **pre,
     }
     return preds, details
+
+
+def _pretrain_fold(
+    cfg: CrossValConfig, seed: int, train_samples: list[Sample], out: Path
+) -> tuple[str, dict[str, Any]]:
+    """SimCLR-pretrain an encoder on the fold's training images; its path and a record."""
+    from pixnet.train.pretrain import PretrainConfig, run_pretrain
+
+    pcfg = PretrainConfig(
+        out=str(out),
+        working_mpp=cfg.working_mpp,
+        tile_px=cfg.simclr_tile_px,
+        batch_size=cfg.simclr_batch_size,
+        epochs=cfg.simclr_epochs,
+        tiles_per_epoch=cfg.simclr_tiles_per_epoch,
+        seed=seed,
+        threads=cfg.threads,
+        resume=cfg.resume and (out / "checkpoint.pt").is_file(),
+        overwrite=True,
+    )
+    t0 = time.perf_counter()
+    path = run_pretrain(pcfg, train_samples)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x]
+    return str(path), {
+        "pretrain_seconds": round(time.perf_counter() - t0, 2),
+        "pretrain_epoch_seconds": round(sum(r["seconds"] for r in records), 2),
+        "pretrain_loss": [round(r["loss"], 4) for r in records],
+        "pretrained_on": [s.sample_id for s in train_samples],
+    }
 
 
 def _run_method(
@@ -320,7 +373,8 @@ def _run_method(
     if base == "mean":
         return {s.sample_id: B.mean_predictions(panel, s.n_spots) for s in test_samples}, {}
     if base == "pixnet":
-        return _run_pixnet(cfg, tcfg, train_samples, test_samples, panel, mdir)
+        simclr = method == SIMCLR_METHOD
+        return _run_pixnet(cfg, tcfg, train_samples, test_samples, panel, mdir, simclr)
     if "data" not in fold_data:  # read the fold's images once for all baselines
         fold_data["data"] = B.prepare_fold_data(tcfg, train_samples)
         fold_data["test"] = {

@@ -41,6 +41,7 @@ from pixnet.config import save_config
 from pixnet.data.crops import crop_image, rot_flip_image, stain_jitter
 from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import append_line_atomic, atomic_write, check_writable
+from pixnet.io.sample import Sample
 from pixnet.io.slide import (
     OPENSLIDE_SUFFIXES,
     PILLOW_SUFFIXES,
@@ -207,8 +208,22 @@ def open_tile_slide(
     return TileSlide(name, slide, cfg.working_mpp, positions, image)
 
 
-def list_images(cfg: PretrainConfig) -> list[tuple[str, Path, float]]:
-    """``(name, image path, mpp)`` of the slides named by ``--samples`` or ``--images``."""
+def list_images(
+    cfg: PretrainConfig, samples: list[Sample] | None = None
+) -> list[tuple[str, Path, float]]:
+    """``(name, image path, mpp)`` of ``samples`` if given, else of the slides named by
+    ``--samples`` or ``--images``."""
+    if samples is not None:
+        found = [
+            (s.sample_id, Path(s.image_path), float(s.mpp))
+            for s in samples
+            if s.image_path is not None
+        ]
+        if not found:
+            raise PixNetInputError(
+                "pretraining samples", "none of the samples has an image", "pass H&E samples"
+            )
+        return found
     if bool(cfg.samples) == bool(cfg.images):
         raise PixNetInputError(
             "pretrain config",
@@ -412,8 +427,13 @@ def _check_config(cfg: PretrainConfig) -> None:
         raise PixNetInputError(*problems[0])
 
 
-def run_pretrain(cfg: PretrainConfig) -> Path:
+def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Path:
     """Pretrain the encoder with SimCLR; return the path of ``OUT/encoder.pt``.
+
+    Args:
+        cfg: the configuration.
+        samples: slides already loaded (e.g. one cross-validation fold's training
+            samples); when given, ``cfg.samples`` and ``cfg.images`` are not read.
 
     Raises:
         PixNetInputError: bad configuration, no tissue tiles, or an existing run
@@ -427,7 +447,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         check_writable(ckpt_path, cfg.overwrite)
     elif not ckpt_path.is_file():
         raise PixNetInputError(ckpt_path, "no checkpoint to resume from", "drop --resume")
-    sources = list_images(cfg)
+    sources = list_images(cfg, samples)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # left by a run killed while writing
         stale.unlink()
