@@ -214,6 +214,7 @@ def test_simclr_method_pretrains_on_the_training_sections_only(
     )
     assert run_cfg["pretrained"] == str(pre / "encoder.pt")
     assert "SimCLR" in r["method_labels"]["pixnet-simclr"]
+    assert "SimCLR pretraining per fold" in format_markdown(r)
 
 
 def test_within_patient_and_only_folds(example: list[Sample], tmp_path: Path) -> None:

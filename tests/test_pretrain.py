@@ -23,6 +23,7 @@ from pixnet.train.pretrain import (
     PretrainConfig,
     TileSampler,
     augment_view,
+    list_images,
     nt_xent,
     open_tile_slide,
     register,
@@ -116,6 +117,23 @@ def test_tiles_come_only_from_tissue(manifest: Path, tmp_path: Path) -> None:
     assert v1.shape == v2.shape == (8, 3, 32, 32)
     assert not torch.equal(v1, v2)
     ts.slide.close()
+
+
+def test_image_sources_from_manifest_samples_or_folder(manifest: Path, tmp_path: Path) -> None:
+    from pixnet.errors import PixNetInputError
+    from pixnet.io.manifest import load_manifest
+
+    samples = load_manifest(manifest)
+    by_manifest = list_images(_cfg(manifest, tmp_path))
+    given = list_images(PretrainConfig(), samples)  # e.g. a fold's training samples
+    assert by_manifest == given and [n for n, _, _ in given] == ["EX1"]
+    with pytest.raises(PixNetInputError, match="exactly one"):
+        list_images(PretrainConfig())
+    with pytest.raises(PixNetInputError, match="no images found"):
+        list_images(PretrainConfig(), [replace(samples[0], image_path=None)])
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(PixNetInputError, match="no images found"):
+        list_images(PretrainConfig(images=str(tmp_path / "imgs"), mpp=0.5))
 
 
 def test_augment_view_shape_range_and_determinism() -> None:

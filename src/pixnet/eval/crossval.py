@@ -621,6 +621,21 @@ def format_markdown(result: dict[str, Any], heading: str = "##") -> str:
                     f"{'n/a' if sk is None else f'{sk:.3f}'} ({sec or 0:.0f} s)"
                 )
             lines.append("| " + " | ".join(cells) + " |")
+    pre = [
+        (f["name"], f["methods"][SIMCLR_METHOD]["details"].get("pretrain_seconds"))
+        for f in folds
+        if SIMCLR_METHOD in f["methods"]
+    ]
+    if pre:
+        lines += [
+            "",
+            f"{method_label(SIMCLR_METHOD, cfg['readout'])}: SimCLR pretraining per fold on "
+            f"its training sections' images ({cfg.get('simclr_epochs')} epochs x "
+            f"{cfg.get('simclr_tiles_per_epoch')} tiles of {cfg.get('simclr_tile_px')} px, "
+            "included in the method's seconds): "
+            + ", ".join(f"{name} {sec or 0:.0f} s" for name, sec in pre)
+            + ".",
+        ]
     if "wall_seconds" in result:
         lines += ["", f"Wall time: {result['wall_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"

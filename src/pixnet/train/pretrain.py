@@ -213,17 +213,44 @@ def list_images(
 ) -> list[tuple[str, Path, float]]:
     """``(name, image path, mpp)`` of ``samples`` if given, else of the slides named by
     ``--samples`` or ``--images``."""
+    if samples is None and bool(cfg.samples) == bool(cfg.images):
+        raise PixNetInputError(
+            "pretrain config",
+            "give exactly one of --samples and --images",
+            "pass --samples MANIFEST.csv or --images FOLDER --mpp UM_PER_PX",
+        )
+    if samples is None and cfg.samples:
+        from pixnet.io.manifest import load_manifest
+
+        samples = load_manifest(cfg.samples)
     if samples is not None:
+        where = cfg.samples or "pretraining samples"
         found = [
             (s.sample_id, Path(s.image_path), float(s.mpp))
             for s in samples
             if s.image_path is not None
         ]
-        if not found:
+    else:
+        where = cfg.images
+        folder = Path(cfg.images)
+        if not folder.is_dir():
+            raise PixNetInputError(folder, "image folder not found", "check --images")
+        if not cfg.mpp or cfg.mpp <= 0:
             raise PixNetInputError(
-                "pretraining samples", "none of the samples has an image", "pass H&E samples"
+                "--mpp", f"{cfg.mpp!r} is not a positive pixel size", "pass --mpp UM_PER_PX"
             )
-        return found
+        found = [
+            (p.stem, p, float(cfg.mpp))
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+    if not found:
+        raise PixNetInputError(
+            where,
+            "no images found",
+            "supported: " + ", ".join(sorted(IMAGE_SUFFIXES)) + "; samples need an image",
+        )
+    return found
     if bool(cfg.samples) == bool(cfg.images):
         raise PixNetInputError(
             "pretrain config",
