@@ -186,8 +186,23 @@ def main(argv: list[str] | None = None) -> int:
         td = time.perf_counter()
         result = run_crossval(cfg, samples)
         result["dataset_wall_seconds"] = round(time.perf_counter() - td, 1)
+        # the compute behind the table, also when (fold, method) results were reused
+        # from earlier runs with --resume (they keep their own seconds)
+        result["method_seconds"] = {
+            m: round(sum(f["methods"][m]["seconds"] or 0 for f in result["folds"]), 1)
+            for m in result["methods"]
+        }
         combined["datasets"][name] = result
         md.append(format_markdown(result, heading="##"))
+        md.append(
+            "Compute per method, summed over folds (including results reused with "
+            "--resume): "
+            + ", ".join(
+                f"{result['method_labels'][m]} {sec / 60:.1f} min"
+                for m, sec in result["method_seconds"].items()
+            )
+            + ".\n"
+        )
         log.info("%s done in %.1f min", name, result["dataset_wall_seconds"] / 60)
     combined["wall_seconds"] = round(time.perf_counter() - t0, 1)
     md.append(f"Total wall time: {combined['wall_seconds'] / 60:.1f} min.\n")
