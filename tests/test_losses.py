@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy.stats import pearsonr
 
-from pixnet.ops.losses import pearson_per_gene, pixnet_loss
+from pixnet.ops.losses import check_finite_loss, pearson_per_gene, pixnet_loss
 
 
 def test_batch_pcc_matches_scipy() -> None:
@@ -41,3 +42,18 @@ def test_loss_is_mse_plus_weighted_one_minus_pcc() -> None:
     loss, parts = pixnet_loss(pred, target, pcc_weight=0.5)
     assert abs(parts["mse"] - 5 / 3) < 1e-6 and abs(parts["pcc"] - 1.0) < 1e-6
     assert abs(float(loss) - 5 / 3) < 1e-6
+
+
+def test_non_finite_loss_stops_before_the_weights_change() -> None:
+    from pixnet.train.loop import optimise_step
+
+    layer = torch.nn.Linear(2, 3)
+    before = [p.detach().clone() for p in layer.parameters()]
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    target = torch.full((4, 3), float("nan"))  # e.g. a NaN target
+    sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
+    with pytest.raises(FloatingPointError, match="training step.*--lr"):
+        optimise_step(opt, layer(torch.ones(4, 2)), target, 0.5, sums)
+    for a, b in zip(before, layer.parameters(), strict=True):
+        assert torch.equal(a, b.detach())
+    check_finite_loss(torch.tensor(1.0), "fine")  # a finite loss passes

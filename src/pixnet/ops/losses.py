@@ -43,3 +43,17 @@ def pixnet_loss(
         pcc = pred.new_zeros(())
     loss = mse + pcc_weight * (1.0 - pcc)
     return loss, {"mse": float(mse.detach()), "pcc": float(pcc.detach())}
+
+
+def check_finite_loss(loss: Tensor, where: str) -> None:
+    """Raise before a non-finite loss (NaN or inf) reaches the optimiser and the weights.
+
+    Raises:
+        FloatingPointError: naming ``where`` (e.g. ``"training epoch 3"``) and the usual fixes.
+    """
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise FloatingPointError(
+            f"{where}: the loss is {float(loss.detach())}; the weights were not updated. "
+            "Lower --lr, check the targets for NaN or inf, and restart with --resume "
+            "from the last checkpoint"
+        )

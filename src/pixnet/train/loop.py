@@ -41,7 +41,7 @@ from pixnet.io.modelfile import save_model_file
 from pixnet.io.sample import Sample
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.ops.aggregate import integrate_spots
-from pixnet.ops.losses import pearson_per_gene, pixnet_loss
+from pixnet.ops.losses import check_finite_loss, pearson_per_gene, pixnet_loss
 from pixnet.ops.readout import check_readout, prepare_map, spot_values
 from pixnet.train.config import TrainConfig
 from pixnet.train.distributed import (
@@ -82,6 +82,7 @@ def optimise_step(
     """One step on the Eq. 10 loss of ``pred`` vs ``target``; adds its parts to ``sums``
     (keys ``loss``, ``mse``, ``pcc``) and returns the loss."""
     loss, parts = pixnet_loss(pred, target, pcc_weight)
+    check_finite_loss(loss, "training step")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

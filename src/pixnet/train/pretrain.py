@@ -52,6 +52,7 @@ from pixnet.io.slide import (
 from pixnet.io.tissue import tissue_mask
 from pixnet.models.resnet import ResNet18Encoder
 from pixnet.models.weights import save_encoder_weights
+from pixnet.ops.losses import check_finite_loss
 from pixnet.train.loop import save_torch, truncate_epoch_log
 
 log = logging.getLogger(__name__)
@@ -530,6 +531,7 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
         for v1, v2 in bar:
             z = model(torch.cat([v1, v2]))
             loss = nt_xent(z[: len(v1)], z[len(v1) :], cfg.temperature)
+            check_finite_loss(loss, f"pretraining epoch {epoch}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
