@@ -113,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--simclr-epochs", type=int, default=0, help="0: the driver's default (8)")
     ap.add_argument("--readout", default="mean", help="PixNet read-out of method 'pixnet'")
     ap.add_argument("--all-folds", action="store_true", help="with --quick: every fold")
+    ap.add_argument(
+        "--only-folds",
+        nargs="*",
+        default=[],
+        help="run only these folds (test section ids) of each dataset, e.g. to split a run "
+        "over processes; combine the outputs with --resume",
+    )
     ap.add_argument("--out", default="", help="run folders (default runs/bench-accuracy[-quick])")
     ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")
     ap.add_argument("--pretrained", default=None, help="encoder weights for every method")
@@ -175,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             overwrite=not args.resume,
         )
+        if args.only_folds:
+            cfg.only_folds = [f.name for f in folds if f.name in args.only_folds]
+            if not cfg.only_folds:
+                log.info("%s: none of --only-folds %s; skipped", name, args.only_folds)
+                continue
         if args.simclr_epochs:
             cfg.simclr_epochs = args.simclr_epochs
         if args.quick:
