@@ -20,12 +20,14 @@ folds, gene panels (top 250 genes of each fold's training sections), validation 
 
 Full budget: ``FULL_EPOCHS`` epochs per fold for each trained method (PixNet: about one
 supervision per training spot per epoch; spot-crop: one crop per training spot per
-epoch), ``cpu`` preset, 128 px crops, batch 8, random (torchvision) initialisation
-unless ``--pretrained``. Estimated wall time on this 2-core machine: about 1.5 hours,
-at most 2.5 (a PixNet step of 8 crops of 128 px took 0.7 s on one thread while the
-machine was shared: Her2ST ~190 crops and MOB ~90 crops per epoch, so ~25 s and
-~12 s per epoch, 5 + 3 folds, plus whole-slide prediction and the baselines; the JSON
-records the real time per fold and method).
+epoch), ``cpu`` preset, 128 px crops, batch 8, random (torchvision-layout)
+initialisation unless ``--pretrained``; ``pixnet-simclr`` first pretrains the encoder
+with SimCLR in each fold on its training sections' images (8 epochs x 1024 tiles of 96
+px, ``--simclr-epochs``). Measured on this 2-core machine (2026-11-25), as two
+one-thread processes side by side (``--methods mean ridge spotcrop pixnet`` and
+``--methods pixnet-simclr`` with separate ``--out``, then combined with ``--resume``):
+57 min and 80 min, so about 80 min wall for the whole table; the JSON records the time
+per fold and method.
 
 Outputs: Markdown on stdout and in ``--results`` with ``.md``; JSON in ``--results``
 (default ``bench/results/accuracy.json``, ``accuracy-quick.json`` with ``--quick``);
@@ -84,8 +86,8 @@ def budget_text(epochs: int, quick: bool) -> str:
     return (
         f"{epochs} epochs per fold for PixNet and the spot-crop regressor (about one "
         "supervision per training spot per epoch), cpu preset, 128 px crops, batch 8, 250 "
-        "genes, best epoch on a 15 % validation band of the training sections; estimated "
-        "1.5 h (at most 2.5 h) on 2 CPU cores"
+        "genes, best epoch on a 15 % validation band of the training sections; about 80 "
+        "min wall on 2 CPU cores as two one-thread processes"
     )
 
 
