@@ -184,6 +184,9 @@ def test_resume_reuses_finished_methods(cv: tuple[dict, Path], example: list[Sam
     )
     assert npz.stat().st_mtime_ns == before
     assert again["methods"] == ["mean", "spotcrop"]
+    assert set(again["reused"]) >= {"patient-EX1/spotcrop", "patient-EX2/spotcrop"}
+    assert "were reused from earlier runs" in format_markdown(again)
+    assert "reused" not in format_markdown(first)
     a = again["folds"][0]["methods"]["spotcrop"]["fold"]
     b = first["folds"][0]["methods"]["spotcrop"]["fold"]
     assert a == b

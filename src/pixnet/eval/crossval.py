@@ -490,6 +490,7 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
         "methods": methods,
         "method_labels": {m: method_label(m, cfg.readout) for m in methods},
         "folds": [],
+        "reused": [],
         "seeds": {
             "base": cfg.seed,
             "rule": "fold k (0-based, in fold order) uses seed + k for every method",
@@ -537,6 +538,7 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
                 _save_method(mdir, preds, details)
             else:
                 preds, details = cached
+                result["reused"].append(f"{fold.name}/{m}")
                 log.info("fold %s: %s reused from %s", fold.name, m, mdir)
             res = evaluate_slides(
                 {sid: (preds[sid], truth[sid]) for sid in fold.test}, train_mean=train_mean
@@ -637,7 +639,14 @@ def format_markdown(result: dict[str, Any], heading: str = "##") -> str:
             + ".",
         ]
     if "wall_seconds" in result:
-        lines += ["", f"Wall time: {result['wall_seconds'] / 60:.1f} min."]
+        wall = f"Wall time: {result['wall_seconds'] / 60:.1f} min."
+        if result.get("reused"):
+            wall = (
+                f"Wall time of this invocation: {result['wall_seconds'] / 60:.1f} min; "
+                f"{len(result['reused'])} (fold, method) results were reused from earlier "
+                "runs (--resume), and their compute is in the per-fold seconds above."
+            )
+        lines += ["", wall]
     return "\n".join(lines) + "\n"
 
 
