@@ -252,40 +252,6 @@ def list_images(
             "supported: " + ", ".join(sorted(IMAGE_SUFFIXES)) + "; samples need an image",
         )
     return found
-    if bool(cfg.samples) == bool(cfg.images):
-        raise PixNetInputError(
-            "pretrain config",
-            "give exactly one of --samples and --images",
-            "pass --samples MANIFEST.csv or --images FOLDER --mpp UM_PER_PX",
-        )
-    if cfg.samples:
-        from pixnet.io.manifest import load_manifest
-
-        found = [
-            (s.sample_id, Path(s.image_path), float(s.mpp))
-            for s in load_manifest(cfg.samples)
-            if s.image_path is not None
-        ]
-    else:
-        folder = Path(cfg.images)
-        if not folder.is_dir():
-            raise PixNetInputError(folder, "image folder not found", "check --images")
-        if not cfg.mpp or cfg.mpp <= 0:
-            raise PixNetInputError(
-                "--mpp", f"{cfg.mpp!r} is not a positive pixel size", "pass --mpp UM_PER_PX"
-            )
-        found = [
-            (p.stem, p, float(cfg.mpp))
-            for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        ]
-    if not found:
-        raise PixNetInputError(
-            cfg.samples or cfg.images,
-            "no images found",
-            "supported: " + ", ".join(sorted(IMAGE_SUFFIXES)),
-        )
-    return found
 
 
 def augment_view(
