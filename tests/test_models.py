@@ -632,3 +632,17 @@ def test_explicit_prefix_chooses_between_complete_copies(tmp_path: Path) -> None
         "module.encoder_q.",
         "module.encoder_k.",
     }
+
+
+def test_resolve_device_auto_picks_this_ranks_gpu_or_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixnet.models.pixnet import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # torchrun's rank 3 on this node
+    assert resolve_device("auto") == torch.device("cuda", 3)

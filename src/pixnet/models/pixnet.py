@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,16 @@ class PixNet(nn.Module):
         """Set the head bias to ``scale * mean_targets``; see
         :meth:`PixNetDecoder.head_bias_init`."""
         self.decoder.head_bias_init(mean_targets, scale)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: this process's GPU (``cuda:LOCAL_RANK``, so each torchrun rank gets its
+    own) when CUDA is available, else CPU; any other name as torch reads it."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -33,7 +33,7 @@ from pixnet.data.preprocess import GenePanel
 from pixnet.io.modelfile import load_model_file
 from pixnet.io.slide import Slide
 from pixnet.io.tissue import tissue_fraction_in_rect
-from pixnet.models.pixnet import PixNet, PixNetConfig, model_device
+from pixnet.models.pixnet import PixNet, PixNetConfig, model_device, resolve_device
 from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.readout import prepare_map, spot_values
 from pixnet.predict.spotsets import SpotBlock, SpotSet
@@ -59,15 +59,13 @@ class Predictor:
 
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """Load ``model.pt`` (weights_only) into an eval-mode :class:`Predictor` on ``device``
-    (``"auto"``: a GPU when CUDA is available)."""
+    (``"auto"``: this process's GPU when CUDA is available, see :func:`resolve_device`)."""
     payload = load_model_file(path)
     mcfg = PixNetConfig.from_dict(dict(payload["model_config"]))
     mcfg.pretrained = None  # the file's weights already hold the encoder
     model = PixNet(mcfg)
     model.load_state_dict(payload["state_dict"])
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
+    model.to(resolve_device(device)).eval()
     geo = payload["geometry"]
     return Predictor(
         model=model,

@@ -79,15 +79,6 @@ def gather_rows(t: Tensor, info: DistInfo) -> Tensor:
     return torch.cat([p[:r] for p, r in zip(parts, rows, strict=True)])
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``"auto"``: this process's GPU (``cuda:LOCAL_RANK``) when CUDA is there, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def barrier(info: DistInfo) -> None:
     if info.active:
         dist.barrier()

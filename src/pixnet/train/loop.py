@@ -39,7 +39,13 @@ from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import append_line_atomic, atomic_write, check_writable
 from pixnet.io.modelfile import save_model_file
 from pixnet.io.sample import Sample
-from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
+from pixnet.models.pixnet import (
+    PixNet,
+    build_pixnet,
+    from_preset,
+    model_device,
+    resolve_device,
+)
 from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.losses import check_finite_loss, pearson_per_gene, pixnet_loss
 from pixnet.ops.readout import check_readout, prepare_map, spot_values
@@ -49,7 +55,6 @@ from pixnet.train.distributed import (
     barrier,
     gather_rows,
     init_distributed,
-    resolve_device,
     shutdown,
 )
 
@@ -207,7 +212,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         crops_per_epoch=cfg.crops_per_epoch or None,
     )
     mcfg = from_preset(cfg.preset, n_genes=panel.n_genes, pretrained=cfg.pretrained)
-    device = resolve_device(cfg.device, info)
+    device = resolve_device(cfg.device)
     model = build_pixnet(mcfg).to(device)
     _init_head(model, panel, cfg.readout, spot_area_wpx=_spot_area(slides[0]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
