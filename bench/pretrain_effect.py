@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 METRICS = ("MSE", "MAE", "PCC@F", "PCC@S", "PCC@M", "skill")
-HIGHER_IS_BETTER = {"MSE": False, "MAE": False}
 
 
 def fold_values(result: dict[str, Any], method: str, key: str) -> dict[str, float]:
@@ -82,7 +81,7 @@ def dataset_table(name: str, rows: list[tuple[str, dict[str, Any], str]]) -> str
             d_mse = [vals["MSE"][f] - ref["MSE"][f] for f in common]
             d_pcc = [vals["PCC@M"][f] - ref["PCC@M"][f] for f in common]
             better = sum(d > 0 for d in d_pcc)
-            cells += [f"{_pm(d_mse)}", f"{_pm(d_pcc)}", f"{better} of {len(common)}"]
+            cells += [_pm(d_mse), _pm(d_pcc), f"{better} of {len(common)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
