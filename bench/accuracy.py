@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="", help="run folders (default runs/bench-accuracy[-quick])")
     ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")
     ap.add_argument("--pretrained", default=None, help="encoder weights for every method")
+    ap.add_argument("--encoder", default="resnet18", help="encoder by name (pixnet --encoder)")
+    ap.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             methods=list(args.methods),
             readout=args.readout,
             pretrained=args.pretrained,
+            encoder=args.encoder,
+            freeze_encoder=args.freeze_encoder,
             threads=args.threads,
             seed=args.seed,
             resume=args.resume,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,152 @@ def run_predict(model: Path, manifest: str, sample: str, out: Path, bins: list[f
     }
 
 
+def run_child(args: list[str]) -> tuple[float, float]:
+    """``pixnet ARGS`` in a fresh process: (wall seconds, peak RSS MiB)."""
+    t = time.perf_counter()
+    proc = subprocess.run([*PIXNET, *args], capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return wall, int(proc.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0]) / 1024
+
+
+def disk_bytes(path: Path) -> int:
+    """Size of a file, or of every file under a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _median_s(fn, n: int = 5) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def dense_part(model: Path, manifest: str, sample: str, tmp: Path, genes: list[str]) -> None:
+    """Dense map (SpatialData store, OME-TIFF) against the 2 um bins .h5ad on one section:
+    disk, write time (the run's wall time over the run with the sample's spots only),
+    peak RSS, and the time to read one gene over 1 mm x 1 mm from each."""
+    import h5py
+
+    from pixnet.io.dense_map import read_window
+
+    base = ["predict", "--model", str(model), "--samples", manifest, "--sample", sample]
+    runs = {
+        "sample's spots only (baseline)": ([], []),
+        "+ 2 um bins .h5ad (float16)": (["--bins-um", "2", "--dtype", "float16"], ["bins"]),
+        "+ dense map .zarr (SpatialData, all genes)": (
+            ["--dense-map", str(tmp / "dm"), "--dense-map-formats", "zarr"],
+            ["zarr"],
+        ),
+        f"+ dense map .ome.tif ({len(genes)} genes, float32)": (
+            ["--dense-map", str(tmp / "dm"), "--dense-map-formats", "tiff"]
+            + ["--dense-map-genes", *genes],
+            ["tiff"],
+        ),
+    }
+    out = tmp / f"{sample}.h5ad"
+    files = {
+        "bins": tmp / f"{sample}.bins_2um.h5ad",
+        "zarr": tmp / "dm.zarr",
+        "tiff": tmp / "dm.ome.tif",
+    }
+    rows = []
+    base_wall = 0.0
+    for label, (extra, kinds) in runs.items():
+        wall, rss = run_child([*base, "--out", str(out), "--overwrite", *extra])
+        base_wall = base_wall or wall
+        size = sum(disk_bytes(files[k]) for k in kinds)
+        rows.append((label, wall, wall - base_wall if kinds else 0.0, rss, size))
+        print(f"{label}: {wall:.1f} s, peak RSS {rss:.0f} MiB, {size / 1e6:.1f} MB", flush=True)
+    # one gene over 1 mm x 1 mm around the tissue's centre
+    with h5py.File(files["bins"]) as f:
+        xy = f["obsm/spatial"][:]
+        mpp = float(f["uns/pixnet/mpp"][()])
+    cx, cy = np.median(xy, axis=0)
+    half = 500.0 / mpp
+    box = (cx - half, cy - half, cx + half, cy + half)
+    gene = genes[0]
+
+    def from_h5ad() -> int:
+        with h5py.File(files["bins"]) as f:
+            sp = f["obsm/spatial"][:]
+            inside = np.flatnonzero(
+                (sp[:, 0] >= box[0])
+                & (sp[:, 0] < box[2])
+                & (sp[:, 1] >= box[1])
+                & (sp[:, 1] < box[3])
+            )
+            names = f["var/_index"].asstr()[:] if "_index" in f["var"] else f["var"]["index"][:]
+            g = list(names).index(gene)
+            col = f["X"][int(inside[0]) : int(inside[-1]) + 1, g]  # the rows spanning the window
+            return int(len(col[inside - inside[0]]))
+
+    n_bins = from_h5ad()
+    t_h5ad = _median_s(from_h5ad)
+    t_zarr = _median_s(lambda: read_window(files["zarr"], [gene], box))
+    t_tiff = _median_s(lambda: read_window(files["tiff"], [gene], box))
+    win = read_window(files["tiff"], [gene], box).values.shape
+    print("\n| output | wall s | write s (over baseline) | peak RSS MiB | disk MB |")
+    print("|---|---:|---:|---:|---:|")
+    for label, wall, extra_s, rss, size in rows:
+        print(f"| {label} | {wall:.1f} | {extra_s:.1f} | {rss:.0f} | {size / 1e6:.1f} |")
+    print(
+        f"\none gene ({gene}) over 1 mm x 1 mm (median of 5 reads): .h5ad {t_h5ad * 1000:.0f} ms "
+        f"({n_bins:,} bins), .zarr {t_zarr * 1000:.0f} ms, .ome.tif {t_tiff * 1000:.0f} ms "
+        f"({win[1]} x {win[2]} cells)",
+        flush=True,
+    )
+
+
+def large_part(
+    model: Path, tmp: Path, slides: list[tuple[int, int, int]], island_um: float
+) -> None:
+    """Generated slides at 0.25 um/px, mostly background with ``n`` square tissue islands
+    of ``island_um``, predicted at 2 um bins with the dense map (both files, 2 TIFF genes):
+    wall time and peak RSS against slide and tissue area."""
+    from pixnet.data.large_slide import island_boxes, write_islands_tiff
+
+    mpp = 0.25
+    print(
+        "\n| slide px | islands | tissue mm2 | 2 um bins | wall s | peak RSS MiB "
+        "| zarr MB | tif MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for side, n, seed in slides:
+        island_px = int(island_um / mpp)
+        slide = write_islands_tiff(
+            tmp / f"large_{side}_{n}.tif",
+            (side, side),
+            mpp,
+            island_boxes((side, side), n, island_px, seed),
+        )
+        out = tmp / f"large_{side}_{n}.h5ad"
+        args = ["predict", "--model", str(model), "--image", str(slide), "--mpp", str(mpp)]
+        args += ["--out", str(out), "--bins-um", "2", "--dtype", "float16", "--overwrite"]
+        args += ["--dense-map", str(tmp / f"large_{side}_{n}"), "--dense-map-genes", "G0", "G1"]
+        wall, rss = run_child(args)
+        import h5py
+
+        bins_path = out.with_name(f"{out.stem}.bins_2um.h5ad")
+        with h5py.File(bins_path) as f:
+            n_bins = int(f["X"].shape[0])
+        zarr_mb = disk_bytes(tmp / f"large_{side}_{n}.zarr") / 1e6
+        tif_mb = disk_bytes(tmp / f"large_{side}_{n}.ome.tif") / 1e6
+        tissue_mm2 = n * (island_um / 1000) ** 2
+        print(
+            f"| {side:,} x {side:,} | {n} | {tissue_mm2:.2f} | {n_bins:,} | {wall:.0f} | {rss:.0f} "
+            f"| {zarr_mb:.0f} | {tif_mb:.1f} |",
+            flush=True,
+        )
+        for p in tmp.glob(f"large_{side}_{n}*"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def tissue_tiles(slide, mask, mask_mpp, working_mpp: float, tile_px: int, margin_px: int):
     from pixnet.io.tissue import tissue_fraction_in_rect
 
@@ -128,6 +275,22 @@ def main() -> None:
     ap.add_argument("--model", default="")
     ap.add_argument("--bins", type=float, nargs="*", default=[16.0, 8.0, 2.0])
     ap.add_argument("--crop-subset", type=int, default=200)
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        default=["speed"],
+        choices=["speed", "dense", "large"],
+        help="speed: the table below; dense: dense map vs 2 um .h5ad on --sample; "
+        "large: generated 0.25 um/px slides with tissue islands (--large-slides)",
+    )
+    ap.add_argument("--dense-genes", nargs="+", default=["G0", "G1", "G2", "G3"])
+    ap.add_argument(
+        "--large-slides",
+        nargs="+",
+        default=["60000:3:0", "60000:6:0", "30000:3:0"],
+        help="SIDE_PX:ISLANDS:SEED per generated slide",
+    )
+    ap.add_argument("--island-um", type=float, default=1500.0)
     args = ap.parse_args()
     from pixnet.io.manifest import load_manifest
     from pixnet.io.slide import open_slide
@@ -143,6 +306,14 @@ def main() -> None:
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
         f"model: {args.model or 'random init, cpu preset, 250 genes'}; sample {args.sample}\n"
     )
+    if "dense" in args.parts:
+        dense_part(model, args.samples, args.sample, tmp, args.dense_genes)
+    if "large" in args.parts:
+        slides = [tuple(int(v) for v in s.split(":")) for s in args.large_slides]
+        large_part(model, tmp, slides, args.island_um)  # type: ignore[arg-type]
+    if "speed" not in args.parts:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     results = {}
     for label, bins in [("own spots", []), *[(f"{b:g} um bins", [b]) for b in args.bins]]:
         r = run_predict(model, args.samples, args.sample, tmp / f"{args.sample}.h5ad", bins)

@@ -99,6 +99,10 @@ class ScalesConfig:
     readouts: list[str] = field(
         default_factory=lambda: ["sum", "mean", "density"], metadata=_h("PixNet read-outs")
     )
+    attentions: list[str] = field(
+        default_factory=lambda: ["preset"],
+        metadata=_h("decoder attention of each PixNet: preset, row, axial (one model each)"),
+    )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     spot_crop_px: int = field(default=0, metadata=_h("spot-crop side, working px (0: auto)"))
     synthetic_share: float = field(
@@ -332,7 +336,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         train_spot_crop,
     )
     from pixnet.eval.evaluate import json_safe
-    from pixnet.eval.metrics import summarise
+    from pixnet.eval.metrics import grid_anisotropy, summarise
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
     from pixnet.train.config import TrainConfig
@@ -386,16 +390,18 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
-    for readout in cfg.readouts:
+    for readout, attention in [(r, a) for r in cfg.readouts for a in cfg.attentions]:
         t0 = time.perf_counter()
-        run = out / f"pixnet-{readout}"
-        model = train(dataclasses.replace(base, out=str(run), readout=readout), train_samples)
-        preds[f"pixnet-{readout}"] = predict_pixnet(
-            model, test.sample, regions, cfg.tile_px, cfg.margin_px
+        name = f"pixnet-{readout}" + ("" if attention == "preset" else f"-{attention}")
+        run = out / name
+        model = train(
+            dataclasses.replace(base, out=str(run), readout=readout, attention=attention),
+            train_samples,
         )
-        seconds[f"pixnet-{readout}"] = round(time.perf_counter() - t0, 1)
+        preds[name] = predict_pixnet(model, test.sample, regions, cfg.tile_px, cfg.margin_px)
+        seconds[name] = round(time.perf_counter() - t0, 1)
         records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
-        details[f"pixnet-{readout}"] = {
+        details[name] = {
             "best_epoch": records[-1]["best_epoch"],
             "model": str(model),
         }
@@ -422,6 +428,14 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds["mean"] = [np.broadcast_to(train_mean, t.shape) for t in truth]
     seconds["mean"] = 0.0
 
+    # stripes: steps between adjacent bin rows against adjacent columns (1: isotropic)
+    anisotropy: dict[str, dict[str, Any]] = {}
+    for m, plist in [("truth", truth), *preds.items()]:
+        anisotropy[m] = {
+            r.name: grid_anisotropy(r.centres_px, float(r.sizes_px), p)
+            for r, p in zip(regions, plist, strict=True)
+            if r.shape == "square" and m != "mean"
+        }
     metrics: dict[str, dict[str, Any]] = {}
     for m, plist in preds.items():
         metrics[m] = {}
@@ -457,6 +471,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         "regions": {r.name: {"n": len(r.centres_px), "shape": r.shape} for r in regions},
         "panel": {"genes": panel.genes, "mean_targets": panel.mean_targets},
         "metrics": metrics,
+        "anisotropy": anisotropy,
         "seconds": seconds,
         "details": details,
         "held_out_scales": held_out,
@@ -531,12 +546,35 @@ def format_markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"Mean MSE over the scales not trained at ({held}): "
-            + ", ".join(f"{LABELS[m]} {v:.3f}" for m, v in result["mean_mse_held_out"].items())
+            + ", ".join(
+                f"{LABELS.get(m, m)} {v:.3f}" for m, v in result["mean_mse_held_out"].items()
+            )
             + f". **Best read-out across scales: {result['best_readout'].removeprefix('pixnet-')}**"
             + " (lowest mean MSE); mean PCC@M: "
-            + ", ".join(f"{LABELS[m]} {_f(v)}" for m, v in result["mean_pcc_m_held_out"].items())
+            + ", ".join(
+                f"{LABELS.get(m, m)} {_f(v)}" for m, v in result["mean_pcc_m_held_out"].items()
+            )
             + ".",
         ]
+    an = result.get("anisotropy") or {}
+    sq = [n for n in names if any(n in per for per in an.values())]
+    if sq:
+        lines += [
+            "",
+            "Stripes: mean |step| between adjacent bin rows / between adjacent columns "
+            "(mean over genes; 1 = isotropic; the truth's own ratio first):",
+            "",
+            "| method | " + " | ".join(sq) + " |",
+            "|---|" + "---:|" * len(sq),
+        ]
+        for m, per in an.items():
+            lines.append(
+                "| "
+                + " | ".join(
+                    [LABELS.get(m, m), *(_f(per[n]["ratio"]) if n in per else "" for n in sq)]
+                )
+                + " |"
+            )
     lines += ["", f"Wall time: {result['wall_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 

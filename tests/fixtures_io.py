@@ -167,6 +167,41 @@ def write_10x_h5(
     return path
 
 
+def write_10x_mtx(
+    folder: Path,
+    counts: np.ndarray,
+    barcodes: list[str],
+    names: list[str],
+    feature_types: list[str] | None = None,
+    *,
+    gz: bool = True,
+) -> Path:
+    """A 10x MatrixMarket folder (``matrix.mtx``, ``barcodes.tsv``, ``features.tsv``,
+    gzipped with ``gz``): ``counts`` ``(N_barcodes, F)`` stored genes x barcodes."""
+    import gzip
+
+    import scipy.io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    feature_types = feature_types or ["Gene Expression"] * len(names)
+    suffix = ".gz" if gz else ""
+
+    def write(name: str, data: bytes) -> None:
+        (folder / f"{name}{suffix}").write_bytes(gzip.compress(data) if gz else data)
+
+    import io
+
+    buf = io.BytesIO()
+    scipy.io.mmwrite(buf, sp.coo_matrix(counts.T.astype(np.int64)))
+    write("matrix.mtx", buf.getvalue())
+    write("barcodes.tsv", ("\n".join(barcodes) + "\n").encode())
+    lines = [
+        f"ENSG{i:05d}\t{n}\t{t}" for i, (n, t) in enumerate(zip(names, feature_types, strict=True))
+    ]
+    write("features.tsv", ("\n".join(lines) + "\n").encode())
+    return folder
+
+
 def write_spaceranger_outs(
     folder: Path,
     *,
@@ -430,4 +465,26 @@ def write_manifest(path: Path, rows: list[dict[str, object]]) -> Path:
     pd.DataFrame([{c: r.get(c, "") for c in columns} for r in rows], columns=columns).to_csv(
         path, index=False
     )
+    return path
+
+
+def write_header_only_tiff(path: Path, size: tuple[int, int]) -> Path:
+    """A TIFF that declares ``size`` = (W, H) grey pixels and stores none (a few bytes).
+
+    A stand-in full-resolution image for readers, which read only the header: the
+    real data's images are too large to write in a test (e.g. 18878 x 23947 px).
+    """
+    import struct
+
+    W, H = size
+    # (tag, type, value): width, height, 8 bits, no compression, grey, strip offset 0,
+    # 1 sample, one strip of all rows, 0 bytes in it
+    tags = [(256, 4, W), (257, 4, H), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0)]
+    tags += [(277, 3, 1), (278, 4, H), (279, 4, 0)]
+    ifd = struct.pack("<H", len(tags))
+    for tag, typ, value in tags:
+        packed = struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, typ, 1) + packed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0))
     return path

@@ -74,11 +74,11 @@ def test_missing_folders(tmp_path: Path) -> None:
 
 
 def test_visium_hd_unknown_bin_and_unchosen_bin(tmp_path: Path) -> None:
-    t = write_visium_hd(tmp_path, bin_sizes=(8,))[8]
-    with pytest.raises(PixNetInputError, match="square_016um: folder not found") as e:
-        read_visium_hd(t.paths["binned_outputs"], t.paths["image"], bin_size_um=16)
-    assert "square_008um" in str(e.value)  # lists what is there
-    with pytest.raises(PixNetInputError, match="none was chosen") as e:
+    t = write_visium_hd(tmp_path, bin_sizes=(8, 16))[8]
+    with pytest.raises(PixNetInputError, match="square_002um: folder not found") as e:
+        read_visium_hd(t.paths["binned_outputs"], t.paths["image"], bin_size_um=2)
+    assert "square_008um, square_016um" in str(e.value)  # lists what is there
+    with pytest.raises(PixNetInputError, match="several bin sizes .* none was chosen") as e:
         read_visium_hd(t.paths["binned_outputs"], t.paths["image"])
     assert "spot_diameter_um" in str(e.value)
     with pytest.raises(PixNetInputError, match="bin_size_um=8 but bin size 16"):

@@ -638,10 +638,11 @@ def test_resolve_device_auto_picks_this_ranks_gpu_or_cpu(monkeypatch: pytest.Mon
     from pixnet.models.pixnet import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("cuda:1") == torch.device("cuda", 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert resolve_device("auto") == torch.device("cuda", 0)
     monkeypatch.setenv("LOCAL_RANK", "3")  # torchrun's rank 3 on this node

@@ -13,6 +13,13 @@ class SpaceRangerKeys:
     """10x Space Ranger ``outs/`` (Visium) and ``binned_outputs/square_XXXum/`` (Visium HD)."""
 
     COUNTS_FILE: Final = "filtered_feature_bc_matrix.h5"
+    RAW_COUNTS_FILE: Final = "raw_feature_bc_matrix.h5"  # all barcodes: keep in_tissue == 1
+    COUNTS_DIR: Final = "filtered_feature_bc_matrix"  # MatrixMarket folder
+    RAW_COUNTS_DIR: Final = "raw_feature_bc_matrix"
+    MTX_FILE: Final = "matrix.mtx"  # genes x barcodes; each of the three may end in .gz
+    MTX_BARCODES_FILE: Final = "barcodes.tsv"
+    MTX_FEATURES_FILE: Final = "features.tsv"  # id, name, feature_type
+    MTX_GENES_FILE: Final = "genes.tsv"  # Cell Ranger 2: id, name
     SPATIAL_DIR: Final = "spatial"
     POSITIONS_FILE: Final = "tissue_positions.csv"  # Space Ranger >= 2.0, with header
     POSITIONS_LIST_FILE: Final = "tissue_positions_list.csv"  # Space Ranger < 2.0, no header
@@ -99,9 +106,13 @@ class LegacySTKeys:
     SELECTED: Final = "selected"
     REQUIRED_COLUMNS: Final = (X, Y, PIXEL_X, PIXEL_Y, SELECTED)
     SPOT_ID_TEMPLATE: Final = "{x}x{y}"
+    GROUP: Final = "group"  # optional: the spot's region label (``--regions group``)
 
     SPOT_DIAMETER_UM: Final = 100.0  # legacy 1k arrays (Her2ST)
-    PITCH_UM: Final = 200.0  # centre-to-centre distance per array unit, 1k arrays
+    PITCH_UM: Final = 200.0  # nearest-neighbour centre distance, 1k arrays (square grid)
+    # 2k arrays (checkerboard: x + y of one parity; nearest neighbours diagonal): assumed,
+    # not documented with the data (configs/README.md, mouse olfactory bulb)
+    PITCH_2K_UM: Final = 150.0
 
 
 class AnnDataKeys:
@@ -113,6 +124,9 @@ class AnnDataKeys:
     HIRES: Final = "hires"
     LOWRES: Final = "lowres"
     COUNTS_LAYER: Final = "counts"  # layers["counts"]
+    GROUP: Final = "group"  # obs["group"]: optional region label (``--regions group``)
+    ARRAY_ROW: Final = "array_row"  # obs columns squidpy keeps from tissue_positions
+    ARRAY_COL: Final = "array_col"
 
 
 class ManifestKeys:

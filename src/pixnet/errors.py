@@ -20,3 +20,14 @@ class PixNetInputError(ValueError):
         if fix:
             msg += f"; {fix}"
         super().__init__(msg)
+
+
+class PixNetOutputError(RuntimeError):
+    """An output could not be written (disk full, file too large): one line naming the
+    file; the command exits with status 1 and leaves no partial output behind."""
+
+    def __init__(self, where: str | Path, problem: str, fix: str | None = None) -> None:
+        self.where = str(where)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.where}: {problem}" + (f"; {fix}" if fix else ""))

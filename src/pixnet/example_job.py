@@ -21,12 +21,14 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
     from pixnet.data.example import write_example_dataset
     from pixnet.eval.evaluate import EvaluateConfig, run_evaluate
     from pixnet.eval.plots import PlotConfig, run_plot
+    from pixnet.io.atomic import check_output_folder
     from pixnet.io.manifest import load_manifest
     from pixnet.predict.job import PredictConfig, run_predict
     from pixnet.train.config import TrainConfig
     from pixnet.train.loop import train
 
     out = Path(out)
+    check_output_folder(out)  # a file in the way or an unwritable place: before any work
     manifest = out / "data" / "manifest.csv"
     if not manifest.is_file():
         log.info("[1/5] generating the example dataset in %s", manifest.parent)

@@ -12,6 +12,7 @@ Continuous coordinates: pixel ``(row i, column j)`` of a crop covers
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ class SlideSpots:
         targets: ``(N, G)`` float32 log-normalised targets, or ``None``.
         supervised: ``(N,)`` bool, spots whose targets may be used for training.
         measured: ``(N,)`` bool, spots with any counts (zero-count spots have no target).
+        region: ``(N,)`` int region of each spot when training supervises regions of
+            several spots (:mod:`pixnet.data.regions`), else ``None``. ``targets`` then
+            holds each spot's region target (the same row for all members) and
+            ``supervised``/``measured`` are the same for all members of a region.
     """
 
     sample_id: str
@@ -54,10 +59,37 @@ class SlideSpots:
     targets: np.ndarray | None
     supervised: np.ndarray
     measured: np.ndarray | None = None
+    region: np.ndarray | None = None
+
+    def region_members(self) -> list[np.ndarray]:
+        """Spot indices of each region (``region`` must be set)."""
+        assert self.region is not None
+        order = np.argsort(self.region, kind="stable")
+        bounds = np.cumsum(np.bincount(self.region))[:-1]
+        return np.split(order, bounds)
+
+    def region_extent_wpx(self) -> float:
+        """Largest side of a region's bounding box (members' full extents), working px."""
+        if self.region is None:
+            return float(self.size_wpx)
+        lo = np.full((int(self.region.max()) + 1, 2), np.inf)
+        hi = np.full_like(lo, -np.inf)
+        np.minimum.at(lo, self.region, self.centres_wpx)
+        np.maximum.at(hi, self.region, self.centres_wpx)
+        return float((hi - lo).max()) + float(self.size_wpx)
 
 
-def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | None) -> SlideSpots:
-    """Read ``sample``'s image at ``working_mpp`` and convert its spots to working pixels."""
+def load_slide_spots(
+    sample: Sample,
+    working_mpp: float,
+    targets: np.ndarray | None,
+    region: np.ndarray | None = None,
+) -> SlideSpots:
+    """Read ``sample``'s image at ``working_mpp`` and convert its spots to working pixels.
+
+    ``region`` (``(N,)`` int, optional) makes training supervise regions of several
+    spots; ``targets`` must then hold each spot's region target.
+    """
     if sample.image_path is None:
         raise PixNetInputError(
             sample.sample_id, "sample has no image", "add its image to the manifest ('image')"
@@ -79,7 +111,10 @@ def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | N
     n = sample.n_spots
     measured = np.ones(n, dtype=bool)
     if sample.counts is not None:
-        measured = np.asarray(sample.counts.sum(axis=1)).ravel() > 0
+        total = np.asarray(sample.counts.sum(axis=1)).ravel()
+        if region is not None:  # a region is measured when its members' counts are
+            total = np.bincount(region, weights=total)[region]
+        measured = total > 0
         if not measured.all():
             log.warning(
                 "%s: %d spots have no counts at all; they are not used for training or validation",
@@ -97,6 +132,7 @@ def load_slide_spots(sample: Sample, working_mpp: float, targets: np.ndarray | N
         targets=targets,
         supervised=measured.copy(),
         measured=measured,
+        region=None if region is None else np.asarray(region, dtype=np.int64),
     )
 
 
@@ -130,6 +166,8 @@ def validation_masks(slides: list[SlideSpots], fraction: float, seed: int) -> li
     rng = np.random.default_rng([seed, 12345])
     masks = [block_validation_mask(s.centres_wpx, fraction, rng) for s in slides]
     for s, m in zip(slides, masks, strict=True):
+        if s.region is not None:  # a region touched by the band is validated whole
+            m[:] = np.isin(s.region, s.region[m])
         if s.measured is not None:
             m &= s.measured  # zero-count spots are neither trained on nor validated
         s.supervised = ~m if s.measured is None else ~m & s.measured
@@ -196,8 +234,10 @@ class CropBatch:
         centres: ``(n, 2)`` spot centres (x, y) in crop pixels.
         batch_index: ``(n,)`` crop each spot lies in.
         sizes: ``(n,)`` spot diameters / sides in crop pixels.
-        targets: ``(n, G)``.
+        targets: ``(n, G)``, or ``(R, G)`` one row per region when ``groups`` is set.
         shape: spot shape of the batch.
+        groups: ``(n,)`` long region (row of ``targets``) of each spot, or ``None`` when
+            every spot is supervised on its own.
     """
 
     images: Tensor
@@ -206,6 +246,7 @@ class CropBatch:
     sizes: Tensor
     targets: Tensor
     shape: str
+    groups: Tensor | None = None
 
     def to(self, device: torch.device | str) -> CropBatch:
         """The same batch with its tensors on ``device``."""
@@ -216,6 +257,7 @@ class CropBatch:
             sizes=self.sizes.to(device),
             targets=self.targets.to(device),
             shape=self.shape,
+            groups=None if self.groups is None else self.groups.to(device),
         )
 
 
@@ -252,19 +294,25 @@ class CropSampler:
         self.seed = seed
         self.augment = augment
         self.anchors = np.array(
-            [(i, j) for i, s in enumerate(slides) for j in np.flatnonzero(s.supervised)],
+            [(i, j) for i, s in enumerate(slides) for j in _anchor_spots(s)],
             dtype=np.int64,
         ).reshape(-1, 2)
         if len(self.anchors) == 0:
             raise ValueError("no supervised spots to train on")
+        self.members = [s.region_members() if s.region is not None else None for s in slides]
+        self.n_members = [np.bincount(s.region) if s.region is not None else None for s in slides]
         for s in slides:
-            if s.size_wpx > self.crop_px:
+            extent = s.region_extent_wpx()
+            if extent > self.crop_px:
+                what = "regions" if s.region is not None else "spots"
                 raise ValueError(
-                    f"{s.sample_id}: spots ({s.size_wpx:.0f} working px) do not fit in a "
+                    f"{s.sample_id}: {what} ({extent:.0f} working px) do not fit in a "
                     f"{self.crop_px}px crop; raise crop_px or working_mpp"
                 )
         if crops_per_epoch is None:
             pitch = float(np.mean([_median_pitch(s.centres_wpx) for s in slides]))
+            members = float(np.mean([np.mean(n) if n is not None else 1 for n in self.n_members]))
+            pitch *= np.sqrt(members)  # a region of m spots spans about sqrt(m) pitches
             spots_per_crop = max(1.0, (self.crop_px / max(pitch, 1.0)) ** 2 * 0.5)
             crops_per_epoch = int(np.ceil(len(self.anchors) / spots_per_crop))
         self.crops_per_epoch = int(crops_per_epoch)
@@ -273,9 +321,12 @@ class CropSampler:
         s = self.slides[slide_i]
         S = self.crop_px
         half = 0.5 * s.size_wpx
-        cx, cy = s.centres_wpx[spot_j]
-        lo_x, hi_x = cx + half - S, cx - half
-        lo_y, hi_y = cy + half - S, cy - half
+        members = self.members[slide_i]
+        anchor = [spot_j] if members is None else members[s.region[spot_j]]  # type: ignore[index]
+        c_lo = s.centres_wpx[anchor].min(axis=0)
+        c_hi = s.centres_wpx[anchor].max(axis=0)
+        lo_x, hi_x = c_hi[0] + half - S, c_lo[0] - half
+        lo_y, hi_y = c_hi[1] + half - S, c_lo[1] - half
         x0 = int(np.floor(rng.uniform(lo_x, hi_x))) if hi_x > lo_x else int(np.floor(lo_x))
         y0 = int(np.floor(rng.uniform(lo_y, hi_y))) if hi_y > lo_y else int(np.floor(lo_y))
         img = crop_image(s.image, x0, y0, S)
@@ -287,7 +338,12 @@ class CropSampler:
             & (local[:, 1] - half >= 0)
             & (local[:, 1] + half <= S)
         )
-        inside[spot_j] = True
+        inside[anchor] = True
+        n_members = self.n_members[slide_i]
+        if s.region is not None and n_members is not None:
+            # a region is supervised only when all its members are in the crop
+            n_in = np.bincount(s.region[inside], minlength=len(n_members))
+            inside &= n_in[s.region] == n_members[s.region]
         pts = local[inside]
         if self.augment:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
@@ -295,7 +351,11 @@ class CropSampler:
             pts = rot_flip_points(pts, S, k, flip)
             img = stain_jitter(img, rng)
         assert s.targets is not None
-        return img, pts, s.targets[inside], s.size_wpx
+        if s.region is None:
+            return img, pts, s.targets[inside], s.size_wpx
+        idx = np.flatnonzero(inside)
+        uniq, first, groups = np.unique(s.region[idx], return_index=True, return_inverse=True)
+        return img, pts, s.targets[idx[first]], s.size_wpx, groups
 
     def epoch(self, epoch: int, batch_size: int) -> Iterator[CropBatch]:
         """Yield the batches of epoch ``epoch`` (same for the same seed and epoch)."""
@@ -318,14 +378,25 @@ class CropSampler:
 
 
 def collate(items: list[tuple], shape: str) -> CropBatch:
-    """Stack ``(image, centres, targets, size)`` items into a :class:`CropBatch`."""
-    imgs, cents, targs, bidx, sizes = [], [], [], [], []
-    for i, (img, pts, t, size) in enumerate(items):
+    """Stack ``(image, centres, targets, size[, groups])`` items into a :class:`CropBatch`.
+
+    Items with ``groups`` (``(n_i,)`` region of each spot, indexing the item's target
+    rows) supervise regions; their region indices are offset to be unique in the batch.
+    """
+    imgs, cents, targs, bidx, sizes, grps = [], [], [], [], [], []
+    offset = 0
+    with_groups = any(len(it) > 4 and it[4] is not None for it in items)
+    for i, item in enumerate(items):
+        img, pts, t, size = item[:4]
         imgs.append(img)
         cents.append(pts)
         targs.append(t)
         bidx.append(np.full(len(pts), i))
         sizes.append(np.full(len(pts), size))
+        g = item[4] if len(item) > 4 and item[4] is not None else np.arange(len(pts))
+        grps.append(np.asarray(g, dtype=np.int64) + offset)
+        offset += len(t)
+    groups = torch.from_numpy(np.concatenate(grps)).long() if with_groups else None
     return CropBatch(
         images=_to_tensor_images(imgs),
         centres=torch.from_numpy(np.concatenate(cents)).float(),
@@ -333,6 +404,7 @@ def collate(items: list[tuple], shape: str) -> CropBatch:
         sizes=torch.from_numpy(np.concatenate(sizes)).float(),
         targets=torch.from_numpy(np.concatenate(targs)).float(),
         shape=shape,
+        groups=groups,
     )
 
 
@@ -342,7 +414,13 @@ def centred_crops(
     """Crops centred on each given spot (no augmentation), for validation.
 
     Yields ``(spot_indices_of_batch, batch)``; each crop supervises only its centre spot.
+    On a slide with regions, each crop is centred on one region among ``spot_indices``
+    (given by any of its members) and supervises that region; the yielded indices are one
+    member per region.
     """
+    if slide.region is not None:
+        yield from _centred_region_crops(slide, spot_indices, crop_px, batch_size)
+        return
     for b in range(0, len(spot_indices), batch_size):
         idx = spot_indices[b : b + batch_size]
         items = []
@@ -356,6 +434,37 @@ def centred_crops(
         yield idx, collate(items, slide.shape)
 
 
+def _centred_region_crops(
+    slide: SlideSpots, spot_indices: np.ndarray, crop_px: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, CropBatch]]:
+    assert slide.region is not None
+    members = slide.region_members()
+    _, first = np.unique(slide.region[spot_indices], return_index=True)
+    reps = np.asarray(spot_indices)[np.sort(first)]
+    for b in range(0, len(reps), batch_size):
+        idx = reps[b : b + batch_size]
+        items = []
+        for j in idx:
+            m = members[slide.region[j]]
+            c = slide.centres_wpx[m]
+            cx, cy = 0.5 * (c.min(axis=0) + c.max(axis=0))
+            x0, y0 = int(np.floor(cx - crop_px / 2)), int(np.floor(cy - crop_px / 2))
+            img = crop_image(slide.image, x0, y0, crop_px)
+            pts = c - np.array([x0, y0], dtype=np.float64)
+            t = slide.targets[j : j + 1] if slide.targets is not None else np.zeros((1, 0))
+            items.append((img, pts, t, slide.size_wpx, np.zeros(len(m), dtype=np.int64)))
+        yield idx, collate(items, slide.shape)
+
+
+def _anchor_spots(s: SlideSpots) -> np.ndarray:
+    """Supervised spots that anchor crops: every one, or one member per region."""
+    sup = np.flatnonzero(s.supervised)
+    if s.region is None:
+        return sup
+    _, first = np.unique(s.region[sup], return_index=True)
+    return np.sort(sup[first])
+
+
 def _median_pitch(centres: np.ndarray) -> float:
     """Median nearest-neighbour distance between spot centres."""
     if len(centres) < 2:
@@ -364,3 +473,30 @@ def _median_pitch(centres: np.ndarray) -> float:
 
     d, _ = cKDTree(centres).query(centres, k=2)
     return float(np.median(d[:, 1]))
+
+
+def regions_as_spots(slide: SlideSpots, val_mask: np.ndarray) -> tuple[SlideSpots, np.ndarray]:
+    """A slide whose spots are ``slide``'s regions, for one-vector-per-crop baselines.
+
+    Each region becomes one square "spot" centred on its members' bounding box, as wide
+    as the largest region (so a centred crop of that size holds every member), with the
+    region's target. A slide without regions is returned unchanged. ``val_mask`` (``(N,)``
+    over the spots) becomes ``(R,)`` over the regions. Returns ``(slide, val_mask)``.
+    """
+    if slide.region is None:
+        return slide, val_mask
+    members = slide.region_members()
+    first = np.array([m[0] for m in members])
+    lo = np.array([slide.centres_wpx[m].min(axis=0) for m in members])
+    hi = np.array([slide.centres_wpx[m].max(axis=0) for m in members])
+    out = dataclasses.replace(
+        slide,
+        centres_wpx=0.5 * (lo + hi),
+        size_wpx=slide.region_extent_wpx(),
+        shape="square",
+        targets=None if slide.targets is None else slide.targets[first],
+        supervised=slide.supervised[first],
+        measured=None if slide.measured is None else slide.measured[first],
+        region=None,
+    )
+    return out, np.asarray(val_mask)[first]

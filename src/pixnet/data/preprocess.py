@@ -61,15 +61,26 @@ class GenePanel:
             raise PixNetInputError(
                 sample.sample_id, "sample has no measured counts", "targets need expression"
             )
-        counts = sample.counts
+        return self.transform_counts(sample.counts, sample.gene_names, sample.sample_id)
+
+    def transform_counts(
+        self, counts: sp.spmatrix, gene_names: list[str], name: str = "counts"
+    ) -> np.ndarray:
+        """Targets ``(N, G)`` float32 of raw ``counts (N, n_genes)`` with columns
+        ``gene_names``: ``log1p(target_sum * counts / row total)``; genes it lacks are 0.
+
+        Rows may be single spots or regions (summed members' counts, see
+        :mod:`pixnet.data.regions`): a region is normalised like one spot.
+        """
+        counts = sp.csr_matrix(counts)
         total = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
-        index = {g: i for i, g in enumerate(sample.gene_names)}
+        index = {g: i for i, g in enumerate(gene_names)}
         cols = [index.get(g, -1) for g in self.genes]
         lacking = [g for g, c in zip(self.genes, cols, strict=True) if c < 0]
         if lacking:
             log.warning(
                 "%s: %d of %d panel genes not measured (set to 0), e.g. %s",
-                sample.sample_id,
+                name,
                 len(lacking),
                 len(self.genes),
                 ", ".join(lacking[:5]),

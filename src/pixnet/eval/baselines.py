@@ -55,8 +55,13 @@ from pixnet.data.crops import (
 )
 from pixnet.data.preprocess import GenePanel
 from pixnet.io.sample import Sample
-from pixnet.models.resnet import ResNet18Encoder
-from pixnet.models.weights import load_encoder_weights
+from pixnet.models.registry import (
+    build_encoder,
+    get_encoder_spec,
+    load_pretrained,
+    pooled_dim,
+    pooled_features,
+)
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import optimise_step, prepare_training_slides, validation_metrics
 
@@ -189,14 +194,15 @@ class SpotCropRegressor(nn.Module):
     Any ``S >= 32`` works (F5 is ``S / 32`` cells a side, rounded up).
     """
 
-    def __init__(self, n_genes: int) -> None:
+    def __init__(self, n_genes: int, encoder: str = "resnet18") -> None:
         super().__init__()
-        self.encoder = ResNet18Encoder(normalize=True)
-        self.head = nn.Linear(self.encoder.out_channels[-1], n_genes)
+        self.encoder = build_encoder(get_encoder_spec(encoder))
+        self.head = nn.Linear(pooled_dim(self.encoder), n_genes)
 
     def features(self, images: Tensor) -> Tensor:
-        """``(B, 512)``: F5 averaged over its cells."""
-        return self.encoder(images)[-1].mean(dim=(2, 3))
+        """``(B, C)``: F5 averaged over its cells (ResNet18: 512), or a ViT's patch tokens
+        averaged (:func:`~pixnet.models.registry.pooled_features`)."""
+        return pooled_features(self.encoder, images)
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, S, S) -> (B, G)``."""
@@ -204,16 +210,19 @@ class SpotCropRegressor(nn.Module):
 
 
 def build_spot_crop_regressor(
-    n_genes: int, mean_targets: Sequence[float] | None = None, pretrained: str | None = None
+    n_genes: int,
+    mean_targets: Sequence[float] | None = None,
+    pretrained: str | None = None,
+    encoder: str = "resnet18",
 ) -> SpotCropRegressor:
     """A regressor with PixNet's encoder initialisation and the head bias at the mean.
 
     ``pretrained``: encoder weights file (:func:`load_encoder_weights`), as PixNet's
     ``--pretrained``; ``None`` keeps torchvision's random initialisation.
     """
-    model = SpotCropRegressor(n_genes)
+    model = SpotCropRegressor(n_genes, encoder)
     if pretrained:
-        load_encoder_weights(model.encoder, Path(pretrained))
+        load_pretrained(model.encoder, get_encoder_spec(encoder), Path(pretrained))
     if mean_targets is not None:
         with torch.no_grad():
             model.head.bias.copy_(torch.as_tensor(list(mean_targets), dtype=torch.float32))
@@ -302,7 +311,9 @@ def train_spot_crop(
     slides, panel = data.slides, data.panel
     crop_px = int(crop_px) or default_spot_crop_px(slides[0].size_wpx)
     torch.manual_seed(cfg.seed)
-    model = build_spot_crop_regressor(panel.n_genes, panel.mean_targets, cfg.pretrained)
+    model = build_spot_crop_regressor(
+        panel.n_genes, panel.mean_targets, cfg.pretrained, cfg.encoder
+    )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchors = np.array(
         [(i, j) for i, s in enumerate(slides) for j in np.flatnonzero(s.supervised)],
@@ -408,22 +419,23 @@ def validate_spot_crop(
 
 
 def encoder_features(
-    encoder: ResNet18Encoder,
+    encoder: nn.Module,
     slide: SlideSpots,
     crop_px: int,
     indices: np.ndarray | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """``(n, 512)`` float64: F5 of the frozen ``encoder``, averaged, per centred spot crop."""
+    """``(n, C)`` float64: the frozen ``encoder``'s pooled features per centred spot crop
+    (ResNet18: F5 averaged, 512; a ViT: patch tokens averaged)."""
     idx = np.arange(len(slide.centres_wpx)) if indices is None else np.asarray(indices)
     encoder.eval()
     out = []
     with torch.inference_mode():
         for b in range(0, len(idx), batch_size):
             images, _ = spot_crops(slide, idx[b : b + batch_size], crop_px)
-            out.append(encoder(images)[-1].mean(dim=(2, 3)).double().numpy())
+            out.append(pooled_features(encoder, images).double().numpy())
     if not out:
-        return np.zeros((0, encoder.out_channels[-1]))
+        return np.zeros((0, pooled_dim(encoder)))
     return np.concatenate(out, axis=0)
 
 
@@ -501,7 +513,7 @@ def fit_ridge(
 class RidgeBaseline:
     """Frozen encoder + ridge: what :func:`train_ridge` returns."""
 
-    encoder: ResNet18Encoder
+    encoder: nn.Module
     fit: RidgeFit
     crop_px: int
 
@@ -524,9 +536,10 @@ def train_ridge(
     """
     crop_px = int(crop_px) or default_spot_crop_px(data.slides[0].size_wpx)
     torch.manual_seed(cfg.seed)
-    encoder = ResNet18Encoder(normalize=True)
+    spec = get_encoder_spec(cfg.encoder)
+    encoder = build_encoder(spec)
     if cfg.pretrained:
-        load_encoder_weights(encoder, Path(cfg.pretrained))
+        load_pretrained(encoder, spec, Path(cfg.pretrained))
     Xs, Ys, Xv, Yv = [], [], [], []
     for s, mask in tqdm(
         list(zip(data.slides, data.val_masks, strict=True)), desc="ridge features", leave=False

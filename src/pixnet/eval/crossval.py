@@ -54,8 +54,9 @@ from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.errors import PixNetInputError
 from pixnet.eval.evaluate import json_safe
 from pixnet.eval.metrics import METRICS, evaluate_slides
-from pixnet.io.atomic import atomic_write, atomic_write_text
+from pixnet.io.atomic import atomic_write, atomic_write_text, check_output_folder
 from pixnet.io.sample import Sample
+from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.readout import READOUTS
 from pixnet.train.config import TrainConfig
 
@@ -64,11 +65,26 @@ log = logging.getLogger(__name__)
 SPLITS = ("auto", "patient", "section")
 BASE_METHODS = ("mean", "ridge", "spotcrop", "pixnet")
 SIMCLR_METHOD = "pixnet-simclr"
+COARSE_METHODS = ("spotcrop-spot", "ridge-spot", "upsampled", "pixnet-fine")
+"""Methods for training on regions (``--coarsen``/``--regions group``), tested on spots:
+the spot-crop regressor and ridge applied with a spot-sized crop (``spotcrop``/``ridge``
+slide a region-sized crop over the spots), the test section's own region values copied
+to their member spots (it uses the test section's coarse measurement), and PixNet
+trained on the single spots (the ceiling)."""
+METHOD_CHOICES = (
+    *BASE_METHODS,
+    SIMCLR_METHOD,
+    *(f"pixnet-{r}" for r in READOUTS),
+    *COARSE_METHODS,
+)
 METHOD_LABELS = {
     "mean": "training mean",
     "ridge": "ridge on frozen ResNet18 features",
     "spotcrop": "spot-crop ResNet18 (ST-Net style)",
     "pixnet": "PixNet",
+    "spotcrop-spot": "spot-crop ResNet18, spot-sized crop",
+    "ridge-spot": "ridge on frozen ResNet18 features, spot-sized crop",
+    "upsampled": "test section's region values copied to its spots (uses its measurement)",
 }
 METRICS_NOTE = (
     "MSE/MAE over all (spot, gene) pairs of a test slide, on the targets' "
@@ -104,37 +120,45 @@ class CrossValConfig(TrainConfig):
     )
     methods: list[str] = field(
         default_factory=lambda: list(BASE_METHODS),
-        metadata=_h("methods: mean, ridge, spotcrop, pixnet, pixnet-<readout>, pixnet-simclr"),
+        metadata=_h(
+            "methods: mean, ridge, spotcrop, pixnet, pixnet-<readout>, pixnet-simclr",
+            choices=METHOD_CHOICES,
+        ),
     )
     simclr_epochs: int = field(
-        default=8, metadata=_h("pixnet-simclr: SimCLR pretraining epochs per fold")
+        default=8, metadata=_h("pixnet-simclr: SimCLR pretraining epochs per fold", ge=1)
     )
     simclr_tiles_per_epoch: int = field(
-        default=1024, metadata=_h("pixnet-simclr: tissue tiles per pretraining epoch")
+        default=1024, metadata=_h("pixnet-simclr: tissue tiles per pretraining epoch", ge=2)
     )
     simclr_tile_px: int = field(
-        default=96, metadata=_h("pixnet-simclr: pretraining tile side, working px")
+        default=96, metadata=_h("pixnet-simclr: pretraining tile side, working px", ge=32)
     )
     simclr_batch_size: int = field(
-        default=32, metadata=_h("pixnet-simclr: tiles per pretraining batch (2 views each)")
+        default=32, metadata=_h("pixnet-simclr: tiles per pretraining batch (2 views each)", ge=2)
     )
     split: str = field(
         default="auto",
-        metadata=_h("auto (patient if several, else section), patient, or section"),
+        metadata=_h("auto (patient if several, else section), patient, or section", choices=SPLITS),
     )
     only_folds: list[str] = field(
         default_factory=list, metadata=_h("run only these folds (test patient or section ids)")
     )
     spot_crop_px: int = field(
-        default=0, metadata=_h("spot-crop side for spotcrop/ridge, working px (0: spot + 12%%)")
+        default=0,
+        metadata=_h("spot-crop side for spotcrop/ridge, working px (0: spot + 12%%)", ge=0),
     )
-    spot_batch_size: int = field(default=32, metadata=_h("spot crops per step (spotcrop)"))
+    spot_batch_size: int = field(default=32, metadata=_h("spot crops per step (spotcrop)", ge=1))
     ridge_alphas: list[float] = field(
         default_factory=lambda: [1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5],
-        metadata=_h("ridge penalties tried on the validation band"),
+        metadata=_h("ridge penalties tried on the validation band", gt=0),
     )
-    tile_px: int = field(default=512, metadata=_h("PixNet prediction tile, working px"))
-    margin_px: int = field(default=64, metadata=_h("PixNet prediction tile context, working px"))
+    tile_px: int = field(
+        default=512, metadata=_h("PixNet prediction tile, working px", ge=32, multiple_of=32)
+    )
+    margin_px: int = field(
+        default=64, metadata=_h("PixNet prediction tile context, working px", ge=0, multiple_of=16)
+    )
     title: str = field(default="", metadata=_h("dataset name for the report"))
 
 
@@ -226,8 +250,10 @@ def split_note(kind: str, folds: list[Fold]) -> str:
 def parse_method(method: str, default_readout: str) -> tuple[str, str | None]:
     """``"pixnet-mean"`` -> ``("pixnet", "mean")``; baselines -> ``(name, None)``;
     ``"pixnet-simclr"`` -> ``("pixnet", default_readout)`` (its encoder init differs)."""
-    if method in ("mean", "ridge", "spotcrop"):
+    if method in ("mean", "ridge", "spotcrop", "spotcrop-spot", "ridge-spot", "upsampled"):
         return method, None
+    if method == "pixnet-fine":
+        return "pixnet", default_readout
     if method in ("pixnet", SIMCLR_METHOD):
         return "pixnet", default_readout
     if method.startswith("pixnet-") and method[7:] in READOUTS:
@@ -243,6 +269,8 @@ def method_label(method: str, default_readout: str) -> str:
     base, readout = parse_method(method, default_readout)
     if method == SIMCLR_METHOD:
         return f"PixNet ({readout} read-out), SimCLR init (fold's training images)"
+    if method == "pixnet-fine":
+        return f"PixNet ({readout} read-out) trained on single spots (ceiling)"
     return f"PixNet ({readout} read-out)" if base == "pixnet" else METHOD_LABELS[base]
 
 
@@ -369,36 +397,77 @@ def _run_method(
     base, readout = parse_method(method, cfg.readout)
     train_samples = [samples[i] for i in fold.train]
     test_samples = [samples[i] for i in fold.test]
-    tcfg = fold_train_config(cfg, mdir / "run", seed, **({"readout": readout} if readout else {}))
+    changes: dict[str, Any] = {"readout": readout} if readout else {}
+    if method == "pixnet-fine":
+        changes.update(coarsen=1, regions="spots")
+    tcfg = fold_train_config(cfg, mdir / "run", seed, **changes)
     if base == "mean":
         return {s.sample_id: B.mean_predictions(panel, s.n_spots) for s in test_samples}, {}
+    if base == "upsampled":
+        return {s.sample_id: upsampled_predictions(cfg, s, panel) for s in test_samples}, {}
     if base == "pixnet":
         simclr = method == SIMCLR_METHOD
         return _run_pixnet(cfg, tcfg, train_samples, test_samples, panel, mdir, simclr)
     if "data" not in fold_data:  # read the fold's images once for all baselines
-        fold_data["data"] = B.prepare_fold_data(tcfg, train_samples)
+        fold_data["data"] = _regions_as_spots(B.prepare_fold_data(tcfg, train_samples))
         fold_data["test"] = {
             s.sample_id: B.load_test_slide(s, panel, cfg.working_mpp) for s in test_samples
         }
         if fold_data["data"].panel.genes != panel.genes:
             raise RuntimeError("baseline gene panel differs from the fold's panel")
     data, tests = fold_data["data"], fold_data["test"]
-    if base == "spotcrop":
-        res = B.train_spot_crop(tcfg, data, cfg.spot_crop_px, cfg.spot_batch_size, out=mdir)
-        preds = {k: B.predict_spot_crop(res.model, s, res.crop_px) for k, s in tests.items()}
+    if base in ("spotcrop", "spotcrop-spot"):
+        key = f"spotcrop-model-{seed}"  # one trained model serves both crop sizes
+        if key not in fold_data:
+            fold_data[key] = B.train_spot_crop(
+                tcfg, data, cfg.spot_crop_px, cfg.spot_batch_size, out=mdir
+            )
+        res = fold_data[key]
+        crop_px = res.crop_px
+        if base == "spotcrop-spot":
+            crop_px = B.default_spot_crop_px(next(iter(tests.values())).size_wpx)
+        preds = {k: B.predict_spot_crop(res.model, s, crop_px) for k, s in tests.items()}
         return preds, {
+            "applied_crop_px": crop_px,
             "crop_px": res.crop_px,
             "best_epoch": res.best_epoch,
             "crops_per_epoch": res.crops_per_epoch,
             "history": res.history,
         }
-    ridge = B.train_ridge(tcfg, data, cfg.spot_crop_px, cfg.ridge_alphas)
+    key = f"ridge-model-{seed}"
+    if key not in fold_data:
+        fold_data[key] = B.train_ridge(tcfg, data, cfg.spot_crop_px, cfg.ridge_alphas)
+    ridge = fold_data[key]
+    if base == "ridge-spot":
+        spot_px = B.default_spot_crop_px(next(iter(tests.values())).size_wpx)
+        ridge = dataclasses.replace(ridge, crop_px=spot_px)
     preds = {k: ridge.predict(s) for k, s in tests.items()}
     return preds, {
         "crop_px": ridge.crop_px,
         "alpha": ridge.fit.alpha,
         "val_mse": {str(a): v for a, v in ridge.fit.val_mse.items()},
     }
+
+
+def _regions_as_spots(data: Any) -> Any:
+    """A fold's baseline data with every region as one spot (unchanged without regions)."""
+    from pixnet.data.crops import regions_as_spots
+
+    pairs = [regions_as_spots(s, m) for s, m in zip(data.slides, data.val_masks, strict=True)]
+    return dataclasses.replace(data, slides=[p[0] for p in pairs], val_masks=[p[1] for p in pairs])
+
+
+def upsampled_predictions(cfg: TrainConfig, sample: Sample, panel: GenePanel) -> np.ndarray:
+    """``(N, G)``: each spot gets its region's measured value (the coarse measurement of the
+    *test* section, upsampled: what a super-resolution method must beat)."""
+    from pixnet.data.regions import region_targets, sample_regions
+
+    if cfg.coarsen == 1 and cfg.regions == "spots":
+        raise PixNetInputError(
+            "--methods upsampled", "needs regions", "pass --coarsen K or --regions group"
+        )
+    reg = sample_regions(sample, cfg.coarsen, cfg.regions)
+    return region_targets(sample, reg, panel)[reg.index]
 
 
 def _save_method(mdir: Path, preds: dict[str, np.ndarray], details: dict[str, Any]) -> None:
@@ -465,6 +534,12 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
     methods = list(dict.fromkeys(cfg.methods))
     for m in methods:
         parse_method(m, cfg.readout)
+    if SIMCLR_METHOD in methods and get_encoder_spec(cfg.encoder).arch != "resnet18":
+        raise PixNetInputError(
+            "--methods",
+            f"{SIMCLR_METHOD} pretrains a ResNet18, not --encoder {cfg.encoder}",
+            f"drop {SIMCLR_METHOD} or use --encoder resnet18",
+        )
     kind, folds = make_folds(samples, cfg.split)
     note = split_note(kind, folds)
     if cfg.only_folds:
@@ -477,6 +552,7 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
     json_path, md_path = out / "results.json", out / "results.md"
     if json_path.exists() and not (cfg.overwrite or cfg.resume):
         raise PixNetInputError(json_path, "output exists", "pass --overwrite or --resume")
+    check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

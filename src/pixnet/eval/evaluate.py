@@ -58,7 +58,8 @@ class EvaluateConfig:
         default_factory=list,
         metadata={
             "help": "prediction .h5ad files; SAMPLE=path.h5ad names the sample when "
-            "uns['spatial'] does not hold exactly one library id"
+            "uns['spatial'] does not hold exactly one library id; a predict --dense-map "
+            ".zarr/.ome.tif is read at the sample's own spots"
         },
     )
     samples: str = field(default="", metadata={"help": "sample manifest CSV (the truth)"})
@@ -125,6 +126,13 @@ def read_prediction(path: str | Path, sample_id: str | None = None) -> Predictio
     libraries = [str(k) for k in spatial] if isinstance(spatial, dict) else []
     if sample_id is not None:
         sample_from = "argument"
+        if len(libraries) == 1 and libraries != [sample_id]:
+            raise PixNetInputError(
+                p,
+                f"given as sample {sample_id!r}, but its uns[{A.SPATIAL!r}] names sample "
+                f"{libraries[0]!r}: it would be scored against the wrong sample",
+                f"pass --pred {libraries[0]}={p} (or the bare path), or predict {sample_id}",
+            )
         if libraries and libraries != [sample_id]:
             log.info("%s: uns['spatial'] names %s; using %s as given", p, libraries, sample_id)
     elif len(libraries) == 1:
@@ -153,6 +161,48 @@ def read_prediction(path: str | Path, sample_id: str | None = None) -> Predictio
         spot_ids=spot_ids,
         genes=genes,
         uns_pixnet=dict(uns_pixnet) if isinstance(uns_pixnet, dict) else {},
+    )
+
+
+def is_dense_map(path: str | Path) -> bool:
+    """A ``pixnet predict --dense-map`` output (``.zarr`` store or ``.ome.tif``)."""
+    name = Path(path).name.lower()
+    return name.endswith((".zarr", ".ome.tif", ".ome.tiff"))
+
+
+def read_dense_map_prediction(
+    path: str | Path, sample_id: str | None, rows: dict[str, Any]
+) -> Prediction:
+    """Predictions at a sample's own spots read from a written dense map (area-weighted,
+    as ``pixnet predict`` aggregates; no model is run). The sample is ``sample_id`` or the
+    one recorded in the map."""
+    from pixnet.io.dense_map import map_info
+    from pixnet.io.manifest import load_sample
+    from pixnet.predict.dense_map import spots_from_dense_map
+
+    p = Path(path)
+    info = map_info(p)
+    sid = sample_id or str(info.get("library_id") or "")
+    if sid not in rows:
+        raise PixNetInputError(
+            p,
+            f"sample {sid!r} (from {'the argument' if sample_id else 'the map'}) is not in "
+            "the manifest",
+            f"pass --pred SAMPLE_ID={p} with one of {', '.join(rows)}",
+        )
+    sample = load_sample(rows[sid])
+    genes = list(info["genes"])
+    values = spots_from_dense_map(
+        p, genes, sample.centres_px, sample.spot_size_px, sample.spot_shape
+    )
+    return Prediction(
+        path=p,
+        sample_id=sid,
+        sample_from="argument" if sample_id else "the dense map",
+        values=values.astype(np.float64),
+        spot_ids=list(sample.spot_ids),
+        genes=genes,
+        uns_pixnet={"spot_set": "spots", "readout": info.get("readout")},
     )
 
 
@@ -338,7 +388,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     preds: dict[str, Prediction] = {}
     for entry in cfg.pred:
         sample_id, path = parse_pred_entry(entry)
-        pred = read_prediction(path, sample_id)
+        if is_dense_map(path):  # spots read from the map's raster: no model run
+            pred = read_dense_map_prediction(path, sample_id, rows)
+        else:
+            pred = read_prediction(path, sample_id)
         if pred.sample_id not in rows:
             raise PixNetInputError(
                 path,

@@ -210,3 +210,40 @@ def evaluate_slides(
         "mean_over_slides": over,
         "n_slides": len(slides),
     }
+
+
+def grid_anisotropy(centres_px: np.ndarray, side_px: float, values: np.ndarray) -> dict[str, float]:
+    """How much a map changes between adjacent rows against adjacent columns of square bins.
+
+    ``centres_px (N, 2)`` (x, y) are bin centres on a grid of pitch ``side_px`` (any subset
+    of it); ``values (N, G)``. For every pair of bins that are vertical neighbours, and
+    every pair that are horizontal neighbours, the absolute difference per gene is averaged.
+    Returns ``row_step`` (vertical neighbours, i.e. between rows), ``col_step``
+    (horizontal) and their ratio ``ratio`` (mean over genes of each gene's ratio); an
+    isotropic field gives a ratio near 1, horizontal stripes a ratio above 1.
+    """
+    c = np.asarray(centres_px, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    ij = np.floor(c / float(side_px)).astype(np.int64)  # (column, row) index of each bin
+    lookup = {(int(a), int(b)): n for n, (a, b) in enumerate(ij)}
+
+    def steps(dx: int, dy: int) -> np.ndarray:
+        pairs = [
+            (n, lookup[(a + dx, b + dy)])
+            for n, (a, b) in enumerate(ij.tolist())
+            if (a + dx, b + dy) in lookup
+        ]
+        if not pairs:
+            return np.full(v.shape[1], np.nan)
+        p = np.asarray(pairs)
+        return np.nanmean(np.abs(v[p[:, 0]] - v[p[:, 1]]), axis=0)
+
+    rows, cols = steps(0, 1), steps(1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = rows / cols
+
+    def mean(x: np.ndarray) -> float:
+        x = x[np.isfinite(x)]
+        return float(x.mean()) if x.size else float("nan")
+
+    return {"row_step": mean(rows), "col_step": mean(cols), "ratio": mean(ratio)}

@@ -610,6 +610,7 @@ def gene_figure(
     region_box_px: Sequence[float] | None = None,
     dpi: int = 150,
     overwrite: bool = True,
+    dense_map: str | Path | None = None,
 ) -> Path:
     """One PNG for one gene, in the spirit of the paper's Figure 3.
 
@@ -633,6 +634,9 @@ def gene_figure(
             (default: :func:`default_region` around the highest predicted spot).
         dpi: output resolution.
         overwrite: replace an existing ``out_png``.
+        dense_map: a ``pixnet predict --dense-map`` file (``.zarr`` or ``.ome.tif``) to
+            draw the dense panel from, instead of running ``model``: only the chunks of
+            the region are read.
 
     Returns:
         The written path.
@@ -666,8 +670,16 @@ def gene_figure(
         else:
             measured = (vals[:, 0], scale)
 
-    dense: tuple[np.ndarray, float] | None = None
-    if not model or panel is None:
+    dense: tuple[np.ndarray, float, tuple[float, float]] | None = None
+    if dense_map:
+        from pixnet.io.dense_map import map_info, read_window
+
+        if gene in map_info(dense_map)["genes"]:
+            win = read_window(dense_map, [gene], box)
+            dense = (win.values[0], win.cell_px, win.origin_px)
+        else:
+            notes.append(f"no dense map ({gene} not in {Path(dense_map).name})")
+    elif not model or panel is None:
         notes.append("no dense map (no model given)")
     elif gene not in panel.genes:
         notes.append(f"no dense map ({gene} not in the model's panel)")
@@ -678,7 +690,7 @@ def gene_figure(
 
         predictor = load_predictor(model) if isinstance(model, str | Path) else model
         maps, cell_px = _dense_map(predictor, slide_src, box)
-        dense = (maps[predictor.panel.genes.index(gene)], cell_px)
+        dense = (maps[predictor.panel.genes.index(gene)], cell_px, (box[0], box[1]))
 
     thumb, thumb_extent = _thumbnail(pf, slide_src)
     zoom, zoom_extent, zoom_src = _zoom_image(pf, slide_src, box)
@@ -747,11 +759,11 @@ def gene_figure(
 
     if dense is not None:
         ax = axes.pop(0)
-        m, cell_px = dense
+        m, cell_px, (ox, oy) = dense
         h, w = m.shape
         im = ax.imshow(
             m,
-            extent=(x0, x0 + w * cell_px, y0 + h * cell_px, y0),
+            extent=(ox, ox + w * cell_px, oy + h * cell_px, oy),
             origin="upper",
             cmap=_cmap(),
             norm=norm,
@@ -802,6 +814,23 @@ def _check_box(box: Sequence[float] | None, name: str) -> Box | None:
             "e.g. --region 1000 2000 3000 4000 (full-resolution pixels)",
         )
     return (b[0], b[1], b[2], b[3])
+
+
+def _check_region_on_image(box: Box, pf: PredictionFile, sample: Sample | None) -> None:
+    """Refuse a ``--region`` that lies wholly outside the slide (an empty figure)."""
+    if sample is not None and sample.image_size_px:
+        W, H = (float(v) for v in sample.image_size_px)
+    elif pf.hires is not None and pf.hires_scalef > 0:
+        W, H = pf.hires.shape[1] / pf.hires_scalef, pf.hires.shape[0] / pf.hires_scalef
+    else:
+        return
+    if box[0] >= W or box[1] >= H or box[2] <= 0 or box[3] <= 0:
+        raise PixNetInputError(
+            "--region",
+            f"region {' '.join(f'{v:g}' for v in box)} lies outside the image "
+            f"({W:.0f} x {H:.0f} full-resolution pixels)",
+            f"give x0 y0 x1 y1 within 0 0 {W:.0f} {H:.0f}",
+        )
 
 
 _DENSE_CACHE: dict[tuple[int, str, float, Box], tuple[Predictor, np.ndarray, float]] = {}
@@ -987,10 +1016,14 @@ class PlotConfig:
     samples: str = field(default="", metadata=_h("sample manifest CSV (for measured values)"))
     sample: str = field(default="", metadata=_h("sample id (default: the file's library id)"))
     model: str = field(default="", metadata=_h("model.pt, for the dense-map panel"))
-    region: list[float] = field(
-        default_factory=list, metadata=_h("zoom region x0 y0 x1 y1, full-resolution pixels")
+    dense_map: str = field(
+        default="",
+        metadata=_h("a predict --dense-map .zarr/.ome.tif for the dense panel (reads the region)"),
     )
-    dpi: int = field(default=150, metadata=_h("figure resolution"))
+    region: list[float] = field(
+        default_factory=list, metadata=_h("zoom region x0 y0 x1 y1, full-resolution pixels", ge=0)
+    )
+    dpi: int = field(default=150, metadata=_h("figure resolution", ge=10, le=1200))
     overwrite: bool = field(default=False, metadata=_h("replace existing figures"))
 
 
@@ -1024,6 +1057,8 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     for p in [*gene_paths, summary_path, config_path]:
         check_writable(p, cfg.overwrite)
     sample = _resolve_sample(cfg.samples or None, sid, sid)
+    if region is not None:
+        _check_region_on_image(region, first, sample)
     model: Predictor | None = None
     if cfg.model:  # loaded once for every gene
         from pixnet.predict.tiled import load_predictor
@@ -1042,6 +1077,7 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
                 region_box_px=region,
                 dpi=cfg.dpi,
                 overwrite=cfg.overwrite,
+                dense_map=cfg.dense_map or None,
             )
         )
     written.append(

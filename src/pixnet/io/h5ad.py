@@ -160,4 +160,18 @@ def read_h5ad(
         format="h5ad",
         mpp_source=source,
         image_size_px=image_size,
+        array_xy=_obs_array_xy(adata),
+        groups=adata.obs[A.GROUP].astype(str).to_numpy(object) if A.GROUP in adata.obs else None,
     )
+
+
+def _obs_array_xy(adata: anndata.AnnData) -> np.ndarray | None:
+    """``(N, 2)`` int (array_col, array_row) from ``obs`` when both columns are there."""
+    cols = [A.ARRAY_COL, A.ARRAY_ROW]
+    if not all(c in adata.obs for c in cols):
+        return None
+    values = adata.obs[cols].to_numpy()
+    try:
+        return np.asarray(values, dtype=np.float64).round().astype(np.int64)
+    except (TypeError, ValueError):
+        return None

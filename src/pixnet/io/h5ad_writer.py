@@ -9,7 +9,9 @@ The file follows anndata's on-disk specification (``X`` dense float, ``obs`` wit
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,29 @@ import pandas as pd
 from pixnet.io.atomic import check_writable
 
 _STR_ATTRS = {"encoding-type": "string-array", "encoding-version": "0.2.0"}
+
+_FAILED: list[Any] = []
+"""h5py objects of files whose writes failed (full disk): never touched or released
+again, because HDF5 crashes (SIGSEGV) when it closes or frees them afterwards."""
+
+
+def hdf5_write_failed() -> bool:
+    """True once an HDF5 write failed in this process: HDF5 may then crash at exit, so
+    the command line leaves with ``os._exit`` after its one-line error."""
+    return bool(_FAILED)
+
+
+@contextlib.contextmanager
+def _guard(writer: StreamingH5ad) -> Iterator[None]:
+    """Mark ``writer`` failed when HDF5 cannot write (no space, file size limit)."""
+    try:
+        yield
+    except Exception as e:
+        from pixnet.io.atomic import disk_full_cause
+
+        if disk_full_cause(e) is not None:
+            writer.failed = True
+        raise
 
 
 class StreamingH5ad:
@@ -51,7 +76,23 @@ class StreamingH5ad:
         self.n_obs = int(n_obs)
         self.n_vars = len(var_names)
         self._written = np.zeros(self.n_obs, dtype=bool)
-        self.f = h5py.File(self.tmp, "w")
+        self.failed = False
+        self.n_nan_rows = 0  # rows with a NaN or infinite value (reported by the caller)
+        try:
+            self.f = h5py.File(self.tmp, "w")
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        try:
+            with _guard(self):
+                self._create(var_names, dtype)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, var_names: list[str], dtype: str) -> None:
+        import h5py
+
         self.f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         chunk_rows = max(1, min(self.n_obs, 1 << 20 // max(self.n_vars, 1)))
         self.X = self.f.create_dataset(
@@ -76,6 +117,12 @@ class StreamingH5ad:
         self, rows: np.ndarray, X: np.ndarray, ids: list[str], spatial: np.ndarray
     ) -> None:
         """Write rows ``rows`` (``(n,)`` int) of ``X (n, G)``, ids and ``spatial (n, 2)``."""
+        with _guard(self):
+            self._write_rows(rows, X, ids, spatial)
+
+    def _write_rows(
+        self, rows: np.ndarray, X: np.ndarray, ids: list[str], spatial: np.ndarray
+    ) -> None:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return
@@ -87,13 +134,29 @@ class StreamingH5ad:
             sl: Any = slice(int(r[0]), int(r[-1]) + 1)
         else:
             sl = r
-        self.X[sl] = np.asarray(X)[order].astype(self.X.dtype)
+        values = np.asarray(X)[order].astype(self.X.dtype)
+        self.n_nan_rows += int((~np.isfinite(values)).any(axis=1).sum()) if values.size else 0
+        self.X[sl] = values
         self.ids[sl] = np.asarray(ids, dtype=object)[order]
         self.spatial[sl] = np.asarray(spatial, dtype=np.float64)[order]
         self._written[r] = True
 
-    def finish(self, uns: dict[str, Any], obs_columns: dict[str, np.ndarray] | None = None) -> Path:
-        """Write ``var``, ``uns`` and extra ``obs`` columns; rename onto the final path."""
+    def finish(
+        self,
+        uns: dict[str, Any],
+        obs_columns: dict[str, np.ndarray] | None = None,
+        commit: bool = True,
+    ) -> Path:
+        """Write ``var``, ``uns`` and extra ``obs`` columns and close the file; rename it
+        onto the final path (with ``commit=False``: later, by :meth:`commit`, so that
+        several files can appear together)."""
+        with _guard(self):
+            self._finish(uns, obs_columns)
+        if commit:
+            self.commit()
+        return self.path
+
+    def _finish(self, uns: dict[str, Any], obs_columns: dict[str, np.ndarray] | None) -> None:
         from anndata.io import write_elem
 
         missing = int((~self._written).sum())
@@ -116,13 +179,25 @@ class StreamingH5ad:
         for group in ("layers", "obsp", "varm", "varp"):
             write_elem(self.f, group, {})
         self.f.close()
+
+    def commit(self) -> Path:
+        """Rename the finished temporary file onto the final path."""
         os.replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the temporary file (nothing is left behind)."""
+        """Close and delete the temporary file (nothing is left behind).
+
+        Closing a file whose writes failed (full disk) raises again inside h5py; that
+        second error is dropped, the first one is what the caller reports.
+        """
         try:
-            self.f.close()
+            if self.failed:  # closing or freeing it would crash HDF5: keep it, untouched
+                _FAILED.append(self.__dict__.copy())
+            else:
+                self.f.close()
+        except Exception:  # noqa: BLE001 - the write that failed was reported already
+            pass
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()

@@ -59,19 +59,31 @@ class ManifestRow:
 def read_manifest(path: str | Path) -> list[ManifestRow]:
     """Parse and check a manifest CSV (no data files are opened)."""
     p = v.require_file(path, "a sample manifest CSV (sample_id, format, ...)")
-    with open(p, newline="", encoding="utf-8-sig") as fh:
-        numbered = [
-            (i, line)
-            for i, line in enumerate(fh, start=1)
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
+    if p.stat().st_size:  # an empty file gets the "empty manifest" error below
+        v.check_text_file(p, "a sample manifest CSV (sample_id, format, ...)")
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            numbered = [
+                (i, line)
+                for i, line in enumerate(fh, start=1)
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+    except UnicodeDecodeError as exc:
+        raise PixNetInputError(
+            p,
+            f"not a UTF-8 text CSV (byte {exc.start} cannot be decoded)",
+            "give the sample manifest CSV (save it as UTF-8 text, not compressed)",
+        ) from exc
     fix_empty = (
         f"write a header line ({', '.join(M.COLUMNS)}) and one row per sample; "
         "see configs/README.md"
     )
     if len(numbered) < 2:
         raise PixNetInputError(p, "empty manifest: no sample rows", fix_empty)
-    records = list(csv.reader([line for _, line in numbered]))
+    try:
+        records = list(csv.reader([line for _, line in numbered]))
+    except csv.Error as exc:
+        raise PixNetInputError(p, f"cannot parse as CSV ({exc})", "give the manifest CSV") from exc
     header = [h.strip() for h in records[0]]
     for col in (M.SAMPLE_ID, M.FORMAT):
         if col not in header:
@@ -171,7 +183,7 @@ def _load(row: ManifestRow) -> Sample:
             patient_id=pid,
             mpp=mpp,
             spot_diameter_um=size or LegacySTKeys.SPOT_DIAMETER_UM,
-            pitch_um=row.pitch_um or LegacySTKeys.PITCH_UM,
+            pitch_um=row.pitch_um,
         )
     if row.format == M.VISIUM:
         return read_visium(

@@ -29,23 +29,56 @@ def save_model_file(
     panel: dict[str, Any],
     geometry: dict[str, Any],
     train_config: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
     overwrite: bool = True,
 ) -> Path:
     """Write a model file atomically.
 
     ``geometry`` holds what prediction needs to place spots: ``working_mpp``,
-    ``readout``, ``map_stride``, and the training spot ``shape`` and ``size_um``.
+    ``readout``, ``map_stride``, and the training spot ``shape`` and ``size_um``;
+    ``training`` whether the run finished and at which epoch
+    (:func:`training_status`).
     """
-    payload = {
+    payload = model_payload(
+        state_dict=state_dict,
+        model_config=model_config,
+        panel=panel,
+        geometry=geometry,
+        train_config=train_config,
+        training=training,
+    )
+    return atomic_write(path, lambda t: torch_save(payload, t), overwrite=overwrite)
+
+
+def model_payload(
+    *,
+    state_dict: dict[str, torch.Tensor],
+    model_config: dict[str, Any],
+    panel: dict[str, Any],
+    geometry: dict[str, Any],
+    train_config: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The plain-container content of a model file (see :func:`save_model_file`)."""
+    return {
         "format": MODEL_FORMAT,
         "version": MODEL_FORMAT_VERSION,
         "model_config": model_config,
         "panel": panel,
         "geometry": geometry,
         "train_config": train_config or {},
+        "training": training or {},
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
-    return atomic_write(path, lambda t: torch.save(payload, t), overwrite=overwrite)
+
+
+def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` through a Python file, so that a full disk surfaces as an ``OSError``
+    (``ENOSPC``/``EFBIG``) in the exception chain rather than an opaque torch error."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def load_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -78,3 +111,32 @@ def load_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             "upgrade pixnet",
         )
     return payload
+
+
+def training_status(
+    finished: bool, epochs_done: int, epochs_planned: int, best_epoch: int
+) -> dict[str, Any]:
+    """What ``model.pt`` records about the run that wrote it (``"training"`` key)."""
+    return {
+        "finished": bool(finished),
+        "epochs_done": int(epochs_done),
+        "epochs_planned": int(epochs_planned),
+        "best_epoch": int(best_epoch),
+    }
+
+
+def describe_status(status: dict[str, Any] | None) -> str:
+    """One line for logs and ``pixnet inspect``: finished or not, and at which epoch."""
+    if not status:
+        return "training status not recorded (model written by an older pixnet)"
+    done, planned, best = status["epochs_done"], status["epochs_planned"], status["best_epoch"]
+    if status["finished"]:
+        return (
+            f"finished: {done} of {planned} epochs; weights of the best epoch, {best} "
+            "(0-based, as in log.jsonl)"
+        )
+    return (
+        f"UNFINISHED run: written after {done} of {planned} epochs (weights of epoch {best}, "
+        "0-based) and the run never recorded finishing (killed, or still running); "
+        "continue it with pixnet train --resume"
+    )

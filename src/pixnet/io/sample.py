@@ -40,6 +40,11 @@ class Sample:
         mpp_source: how ``mpp`` was obtained (``"given"``, ``"metadata"``,
             ``"estimated from spot grid"``).
         notes: human-readable remarks from reading (e.g. dropped spots).
+        array_xy: ``(N, 2)`` int array positions (x = column, y = row) of the spots on
+            their capture array, where the format records them (legacy ST ``x, y``;
+            Visium ``array_col, array_row``; Visium HD bin column/row), else ``None``.
+        groups: ``(N,)`` user-given region labels (a ``group`` column), else ``None``;
+            ``--regions group`` supervises each label as one region.
     """
 
     sample_id: str
@@ -56,10 +61,19 @@ class Sample:
     mpp_source: str = "given"
     image_size_px: tuple[int, int] | None = None  # (W, H) full resolution
     notes: list[str] = field(default_factory=list)
+    array_xy: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.centres_px = np.asarray(self.centres_px, dtype=np.float64).reshape(-1, 2)
         n = len(self.centres_px)
+        if self.array_xy is not None:
+            self.array_xy = np.asarray(self.array_xy, dtype=np.int64).reshape(-1, 2)
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups, dtype=object).reshape(-1)
+        for name, arr in (("array positions", self.array_xy), ("group labels", self.groups)):
+            if arr is not None and len(arr) != n:
+                raise PixNetInputError(self.sample_id, f"{len(arr)} {name} for {n} spot centres")
         if len(self.spot_ids) != n:
             raise PixNetInputError(
                 self.sample_id, f"{len(self.spot_ids)} spot ids for {n} spot centres"
@@ -121,4 +135,6 @@ class Sample:
             mpp_source=self.mpp_source,
             image_size_px=self.image_size_px,
             notes=list(self.notes),
+            array_xy=None if self.array_xy is None else self.array_xy[keep],
+            groups=None if self.groups is None else self.groups[keep],
         )

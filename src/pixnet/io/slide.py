@@ -23,6 +23,7 @@ read through different backends agrees within a few grey levels.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import os
@@ -45,7 +46,9 @@ DEFAULT_MAX_WHOLE_PIXELS = int(os.environ.get("PIXNET_MAX_WHOLE_PIXELS", "300000
 ``PIXNET_MAX_WHOLE_PIXELS`` (decompression-bomb guard)."""
 """Largest image (W * H pixels) decoded whole: plain images, ``read_level_image`` results."""
 
-OPENSLIDE_SUFFIXES = frozenset({".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif"})
+OPENSLIDE_SUFFIXES = frozenset(
+    {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm"}  # .dcm: DICOM WSI
+)
 TIFF_SUFFIXES = frozenset({".tif", ".tiff", ".btf", ".tf8"})
 PILLOW_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
@@ -162,6 +165,11 @@ class _OpenSlideBackend(_Backend):
         self._osr = openslide.OpenSlide(str(path))  # errors handled by the caller
         self.level_sizes = [(int(w), int(h)) for w, h in self._osr.level_dimensions]
         self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
+        # decode a corner of the coarsest level now: a slide whose image data are broken
+        # (OpenSlide's unreadable.svs) is refused at open, not in the middle of a run
+        last = len(self.level_sizes) - 1
+        w, h = self.level_sizes[last]
+        self.read_level(last, 0, 0, min(w, 64), min(h, 64))
 
     def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         import openslide
@@ -219,6 +227,12 @@ class _TiffFileBackend(_Backend):
         # same convention as OpenSlide: mean of the two axis ratios
         self.level_downsamples = [(w0 / w + h0 / h) / 2.0 for w, h in self.level_sizes]
         compression = self._levels[0].keyframe.compression
+        if not isinstance(compression, enum.Enum):  # tifffile knows every standard code
+            raise PixNetInputError(
+                self.path,
+                f"unknown TIFF compression code {compression} (no TIFF writer uses it)",
+                "the file is corrupt: re-export or re-download it",
+            )
         if compression not in tifffile.TIFF.DECOMPRESSORS:
             raise PixNetInputError(
                 self.path,
@@ -299,6 +313,9 @@ class _PillowBackend(_Backend):
             )
         if self._format == "JPEG":
             _check_jpeg_end(path)
+            from pixnet.io.validate import check_jpeg_complete
+
+            check_jpeg_complete(path)
         scales = _JPEG_SCALES if self._format == "JPEG" else (1,)
         for s in scales:
             if s > 1 and min(w, h) < 8 * s:

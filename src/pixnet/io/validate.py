@@ -6,6 +6,7 @@ Each check is a small pure function that returns quietly or raises
 
 from __future__ import annotations
 
+import enum
 import logging
 import warnings
 from collections import Counter
@@ -21,7 +22,8 @@ from pixnet.errors import PixNetInputError
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi", ".scn", ".qptiff")
-OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".bif", ".svslide")
+_VENDOR_TIFF_SUFFIXES = (".svs", ".ndpi", ".scn")  # TIFF-based, read through OpenSlide
+OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 _JPEG_EOI = b"\xff\xd9"
 
 
@@ -56,12 +58,14 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
         suffix = p.suffix.lower()
         if suffix in TIFF_SUFFIXES:
             size = _tiff_size(p)
-        elif suffix in OPENSLIDE_SUFFIXES:
-            import openslide
+        if suffix in OPENSLIDE_SUFFIXES or suffix in _VENDOR_TIFF_SUFFIXES:
+            # OpenSlide formats: open as the pipeline will, which decodes a corner of the
+            # coarsest level (broken image data are refused here, at `pixnet inspect`)
+            from pixnet.io.slide import open_slide
 
-            with openslide.OpenSlide(str(p)) as slide:
-                size = (int(slide.dimensions[0]), int(slide.dimensions[1]))
-        else:
+            with open_slide(p, 1.0, backend="openslide") as slide:
+                size = slide.size_px
+        elif suffix not in TIFF_SUFFIXES:
             size = _pil_size(p)
     except PixNetInputError:
         raise
@@ -94,6 +98,7 @@ def _pil_size(p: Path) -> tuple[int, int]:
             tail = fh.read()
         if _JPEG_EOI not in tail:
             raise PixNetInputError(p, "JPEG is truncated (no end-of-image marker)", fix)
+        check_jpeg_complete(p)
     return size
 
 
@@ -105,6 +110,12 @@ def _tiff_size(p: Path) -> tuple[int, int]:
     with tifffile.TiffFile(p) as tif:
         page = tif.pages.first
         size = (int(page.imagewidth), int(page.imagelength))
+        if not isinstance(page.compression, enum.Enum):  # tifffile knows every standard code
+            raise PixNetInputError(
+                p,
+                f"unknown TIFF compression code {page.compression} (no TIFF writer uses it)",
+                "the file is corrupt: re-export or re-download it",
+            )
         for pg in tif.pages:
             offsets = np.asarray(pg.dataoffsets, dtype=np.int64)  # type: ignore[union-attr]
             counts = np.asarray(pg.databytecounts, dtype=np.int64)  # type: ignore[union-attr]
@@ -309,3 +320,210 @@ def check_mpp_agrees(
         )
     if ratio > warn_ratio:
         log.warning("%s: %s", where, msg)
+
+
+# ------------------------------------------------------------------ text tables
+
+_TEXT_HEAD_BYTES = 65536
+
+
+def _open_text_head(p: Path) -> bytes:
+    """The first bytes of ``p`` (decompressed if it is gzip)."""
+    import gzip
+
+    with open(p, "rb") as fh:
+        magic = fh.read(2)
+    try:
+        if magic == b"\x1f\x8b":
+            with gzip.open(p, "rb") as gz:
+                return gz.read(_TEXT_HEAD_BYTES)
+        with open(p, "rb") as fh:
+            return fh.read(_TEXT_HEAD_BYTES)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise PixNetInputError(
+            p,
+            f"compressed file is truncated or corrupt ({exc})",
+            "re-copy or re-download the complete file (`gzip -t` checks it)",
+        ) from exc
+
+
+def check_text_file(path: str | Path, what: str) -> Path:
+    """``path`` if it exists, is not empty and looks like text (gzip allowed).
+
+    Raises naming the file: not found, 0 bytes, or binary (NUL bytes / not UTF-8 in the
+    first 64 KiB), e.g. an image or HDF5 file given where a table was expected.
+    """
+    p = require_file(path, what)
+    if p.stat().st_size == 0:
+        raise PixNetInputError(p, f"file is empty (0 bytes); expected {what}", "re-copy the file")
+    head = _open_text_head(p)
+    if b"\x00" in head:
+        raise PixNetInputError(
+            p,
+            f"binary file, not a text table; expected {what}",
+            "check the path: is it the right file?",
+        )
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a character cut at the end of the head is fine
+            raise PixNetInputError(
+                p,
+                f"not UTF-8 text (byte {head[exc.start]:#04x} at offset {exc.start}); "
+                f"expected {what}",
+                "save the table as UTF-8 text",
+            ) from exc
+    return p
+
+
+def raw_header(path: Path, sep: str) -> list[str]:
+    """Column names of the first line exactly as written (pandas renames duplicates)."""
+    import csv
+
+    line = _open_text_head(path).decode("utf-8-sig", errors="replace").splitlines()
+    if not line:
+        return []
+    return [c.strip() for c in next(csv.reader([line[0]], delimiter=sep))]
+
+
+def check_unique_columns(header: Sequence[str], where: str | Path, what: str) -> None:
+    """Refuse a table whose header repeats a column (pandas would silently rename it)."""
+    counts = Counter(h for h in header if h)
+    dups = [h for h, n in counts.items() if n > 1]
+    if dups:
+        first = dups[0]
+        at = [i + 1 for i, h in enumerate(header) if h == first]
+        raise PixNetInputError(
+            where,
+            f"{len(dups)} duplicated {what}(s) in the header; first: {first!r} in columns "
+            f"{', '.join(map(str, at))}",
+            f"each {what} must appear once: merge (sum) or drop the duplicated columns",
+        )
+
+
+def read_table(
+    path: str | Path, what: str, *, sep: str = ",", unique_columns: str | None = "column", **kw
+) -> pd.DataFrame:
+    """``pd.read_csv`` whose failures are one-line errors naming the file and the fix.
+
+    Empty, binary, truncated gzip and unparsable files are refused; so is a header that
+    repeats a column name (``unique_columns`` names what a column is, e.g. ``"gene"``;
+    ``None`` skips the check).
+    """
+    p = check_text_file(path, what)
+    if unique_columns is not None:
+        check_unique_columns(raw_header(p, sep), p, unique_columns)
+    if "compression" not in kw:  # by content: some tools write plain text named .gz
+        with open(p, "rb") as fh:
+            kw["compression"] = "gzip" if fh.read(2) == b"\x1f\x8b" else None
+    try:
+        return pd.read_csv(p, sep=sep, **kw)
+    except (EOFError, OSError) as exc:
+        raise PixNetInputError(
+            p,
+            f"compressed file is truncated or corrupt ({exc})",
+            "re-copy or re-download the complete file (`gzip -t` checks it)",
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise PixNetInputError(p, f"no columns; expected {what}", "re-copy the file") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise PixNetInputError(p, f"cannot parse as a table ({msg}); expected {what}") from exc
+
+
+def check_integer_counts(
+    counts: np.ndarray | sp.spmatrix | sp.sparray,
+    where: str | Path,
+    spot_ids: Sequence[str],
+    gene_names: Sequence[str],
+) -> None:
+    """Raw counts must be whole numbers; name the first fractional entry.
+
+    Fractional values mean normalised or log-transformed data, on which PixNet's targets
+    (``log1p(1e4 * count / spot total)``) would be wrong.
+    """
+    if sp.issparse(counts):
+        csr = sp.csr_matrix(counts)
+        values = csr.data
+    else:
+        values = np.asarray(counts)
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    frac = np.abs(values - np.round(values)) > 1e-6
+    if not frac.any():
+        return
+    k = int(np.argmax(frac.ravel()))
+    if sp.issparse(counts):
+        row = int(np.searchsorted(csr.indptr, k, side="right") - 1)
+        col = int(csr.indices[k])
+    else:
+        row, col = (int(i) for i in np.unravel_index(k, values.shape))
+    raise PixNetInputError(
+        where,
+        f"{int(frac.sum())} count(s) are not whole numbers (normalised or log values?); "
+        f"first: spot {spot_ids[row]!r}, gene {gene_names[col]!r} = {values.ravel()[k]:g}",
+        "give the raw integer UMI counts",
+    )
+
+
+# ------------------------------------------------------------------ JPEG completeness
+
+_JPEG_CHECKED: dict[tuple[str, int, int], bool] = {}
+# bytes (no 0xFF) put before the final end-of-image marker: a complete scan never reads them
+_JPEG_PROBE = bytes(np.random.default_rng(20261128).integers(1, 255, 256, dtype=np.uint8))
+
+
+def _jpeg_dc_image(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
+                return np.asarray(im)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def check_jpeg_complete(path: str | Path) -> None:
+    """Refuse a JPEG whose compressed data stop before the last row of blocks.
+
+    A truncated JPEG with an end-of-image marker appended (what some copy and repair
+    tools leave) decodes without error: libjpeg fills the missing blocks with flat grey.
+    Test: decode at 1/8 scale (DC only, fast) twice, once with junk bytes inserted before
+    the last end-of-image marker. A complete scan has read all its blocks before the
+    junk, so the two decodings are identical; an incomplete one reads the junk as
+    blocks. Results are cached by (path, size, mtime).
+    """
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _JPEG_CHECKED:
+        return
+    data = p.read_bytes()
+    fix = "the image is truncated: re-copy or re-export it"
+    end = data.rfind(_JPEG_EOI)
+    if end < 0:
+        raise PixNetInputError(p, "JPEG is truncated (no end-of-image marker)", fix)
+    try:
+        plain = _jpeg_dc_image(data)
+        probed = _jpeg_dc_image(data[:end] + _JPEG_PROBE + data[end:])
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PixNetInputError(p, f"cannot decode the JPEG ({exc})", fix) from exc
+    if plain.shape != probed.shape or not np.array_equal(plain, probed):
+        rows = np.flatnonzero((plain != probed).reshape(plain.shape[0], -1).any(axis=1))
+        first_row_px = int(rows[0]) * 8 if rows.size else 0
+        raise PixNetInputError(
+            p,
+            "JPEG is truncated: its compressed data end before the image does (an "
+            f"end-of-image marker was appended); rows from about y={first_row_px} px on are "
+            "missing",
+            fix,
+        )
+    _JPEG_CHECKED[key] = True

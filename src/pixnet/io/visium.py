@@ -1,6 +1,9 @@
 """Reader for 10x Visium Space Ranger ``outs/`` folders.
 
-Uses ``filtered_feature_bc_matrix.h5`` (10x HDF5 layout), ``spatial/tissue_positions.csv``
+Uses ``filtered_feature_bc_matrix.h5`` (10x HDF5 layout; else the MatrixMarket folder
+``filtered_feature_bc_matrix/``, else the unfiltered ``raw_feature_bc_matrix.h5`` or
+``raw_feature_bc_matrix/``, of which the ``in_tissue == 1`` barcodes are kept),
+``spatial/tissue_positions.csv``
 (or ``tissue_positions_list.csv``, with or without header) and
 ``spatial/scalefactors_json.json``. The full-resolution image is supplied by the user.
 Also provides the pieces the Visium HD reader shares.
@@ -68,13 +71,108 @@ def read_10x_h5(path: str | Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
         raise PixNetInputError(
             p, f"matrix/shape {n_genes} x {n_barcodes} does not match features and barcodes"
         )
+    return _gene_expression(matrix, barcodes, names, types, p)
+
+
+def matrix_candidates(folder: Path) -> list[Path]:
+    """Where a Space Ranger folder may hold its matrix, in order of preference."""
+    return [
+        folder / K.COUNTS_FILE,
+        folder / K.COUNTS_DIR,
+        folder / K.RAW_COUNTS_FILE,
+        folder / K.RAW_COUNTS_DIR,
+    ]
+
+
+def find_matrix(folder: Path) -> Path | None:
+    """The first matrix present: filtered ``.h5``, filtered MatrixMarket folder, raw ``.h5``,
+    raw folder (``None`` if there is none)."""
+    for c in matrix_candidates(folder):
+        if (c.suffix == ".h5" and c.is_file()) or (c.suffix != ".h5" and c.is_dir()):
+            return c
+    return None
+
+
+def is_raw_matrix(path: Path) -> bool:
+    """Whether ``path`` is an unfiltered (all barcodes) matrix."""
+    return path.name in (K.RAW_COUNTS_FILE, K.RAW_COUNTS_DIR)
+
+
+def read_feature_matrix(path: Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """``(counts (N, G), barcodes, gene_names)`` from a 10x ``.h5`` or MatrixMarket folder."""
+    return read_10x_mtx(path) if path.is_dir() else read_10x_h5(path)
+
+
+def _mtx_part(folder: Path, *names: str) -> Path:
+    for n in names:
+        for c in (folder / n, folder / f"{n}.gz"):
+            if c.is_file():
+                return c
+    raise PixNetInputError(
+        folder / names[0],
+        "file not found (nor with .gz)",
+        f"a 10x MatrixMarket folder holds {K.MTX_FILE}, {K.MTX_BARCODES_FILE} and "
+        f"{K.MTX_FEATURES_FILE} (each possibly .gz)",
+    )
+
+
+def read_10x_mtx(folder: str | Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """``(counts, barcodes, gene_names)`` from a 10x MatrixMarket folder.
+
+    ``matrix.mtx`` is genes x barcodes; ``features.tsv`` (``genes.tsv`` for Cell Ranger 2)
+    gives id, name and feature type; only ``"Gene Expression"`` features are kept. Files
+    may be gzipped (detected from their content, not their name).
+
+    Returns:
+        counts ``(N_barcodes, G)`` float32 CSR, ``N_barcodes`` barcodes, ``G`` gene names.
+    """
+    import gzip
+
+    import scipy.io
+
+    d = v.require_dir(folder, "a 10x MatrixMarket folder (matrix.mtx, barcodes.tsv, features.tsv)")
+    mtx = _mtx_part(d, K.MTX_FILE)
+    barcodes_path = _mtx_part(d, K.MTX_BARCODES_FILE)
+    features_path = _mtx_part(d, K.MTX_FEATURES_FILE, K.MTX_GENES_FILE)
+    v.check_text_file(mtx, "a MatrixMarket matrix")
+    with open(mtx, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(mtx, "rb") if gz else open(mtx, "rb") as fh:
+            matrix = sp.csr_matrix(scipy.io.mmread(fh).T)
+    except (OSError, EOFError, ValueError, IndexError) as exc:
+        raise PixNetInputError(
+            mtx, f"cannot read the MatrixMarket matrix ({exc})", "re-copy the file"
+        ) from exc
+    what = "one barcode per line"
+    bc = v.read_table(barcodes_path, what, sep="\t", header=None, dtype=str, unique_columns=None)
+    what = "feature id, name and type per line"
+    ft = v.read_table(features_path, what, sep="\t", header=None, dtype=str, unique_columns=None)
+    barcodes = bc.iloc[:, 0].astype(str).tolist()
+    names = ft.iloc[:, 1 if ft.shape[1] > 1 else 0].astype(str).tolist()
+    types = ft.iloc[:, 2].astype(str).tolist() if ft.shape[1] > 2 else [K.GENE_EXPRESSION] * len(ft)
+    if matrix.shape != (len(barcodes), len(names)):
+        raise PixNetInputError(
+            mtx,
+            f"matrix is {matrix.shape[1]} features x {matrix.shape[0]} barcodes but "
+            f"{features_path.name} lists {len(names)} and {barcodes_path.name} {len(barcodes)}",
+            "check that the three files come from the same run",
+        )
+    return _gene_expression(matrix, barcodes, names, types, mtx)
+
+
+def _gene_expression(
+    matrix: sp.csr_matrix, barcodes: list[str], names: list[str], types: list[str], p: Path
+) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """Keep the gene-expression features; check barcodes and counts."""
     keep = np.array([t == K.GENE_EXPRESSION for t in types], dtype=bool)
     if not keep.any():
-        raise PixNetInputError(p, f"no '{K.GENE_EXPRESSION}' features in matrix/features")
+        raise PixNetInputError(p, f"no '{K.GENE_EXPRESSION}' features in the matrix's features")
     matrix = matrix[:, np.flatnonzero(keep)] if not keep.all() else matrix
     genes = v.unique_names([n for n, k in zip(names, keep, strict=True) if k], p)
     v.check_unique(barcodes, p, "barcode")
     v.check_counts(matrix, p, barcodes, genes)
+    v.check_integer_counts(matrix, p, barcodes, genes)
     return sp.csr_matrix(matrix, dtype=np.float32), barcodes, genes
 
 
@@ -115,9 +213,10 @@ def read_tissue_positions(spatial_dir: str | Path) -> tuple[pd.DataFrame, Path]:
 
         table = pq.read_table(p).to_pandas()
     else:
-        with open(p) as fh:
-            has_header = fh.readline().split(",")[0].strip() == K.BARCODE
-        table = pd.read_csv(p, header=0 if has_header else None)
+        what = f"Space Ranger tissue positions ({', '.join(K.POSITIONS_COLUMNS)})"
+        first = v.raw_header(v.check_text_file(p, what), ",")
+        has_header = bool(first) and first[0] == K.BARCODE
+        table = v.read_table(p, what, header=0 if has_header else None, unique_columns=None)
         if not has_header:
             if table.shape[1] != len(K.POSITIONS_COLUMNS):
                 raise PixNetInputError(
@@ -145,8 +244,12 @@ def join_spots(
     counts: sp.csr_matrix,
     barcodes: list[str],
     counts_path: Path,
+    raw: bool = False,
 ) -> tuple[np.ndarray, list[str], sp.csr_matrix, list[str]]:
     """In-tissue barcodes present in the matrix, in matrix order.
+
+    ``raw``: the matrix holds every barcode (``raw_feature_bc_matrix``); keeping only the
+    ``in_tissue == 1`` ones is then expected and logged at info level.
 
     Returns:
         ``centres_px`` ``(N, 2)`` (x = pxl_col_in_fullres, y = pxl_row_in_fullres),
@@ -165,7 +268,15 @@ def join_spots(
         )
     notes = []
     n_kept = int(keep.sum())
-    if n_kept < len(barcodes):
+    if raw:
+        log.info(
+            "%s: unfiltered matrix; kept its %d barcodes with in_tissue == 1 in %s (of %d)",
+            counts_path.name,
+            n_kept,
+            positions_path.name,
+            len(barcodes),
+        )
+    elif n_kept < len(barcodes):
         notes.append(
             f"{len(barcodes) - n_kept} barcodes of {counts_path.name} have no in-tissue "
             f"position in {positions_path.name} and were dropped"
@@ -196,10 +307,18 @@ def build_spaceranger_sample(
     fmt: str,
 ) -> Sample:
     """Assemble a :class:`Sample` from a Space Ranger folder (matrix + ``spatial/``)."""
-    counts, barcodes, genes = read_10x_h5(folder / K.COUNTS_FILE)
+    matrix_path = find_matrix(folder)
+    if matrix_path is None:
+        others = ", ".join(c.name + ("" if c.suffix else "/") for c in matrix_candidates(folder))
+        raise PixNetInputError(
+            folder / K.COUNTS_FILE,
+            f"file not found; expected a 10x feature-barcode matrix (looked for {others})",
+            "pass the Space Ranger outs/ folder (or a binned_outputs/square_XXXum folder)",
+        )
+    counts, barcodes, genes = read_feature_matrix(matrix_path)
     positions, pos_path = read_tissue_positions(folder / K.SPATIAL_DIR)
     centres, ids, counts, notes = join_spots(
-        positions, pos_path, counts, barcodes, folder / K.COUNTS_FILE
+        positions, pos_path, counts, barcodes, matrix_path, raw=is_raw_matrix(matrix_path)
     )
     image, image_size = v.image_for_spots(image_path, centres, pos_path, ids)
     if image is None:
@@ -222,6 +341,7 @@ def build_spaceranger_sample(
         mpp_source=mpp_source,
         image_size_px=image_size,
         notes=notes,
+        array_xy=positions.loc[ids, [K.ARRAY_COL, K.ARRAY_ROW]].to_numpy(np.int64),
     )
 
 
@@ -260,7 +380,8 @@ def read_visium(
     """Read a Visium Space Ranger ``outs/`` folder (disks of 55 um).
 
     Args:
-        outs: the ``outs/`` folder holding ``filtered_feature_bc_matrix.h5`` and ``spatial/``.
+        outs: the ``outs/`` folder holding ``spatial/`` and a matrix
+            (:func:`find_matrix`: filtered or raw, HDF5 or MatrixMarket).
         image_path: the full-resolution H&E image given to Space Ranger (``None``: no image).
         sample_id: defaults to the name of the folder above ``outs/`` (or ``outs`` itself).
         patient_id: defaults to ``sample_id``.

@@ -15,7 +15,7 @@ from pixnet._constants import VisiumHDKeys as HDKeys
 from pixnet.errors import PixNetInputError
 from pixnet.io import validate as v
 from pixnet.io.sample import Sample
-from pixnet.io.visium import build_spaceranger_sample, read_scalefactors
+from pixnet.io.visium import build_spaceranger_sample, find_matrix, read_scalefactors
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,24 @@ log = logging.getLogger(__name__)
 def bin_folder(path: str | Path, bin_size_um: float | None) -> Path:
     """The ``square_XXXum`` folder for ``bin_size_um``.
 
-    ``path`` may be the bin folder itself, ``binned_outputs/`` or the ``outs/`` above it.
+    ``path`` may be the bin folder itself, ``binned_outputs/`` or the ``outs/`` above it;
+    with ``bin_size_um=None`` a ``binned_outputs/`` holding a single bin size gives that one.
     """
     p = v.require_dir(path, "a Visium HD binned_outputs/ or square_XXXum/ folder")
-    if (p / K.COUNTS_FILE).is_file():
+    if find_matrix(p) is not None and (p / K.SPATIAL_DIR).is_dir():
         return p
     if (p / HDKeys.BINNED_OUTPUTS_DIR).is_dir():
         p = p / HDKeys.BINNED_OUTPUTS_DIR
     available = sorted(d.name for d in p.glob("square_*um") if d.is_dir())
+    if bin_size_um is None and len(available) == 1:
+        log.info("%s: using the only bin size present, %s", p, available[0])
+        return p / available[0]
+    if not available:
+        raise PixNetInputError(
+            p,
+            "no square_XXXum folder (and no matrix with spatial/ here)",
+            "point `path` at a Visium HD binned_outputs/ or one square_XXXum folder",
+        )
     if bin_size_um is None:
         raise PixNetInputError(
             p,

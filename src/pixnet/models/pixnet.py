@@ -32,8 +32,14 @@ from torch import Tensor, nn
 
 from pixnet.errors import PixNetInputError
 from pixnet.models.decoder import PixNetDecoder
-from pixnet.models.resnet import ResNet18Encoder
-from pixnet.models.weights import load_encoder_weights
+from pixnet.models.registry import (
+    EncoderSpec,
+    build_encoder,
+    get_encoder_spec,
+    load_pretrained,
+    trunk_of,
+)
+from pixnet.models.vit_pyramid import ViTPyramidEncoder
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,18 @@ class PixNetConfig:
         n_genes: number of genes ``M`` in the map.
         pretrained: encoder weights file (see :func:`load_encoder_weights`) or ``None``
             for torchvision's random initialisation.
-        normalize_input: inputs are in [0, 1] and the encoder applies ImageNet mean/std.
+        normalize_input: inputs are in [0, 1] and the encoder applies the mean/std its
+            weights expect (ImageNet's for ResNet18; see the encoder's spec).
+        encoder: encoder name in :data:`pixnet.models.registry.ENCODERS` (``resnet18``,
+            ``uni``, ``uni2-h``, ``virchow2``, ``h-optimus-0``, ``vit-b16``, ...).
+        encoder_spec: the resolved facts of ``encoder`` (architecture, normalisation,
+            patch size, ...), filled from the registry and saved in ``model.pt`` so the
+            model rebuilds without the registry entry.
+        vit_pyramid: ``"simple"`` or ``"dpt"`` (ViT encoders only; see
+            :mod:`pixnet.models.vit_pyramid`).
+        freeze_encoder: the encoder's pretrained trunk gets no gradient (a ViT's
+            transformer runs under ``no_grad``; a ResNet is frozen whole, BatchNorm in
+            eval mode); a ViT's stem and pyramid neck still train.
     """
 
     preset: str = "cpu"
@@ -63,6 +80,10 @@ class PixNetConfig:
     n_genes: int = 250
     pretrained: str | None = None
     normalize_input: bool = True
+    encoder: str = "resnet18"
+    encoder_spec: dict[str, Any] | None = None
+    vit_pyramid: str = "simple"
+    freeze_encoder: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict of the fields (tuples become lists)."""
@@ -110,6 +131,8 @@ def from_preset(name: str, **overrides: Any) -> PixNetConfig:
     fields: dict[str, Any] = {"preset": name, **PRESETS[name], **overrides}
     if isinstance(fields.get("hidden"), list):
         fields["hidden"] = tuple(fields["hidden"])
+    if fields.get("encoder_spec") is None:
+        fields["encoder_spec"] = get_encoder_spec(fields.get("encoder", "resnet18")).to_dict()
     return PixNetConfig(**fields)
 
 
@@ -183,7 +206,9 @@ class PixNet(nn.Module):
             I/O): use :func:`build_pixnet` to also load encoder weights.
 
     Attributes:
-        encoder: :class:`~pixnet.models.resnet.ResNet18Encoder`.
+        encoder: the encoder of ``config.encoder`` (:class:`~pixnet.models.resnet.ResNet18Encoder`
+            or :class:`~pixnet.models.vit_pyramid.ViTPyramidEncoder`), giving F1..F5.
+        encoder_spec: its :class:`~pixnet.models.registry.EncoderSpec`.
         decoder: :class:`~pixnet.models.decoder.PixNetDecoder`.
         map_stride: 2, input pixels per map cell along each axis.
     """
@@ -194,7 +219,16 @@ class PixNet(nn.Module):
         super().__init__()
         self.config = config if config is not None else PixNetConfig()
         c = self.config
-        self.encoder = ResNet18Encoder(normalize=c.normalize_input)
+        self.encoder_spec = encoder_spec_of(c)
+        self.encoder = build_encoder(
+            self.encoder_spec, normalize=c.normalize_input, pyramid=c.vit_pyramid
+        )
+        if c.freeze_encoder:
+            trunk = trunk_of(self.encoder)
+            for p in trunk.parameters():
+                p.requires_grad_(False)
+            if isinstance(self.encoder, ViTPyramidEncoder):
+                self.encoder.trunk_frozen = True
         self.decoder = PixNetDecoder(
             encoder_channels=self.encoder.out_channels,
             hidden=c.hidden,
@@ -208,6 +242,14 @@ class PixNet(nn.Module):
     def n_genes(self) -> int:
         """Number of genes (channels of the map)."""
         return self.decoder.n_genes
+
+    def train(self, mode: bool = True) -> PixNet:
+        """As :meth:`nn.Module.train`, but a frozen encoder trunk stays in eval mode (its
+        BatchNorm statistics do not move)."""
+        super().train(mode)
+        if self.config.freeze_encoder:
+            trunk_of(self.encoder).eval()
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         """Predict the gene-expression map.
@@ -255,14 +297,56 @@ class PixNet(nn.Module):
         self.decoder.head_bias_init(mean_targets, scale)
 
 
+def encoder_spec_of(config: PixNetConfig) -> EncoderSpec:
+    """The encoder facts of ``config``: its recorded ``encoder_spec`` if any (a model file),
+    else the registry's entry for ``config.encoder``."""
+    if config.encoder_spec is not None:
+        spec = EncoderSpec.from_dict(dict(config.encoder_spec))
+        if spec.name != config.encoder:
+            raise PixNetInputError(
+                "model_config",
+                f"encoder {config.encoder!r} but encoder_spec describes {spec.name!r}",
+                "drop encoder_spec to take the registry's entry",
+            )
+        return spec
+    return get_encoder_spec(config.encoder)
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"``: this process's GPU (``cuda:LOCAL_RANK``, so each torchrun rank gets its
-    own) when CUDA is available, else CPU; any other name as torch reads it."""
+    own) when CUDA is available, else CPU; any other name as torch reads it.
+
+    Raises:
+        PixNetInputError: a device this machine or torch build does not have.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise PixNetInputError(
+            "--device", f"{name!r} is not a device", "use auto, cpu or cuda:N"
+        ) from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PixNetInputError(
+                "--device",
+                f"{name!r} asked, but no CUDA device is usable here (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda or 'none'})",
+                "use --device cpu (or auto), or install a CUDA build of torch",
+            )
+        n = torch.cuda.device_count()
+        if device.index is not None and device.index >= n:
+            raise PixNetInputError(
+                "--device",
+                f"{name!r} asked, but this machine has {n} CUDA device(s)",
+                f"use cuda:0 to cuda:{n - 1}",
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise PixNetInputError("--device", "'mps' asked, but MPS is not available", "use cpu")
+    return device
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -285,7 +369,7 @@ def build_pixnet(config: PixNetConfig) -> PixNet:
     model = PixNet(config)
     report: dict[str, Any] | None = None
     if config.pretrained:
-        report = load_encoder_weights(model.encoder, Path(config.pretrained))
+        report = load_pretrained(model.encoder, model.encoder_spec, Path(config.pretrained))
     model.encoder_weights_report = report
     log.info(
         "PixNet(%s): %d parameters, encoder weights: %s",

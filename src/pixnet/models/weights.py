@@ -85,8 +85,9 @@ def save_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     payload = {"format": PIXNET_ENCODER_FORMAT, "version": 1, "arch": "resnet18"}
     from pixnet.io.atomic import atomic_write
+    from pixnet.io.modelfile import torch_save
 
-    atomic_write(path, lambda tmp: torch.save({**payload, "state_dict": state}, tmp))
+    atomic_write(path, lambda tmp: torch_save({**payload, "state_dict": state}, tmp))
 
 
 def _looks_pickled(path: Path) -> bool:

@@ -70,3 +70,23 @@ def map_values(head: Tensor, readout: str, cell_area_px: float) -> Tensor:
     if readout == "sum":
         return m * cell_area_px
     return m
+
+
+def region_values(
+    integral: Tensor,
+    area: Tensor,
+    groups: Tensor,
+    n_groups: int,
+    readout: str,
+    cell_area_px: float,
+) -> Tensor:
+    """Region predictions ``(R, G)`` from the per-spot ``integral (N, G)`` and ``area (N,)``.
+
+    ``groups (N,)`` long gives each spot's region (``0 .. n_groups-1``). A region's value
+    is the read-out over the union of its members: their integrals and areas are summed
+    (a segment sum), then :func:`spot_values` applies (``mean``: sum of integrals / sum of
+    areas, ``density`` the same on the exp scale, ``sum``: the sum).
+    """
+    integ_r = integral.new_zeros((n_groups, integral.shape[1])).index_add(0, groups, integral)
+    area_r = area.new_zeros(n_groups).index_add(0, groups, area)
+    return spot_values(integ_r, area_r, readout, cell_area_px)

@@ -13,18 +13,27 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pixnet.config import DEVICE_HINT, DEVICE_PATTERN, check_fields
 from pixnet.config import help_meta as _h
 from pixnet.errors import PixNetInputError
-from pixnet.io.atomic import check_writable
+from pixnet.io.atomic import (
+    check_output_folder,
+    check_writable,
+    hold_interrupts,
+    raise_if_disk_full,
+)
 from pixnet.io.h5ad_writer import StreamingH5ad
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
+from pixnet.predict.dense_map import dense_map_writer
+from pixnet.predict.limits import check_output_space, check_prediction_memory
 from pixnet.predict.spotsets import BinGrid, ExplicitSpots, SpotSet, read_spots_csv
 from pixnet.predict.tiled import load_predictor, predict_slide
 
@@ -47,27 +56,84 @@ class PredictConfig:
         ),
     )
     image: str = field(default="", metadata=_h("bare image to predict on (instead of a sample)"))
-    mpp: float | None = field(default=None, metadata=_h("um per pixel of --image"))
+    mpp: float | None = field(default=None, metadata=_h("um per pixel of --image", gt=0))
     spot_diameters_um: list[float] = field(
         default_factory=list,
-        metadata=_h("also predict the sample's centres as disks of these diameters"),
+        metadata=_h("also predict the sample's centres as disks of these diameters", gt=0),
     )
     bins_um: list[float] = field(
         default_factory=list,
-        metadata=_h("also predict square bins of these sides tiling the tissue"),
+        metadata=_h("also predict square bins of these sides tiling the tissue", gt=0),
     )
     spots_csv: str = field(
         default="",
         metadata=_h("CSV of centres x, y (full-res px), optional id, diameter_um/side_um"),
     )
-    tile_px: int = field(default=512, metadata=_h("tile side, working pixels"))
-    margin_px: int = field(default=64, metadata=_h("context around each tile, working pixels"))
-    dtype: str = field(default="float32", metadata=_h("X dtype: float32 or float16"))
+    tile_px: int = field(
+        default=512, metadata=_h("tile side, working pixels", ge=32, multiple_of=32)
+    )
+    margin_px: int = field(
+        default=64, metadata=_h("context around each tile, working pixels", ge=0, multiple_of=16)
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=_h("X dtype: float32 or float16", choices=("float32", "float16")),
+    )
     skip_background: bool = field(default=True, metadata=_h("do not run tiles without tissue"))
     device: str = field(
-        default="auto", metadata=_h("auto (a GPU if CUDA is available), cpu, cuda:N")
+        default="auto",
+        metadata=_h(
+            "auto (a GPU if CUDA is available), cpu, cuda:N",
+            pattern=DEVICE_PATTERN,
+            pattern_hint=DEVICE_HINT,
+        ),
     )
     overwrite: bool = field(default=False, metadata=_h("replace existing outputs"))
+    dense_map: str = field(
+        default="",
+        metadata=_h("also write the dense map, streamed: PATH.zarr (SpatialData), PATH.ome.tif"),
+    )
+    dense_map_formats: list[str] = field(
+        default_factory=lambda: ["zarr", "tiff"],
+        metadata=_h(
+            "dense-map files: zarr (needs pixnet[spatialdata]) and/or tiff",
+            choices=("zarr", "tiff"),
+        ),
+    )
+    dense_map_genes: list[str] = field(
+        default_factory=list, metadata=_h("genes of the OME-TIFF (default: all)")
+    )
+    dense_map_dtype: str = field(
+        default="float32",
+        metadata=_h(
+            "OME-TIFF values: float32, or uint16 scaled per gene",
+            choices=("float32", "uint16"),
+        ),
+    )
+
+
+def report_nan_rows(n_nan: int, n: int, name: str, path: Path, skip_background: bool) -> None:
+    """Log how many rows of an output have no prediction (NaN); refuse a set with none.
+
+    A spot gets NaN when it lies wholly on tiles skipped as background or off the image.
+    """
+    if not n_nan:
+        return
+    why = "they lie on background tiles that were skipped" if skip_background else "off the image"
+    if n_nan == n:
+        raise PixNetInputError(
+            name,
+            f"all {n} spots have no prediction (NaN): {why}",
+            "check the spot positions and the tissue, or pass --no-skip-background",
+        )
+    log.warning(
+        "%s: %d of %d %s have no prediction (NaN): %s; counted in uns['pixnet']['n_nan_rows']",
+        path.name,
+        n_nan,
+        n,
+        name,
+        why,
+    )
 
 
 def _set_path(out: Path, name: str) -> Path:
@@ -117,7 +183,7 @@ def build_spot_sets(
         grid = BinGrid(b, mpp, size_px, tissue[0], tissue[1])
         sets.append((grid, _set_path(out, grid.name)))
     if cfg.spots_csv:
-        spots = read_spots_csv(cfg.spots_csv, mpp, default_size_um=55.0)
+        spots = read_spots_csv(cfg.spots_csv, mpp, default_size_um=55.0, image_size_px=size_px)
         sets.append((spots, _set_path(out, spots.name)))
     if not sets:
         raise PixNetInputError(
@@ -134,8 +200,19 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
         raise PixNetInputError("--model", "no model given", "pass --model runs/.../model.pt")
     if not cfg.out:
         raise PixNetInputError("--out", "no output given", "pass --out pred/NAME.h5ad")
-    if cfg.dtype not in ("float32", "float16"):
-        raise PixNetInputError("--dtype", f"{cfg.dtype!r} unknown", "use float32 or float16")
+    check_fields(cfg)
+    if cfg.image and (cfg.samples or sample is not None):
+        raise PixNetInputError(
+            "--image",
+            "given together with --samples/--sample, whose image would be used instead",
+            "pass either --samples M --sample ID or --image SLIDE --mpp UM_PER_PX",
+        )
+    # outputs are checked before any work (a folder in the way, an unwritable place)
+    if Path(cfg.out).is_dir():
+        raise PixNetInputError(
+            cfg.out, "--out is a folder", "give the .h5ad file name, e.g. pred/NAME.h5ad"
+        )
+    check_output_folder(Path(cfg.out).parent)
     predictor = load_predictor(cfg.model, cfg.device)
     if sample is None and cfg.samples:
         from pixnet.io.manifest import load_manifest
@@ -162,15 +239,41 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
         mask = tissue_mask(thumb)
         if not mask.any():
             raise PixNetInputError(image, "no tissue found on the thumbnail", "check the image")
+        sizes = {f"--spot-diameters-um {d:g}": d / mpp for d in cfg.spot_diameters_um}
+        if sample is not None:
+            sizes[f"{sample.sample_id}: spot size"] = float(sample.spot_size_px)
+        check_memory = partial(
+            check_prediction_memory,
+            size_px=slide.size_px,
+            mpp=mpp,
+            working_mpp=predictor.working_mpp,
+            stride=predictor.stride,
+            n_genes=predictor.panel.n_genes,
+            tile_px=cfg.tile_px,
+        )
+        check_memory(sizes_px=sizes, bins_um=list(cfg.bins_um))
         sets = build_spot_sets(cfg, sample, mpp, slide.size_px, (mask, thumb_mpp))
+        for ss, _ in sets:  # a CSV's spot sizes are known now
+            sizes[f"{ss.name}: spot size"] = ss.max_size_px()
+        check_memory(sizes_px=sizes, bins_um=list(cfg.bins_um))
         for _, path in sets:
             check_writable(path, cfg.overwrite)
         hires, hires_mpp = slide.thumbnail(HIRES_MAX_SIDE)
-        writers = [
-            StreamingH5ad(path, len(ss), predictor.panel.genes, cfg.dtype, cfg.overwrite)
-            for ss, path in sets
-        ]
+        check_output_space(
+            Path(cfg.out).parent,
+            {path.name: len(ss) for ss, path in sets},
+            predictor.panel.n_genes,
+            np.dtype(cfg.dtype).itemsize,
+            extra_bytes_per_file=int(np.asarray(hires).nbytes),
+        )
+        dense = dense_map_writer(cfg, predictor, slide)
+        dense_paths: list[Path] = []
+        writers: list[StreamingH5ad] = []
         try:
+            for ss, path in sets:
+                writers.append(
+                    StreamingH5ad(path, len(ss), predictor.panel.genes, cfg.dtype, cfg.overwrite)
+                )
 
             def sink(k: int, block: Any, values: np.ndarray) -> None:
                 writers[k].write_rows(block.rows, values, block.ids, block.centres_px)
@@ -183,6 +286,7 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
                 tile_px=cfg.tile_px,
                 margin_px=cfg.margin_px,
                 tissue=(mask, thumb_mpp) if cfg.skip_background else None,
+                map_sink=dense,
             )
             for (ss, path), w in zip(sets, writers, strict=True):
                 size_px = ss.size_um / mpp
@@ -209,15 +313,34 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
                         "target": f"log1p({predictor.panel.target_sum:g} * count / spot total)",
                         "config": json.dumps(asdict(cfg)),
                         "stats": json.dumps({k: v for k, v in stats.items()}, default=str),
+                        "n_nan_rows": w.n_nan_rows,
                     },
                 }
-                w.finish(uns)
+                report_nan_rows(w.n_nan_rows, len(ss), ss.name, path, cfg.skip_background)
+                w.finish(uns, commit=False)
+            if dense is not None:
+                done = [(ss, w.tmp) for (ss, _), w in zip(sets, writers, strict=True)]
+                dense_paths = dense.finish(slide, done, library_id=library_id, commit=False)
+            # all requested files appear together (Ctrl-C held back for the renames)
+            with hold_interrupts():
+                for w in writers:
+                    w.commit()
+                if dense is not None:
+                    dense.commit()
+            for ss, path in sets:
                 log.info("%s: %d %s written to %s", library_id, len(ss), ss.name, path)
-        except BaseException:
+        except BaseException as e:
             for w in writers:
                 w.abort()
+            if dense is not None:
+                dense.abort()
+            if isinstance(e, Exception):
+                failed = next((w.path for w in writers if w.failed), Path(cfg.out))
+                raise_if_disk_full(
+                    e, failed, "free disk space (or raise the limit); no output was written"
+                )
             raise
-    return [p for _, p in sets]
+    return [p for _, p in sets] + dense_paths
 
 
 def run_predict_many(cfg: PredictConfig) -> list[Path]:

@@ -93,7 +93,9 @@ class BinGrid(SpotSet):
     """Square bins of ``bin_um`` tiling the tissue, like Visium HD ``square_XXXum``.
 
     Bin ``(row i, col j)`` covers full-resolution ``[j*s, (j+1)*s) x [i*s, (i+1)*s)``
-    with ``s = bin_um / mpp``; it is kept when the tissue mask is true at its centre.
+    with ``s = bin_um / mpp``; it is kept when its centre lies inside the image and the
+    tissue mask is true there (a bin on the right or bottom edge may reach past the image:
+    its value is the mean over the part inside).
     Ids follow Space Ranger: ``s_002um_{i:05d}_{j:05d}``.
     """
 
@@ -110,8 +112,9 @@ class BinGrid(SpotSet):
         self.side_px = bin_um / mpp
         self.mpp = mpp
         W, H = image_size_px
-        self.n_cols = int(np.ceil(W / self.side_px))
-        self.n_rows = int(np.ceil(H / self.side_px))
+        # only bins whose centre lies inside the image: (j + 0.5) * s < W
+        self.n_cols = max(0, int(np.ceil(W / self.side_px - 0.5)))
+        self.n_rows = max(0, int(np.ceil(H / self.side_px - 0.5)))
         self.tissue, self.tissue_scale = tissue, mpp / tissue_mpp
         self._row_counts = np.array([self._keep(i).sum() for i in range(self.n_rows)])
         self._row_start = np.concatenate([[0], np.cumsum(self._row_counts)])
@@ -157,32 +160,71 @@ class BinGrid(SpotSet):
                 yield SpotBlock(np.zeros(0, np.int64), [], np.zeros((0, 2)), np.zeros(0))
 
 
+SPOTS_CSV_COLUMNS = "x, y (full-resolution pixels) and optionally id, diameter_um or side_um"
+# a spot may reach past the image (its mean is taken over the part inside) but not be far
+# larger than it: the predictor keeps map rows for the largest spot in memory
+MAX_SPOT_OVER_IMAGE = 2.0
+# more spot centres than this share outside the image is an error, fewer are dropped
+MAX_OUTSIDE_FRACTION = 0.1
+
+
+def _numeric_column(df: pd.DataFrame, col: str, p: Path) -> np.ndarray:
+    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise PixNetInputError(
+            p,
+            f"column {col!r}, line {i + 2}: {df[col].iloc[i]!r} is not a finite number "
+            f"({int(bad.sum())} such row(s))",
+            f"fill every {col} with a number",
+        )
+    return values
+
+
 def read_spots_csv(
-    path: str | Path, mpp: float, default_size_um: float, default_shape: str = "disk"
+    path: str | Path,
+    mpp: float,
+    default_size_um: float,
+    default_shape: str = "disk",
+    image_size_px: tuple[int, int] | None = None,
 ) -> ExplicitSpots:
     """A user's spots: CSV with ``x, y`` (full-res px) and optional ``id``,
-    ``diameter_um`` (disks) or ``side_um`` (squares)."""
-    p = Path(path)
-    if not p.is_file():
-        raise PixNetInputError(p, "spots CSV not found", "pass a CSV with columns x, y")
-    df = pd.read_csv(p)
+    ``diameter_um`` (disks) or ``side_um`` (squares).
+
+    Refused with a one-line error: an empty or header-only file, a binary file,
+    a duplicated column, non-numeric or missing ``x``/``y``/sizes, duplicated ids, and
+    (given ``image_size_px``) spots more than twice the image's diagonal across, or more
+    than 10% of the centres outside the image (swapped x/y or another image's
+    coordinates). A few centres outside the image (at most 10%) are dropped, with their
+    count and the first id logged as a warning.
+    """
+    from pixnet.io import validate as v
+
+    p = v.require_file(path, f"a spots CSV with columns {SPOTS_CSV_COLUMNS}")
+    df = v.read_table(p, f"a spots CSV with columns {SPOTS_CSV_COLUMNS}")
     for col in ("x", "y"):
         if col not in df.columns:
             raise PixNetInputError(
                 p,
-                f"column {col!r} missing",
-                "expected x, y (full-resolution pixels) and optionally id, diameter_um or side_um",
+                f"column {col!r} missing (found {', '.join(map(str, df.columns))})",
+                f"expected {SPOTS_CSV_COLUMNS}",
             )
-    xy = df[["x", "y"]].to_numpy(dtype=np.float64)
-    if not np.isfinite(xy).all():
-        raise PixNetInputError(p, "non-numeric or missing x/y values", "fill every x and y")
+    if not len(df):
+        raise PixNetInputError(p, "no spots (only a header line)", "add one row per spot")
+    xy = np.c_[_numeric_column(df, "x", p), _numeric_column(df, "y", p)]
     shape, size_um = default_shape, np.full(len(df), float(default_size_um))
     if "side_um" in df.columns:
-        shape, size_um = "square", df["side_um"].to_numpy(dtype=np.float64)
+        shape, size_um = "square", _numeric_column(df, "side_um", p)
     elif "diameter_um" in df.columns:
-        shape, size_um = "disk", df["diameter_um"].to_numpy(dtype=np.float64)
-    if not (np.isfinite(size_um).all() and (size_um > 0).all()):
-        raise PixNetInputError(p, "spot sizes must be positive numbers", "fix diameter_um/side_um")
+        shape, size_um = "disk", _numeric_column(df, "diameter_um", p)
+    if not (size_um > 0).all():
+        i = int(np.argmax(~(size_um > 0)))
+        raise PixNetInputError(
+            p,
+            f"spot sizes must be positive; line {i + 2} has {size_um[i]:g} um",
+            "fix diameter_um/side_um",
+        )
     ids = (
         df["id"].astype(str).tolist()
         if "id" in df.columns
@@ -190,4 +232,43 @@ def read_spots_csv(
     )
     if len(set(ids)) != len(ids):
         raise PixNetInputError(p, "column 'id' has duplicated values", "make spot ids unique")
-    return ExplicitSpots(f"csv_{p.stem}", ids, xy, size_um / mpp, shape, float(np.median(size_um)))
+    sizes_px = size_um / mpp
+    if image_size_px is not None:
+        W, H = image_size_px
+        limit_px = MAX_SPOT_OVER_IMAGE * float(np.hypot(W, H))
+        i = int(np.argmax(sizes_px))
+        if sizes_px[i] > limit_px:
+            raise PixNetInputError(
+                p,
+                f"spot {ids[i]!r} is {size_um[i]:g} um = {sizes_px[i]:,.0f} px across at "
+                f"{mpp:g} um/px, more than twice the image's diagonal ({W} x {H} px); "
+                "predicting it would hold about "
+                f"{_rows_gib(sizes_px[i], W, mpp):,.1f} GiB of map rows per gene (4 um cells)",
+                "give diameter_um/side_um in micrometres (a spot is at most the image's size)",
+            )
+        outside = (xy[:, 0] < 0) | (xy[:, 0] >= W) | (xy[:, 1] < 0) | (xy[:, 1] >= H)
+        n_out = int(outside.sum())
+        if n_out:
+            k = int(np.argmax(outside))
+            what = (
+                f"{n_out} of {len(ids)} spot centres lie outside the image ({W} x {H} px); "
+                f"first: {ids[k]!r} at (x={xy[k, 0]:g}, y={xy[k, 1]:g})"
+            )
+            if n_out > MAX_OUTSIDE_FRACTION * len(ids):
+                raise PixNetInputError(
+                    p,
+                    what,
+                    "x, y must be full-resolution pixels (column, row) of the image predicted "
+                    "on: are x and y swapped, or from another image or resolution?",
+                )
+            log.warning("%s: %s; dropped (not predicted)", p, what)
+            keep = ~outside
+            xy, sizes_px, size_um = xy[keep], sizes_px[keep], size_um[keep]
+            ids = [s for s, k2 in zip(ids, keep, strict=True) if k2]
+    return ExplicitSpots(f"csv_{p.stem}", ids, xy, sizes_px, shape, float(np.median(size_um)))
+
+
+def _rows_gib(size_px: float, width_px: int, mpp: float, map_um: float = 4.0) -> float:
+    """Rough memory of ``size_px`` rows of a float32 map ``width_px`` wide, per gene (GiB)."""
+    cells = max(1.0, size_px * mpp / map_um) * max(1.0, width_px * mpp / map_um)
+    return cells * 4 / 2**30

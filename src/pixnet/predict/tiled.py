@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pixnet.data.preprocess import GenePanel
-from pixnet.io.modelfile import load_model_file
+from pixnet.io.modelfile import describe_status, load_model_file
 from pixnet.io.slide import Slide
 from pixnet.io.tissue import tissue_fraction_in_rect
 from pixnet.models.pixnet import PixNet, PixNetConfig, model_device, resolve_device
@@ -61,6 +61,9 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """Load ``model.pt`` (weights_only) into an eval-mode :class:`Predictor` on ``device``
     (``"auto"``: this process's GPU when CUDA is available, see :func:`resolve_device`)."""
     payload = load_model_file(path)
+    status = payload.get("training") or None
+    if status and not status.get("finished", True):
+        log.warning("%s: %s", path, describe_status(status))
     mcfg = PixNetConfig.from_dict(dict(payload["model_config"]))
     mcfg.pretrained = None  # the file's weights already hold the encoder
     model = PixNet(mcfg)
@@ -141,47 +144,49 @@ def predict_slide(
     bar = tqdm(
         total=n_tx * n_ty, desc=f"predicting {slide.path.name}", unit="tile", disable=not progress
     )
-    side = tile_px + 2 * margin_px
-    for ty in range(n_ty):
-        buf[:, keep:] = 0.0
-        todo = []
-        for tx in range(n_tx):
-            loc = ((tx * tile_px - margin_px) * to_full, (ty * tile_px - margin_px) * to_full)
-            if tissue is not None:
-                frac = tissue_fraction_in_rect(
-                    tissue[0], tissue[1], loc, (side * to_full, side * to_full), f_mpp
-                )
-                if frac <= 0.0:
-                    stats["tiles_skipped"] += 1
-                    bar.update(1)
-                    continue
-            todo.append((tx, loc))
-        for b in range(0, len(todo), batch_tiles):
-            chunk = todo[b : b + batch_tiles]
-            imgs = np.stack([slide.read_rect(loc, (side, side), w_mpp) for _, loc in chunk])
-            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
-            with torch.inference_mode():
-                x = x.to(model_device(model))
-                maps = prepare_map(model(x), predictor.readout).float().cpu()
-            for (tx, _), m in zip(chunk, maps, strict=True):
-                buf[:G, keep:, tx * tc : (tx + 1) * tc] = m[:, mc : mc + tc, mc : mc + tc]
-                buf[G, keep:, tx * tc : (tx + 1) * tc] = 1.0
-            stats["tiles_run"] += len(chunk)
-            bar.update(len(chunk))
-        row0 = ty * tc - keep  # global cell row of buf row 0
-        for k, it in enumerate(iters):
-            block = next(it)
-            for sub in _split(block, max_spots_per_write):
-                sink(k, sub, _aggregate(predictor, buf, sub, cell_px, row0, spot_sets[k].shape))
-        if map_sink is not None:
-            vals = buf[:G, keep:]
-            if predictor.readout == "density":
-                vals = torch.log1p(vals)
-            elif predictor.readout == "sum":
-                vals = vals * float(s * s)
-            map_sink(ty * tc, vals.numpy(), buf[G, keep:].numpy() > 0)
-        buf[:, :keep] = buf[:, -keep:].clone()
-    bar.close()
+    try:  # the bar is closed on errors too, so that an error starts its own line
+        side = tile_px + 2 * margin_px
+        for ty in range(n_ty):
+            buf[:, keep:] = 0.0
+            todo = []
+            for tx in range(n_tx):
+                loc = ((tx * tile_px - margin_px) * to_full, (ty * tile_px - margin_px) * to_full)
+                if tissue is not None:
+                    frac = tissue_fraction_in_rect(
+                        tissue[0], tissue[1], loc, (side * to_full, side * to_full), f_mpp
+                    )
+                    if frac <= 0.0:
+                        stats["tiles_skipped"] += 1
+                        bar.update(1)
+                        continue
+                todo.append((tx, loc))
+            for b in range(0, len(todo), batch_tiles):
+                chunk = todo[b : b + batch_tiles]
+                imgs = np.stack([slide.read_rect(loc, (side, side), w_mpp) for _, loc in chunk])
+                x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
+                with torch.inference_mode():
+                    x = x.to(model_device(model))
+                    maps = prepare_map(model(x), predictor.readout).float().cpu()
+                for (tx, _), m in zip(chunk, maps, strict=True):
+                    buf[:G, keep:, tx * tc : (tx + 1) * tc] = m[:, mc : mc + tc, mc : mc + tc]
+                    buf[G, keep:, tx * tc : (tx + 1) * tc] = 1.0
+                stats["tiles_run"] += len(chunk)
+                bar.update(len(chunk))
+            row0 = ty * tc - keep  # global cell row of buf row 0
+            for k, it in enumerate(iters):
+                block = next(it)
+                for sub in _split(block, max_spots_per_write):
+                    sink(k, sub, _aggregate(predictor, buf, sub, cell_px, row0, spot_sets[k].shape))
+            if map_sink is not None:
+                vals = buf[:G, keep:]
+                if predictor.readout == "density":
+                    vals = torch.log1p(vals)
+                elif predictor.readout == "sum":
+                    vals = vals * float(s * s)
+                map_sink(ty * tc, vals.numpy(), buf[G, keep:].numpy() > 0)
+            buf[:, :keep] = buf[:, -keep:].clone()
+    finally:
+        bar.close()
     return stats
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pixnet.config import DEVICE_HINT, DEVICE_PATTERN
 from pixnet.config import help_meta as _h
+from pixnet.data.regions import REGION_SOURCES
+from pixnet.models.pixnet import PRESETS
+from pixnet.models.vit_pyramid import PYRAMIDS
+from pixnet.ops.readout import READOUTS
+
+ATTENTIONS: tuple[str, ...] = ("preset", "row", "axial")
 
 
 @dataclass
@@ -14,38 +21,92 @@ class TrainConfig:
         default_factory=list, metadata=_h("sample ids left out of training (test samples)")
     )
     out: str = field(default="runs/example", metadata=_h("run folder"))
-    preset: str = field(default="cpu", metadata=_h("model preset: cpu or paper"))
-    n_genes: int = field(default=250, metadata=_h("top genes by mean expression to predict"))
-    working_mpp: float = field(default=2.0, metadata=_h("um per pixel the network sees"))
-    crop_px: int = field(default=256, metadata=_h("training crop side, working pixels"))
-    batch_size: int = field(default=8, metadata=_h("crops per batch"))
-    epochs: int = field(default=30, metadata=_h("training epochs (paper: 200)"))
+    preset: str = field(
+        default="cpu", metadata=_h("model preset: cpu or paper", choices=tuple(PRESETS))
+    )
+    n_genes: int = field(default=250, metadata=_h("top genes by mean expression to predict", ge=1))
+    working_mpp: float = field(default=2.0, metadata=_h("um per pixel the network sees", gt=0))
+    crop_px: int = field(
+        default=256, metadata=_h("training crop side, working pixels", ge=32, multiple_of=32)
+    )
+    batch_size: int = field(default=8, metadata=_h("crops per batch", ge=1))
+    epochs: int = field(default=30, metadata=_h("training epochs (paper: 200)", ge=1))
     micro_batches: int = field(
         default=1,
         metadata=_h(
             "forward each batch in this many parts (BatchNorm statistics per part); one "
-            "process with N equals a torchrun job of N processes"
+            "process with N equals a torchrun job of N processes",
+            ge=1,
         ),
     )
     crops_per_epoch: int = field(
-        default=0, metadata=_h("crops per epoch (0: about one supervision per spot)")
+        default=0, metadata=_h("crops per epoch (0: about one supervision per spot)", ge=0)
     )
-    lr: float = field(default=5e-4, metadata=_h("Adam learning rate (paper: 5e-4)"))
-    weight_decay: float = field(default=1e-4, metadata=_h("Adam weight decay (paper: 1e-4)"))
-    pcc_weight: float = field(default=0.5, metadata=_h("lambda of the PCC loss (paper: 0.5)"))
+    lr: float = field(default=5e-4, metadata=_h("Adam learning rate (paper: 5e-4)", gt=0))
+    weight_decay: float = field(default=1e-4, metadata=_h("Adam weight decay (paper: 1e-4)", ge=0))
+    pcc_weight: float = field(default=0.5, metadata=_h("lambda of the PCC loss (paper: 0.5)", ge=0))
     readout: str = field(
-        default="mean", metadata=_h("spot read-out: mean, density, or the paper's sum")
+        default="mean",
+        metadata=_h("spot read-out: mean, density, or the paper's sum", choices=READOUTS),
     )
     val_fraction: float = field(
-        default=0.15, metadata=_h("share of each training sample's spots held out for validation")
+        default=0.15,
+        metadata=_h("share of each training sample's spots held out for validation", ge=0, lt=1),
+    )
+    coarsen: int = field(
+        default=1,
+        metadata=_h(
+            "supervise K x K blocks of array positions as one region (counts summed); "
+            "1: single spots",
+            ge=1,
+        ),
+    )
+    regions: str = field(
+        default="spots",
+        metadata=_h(
+            "spots (single spots or --coarsen blocks) or group (the samples' 'group' labels)",
+            choices=REGION_SOURCES,
+        ),
+    )
+    attention: str = field(
+        default="preset",
+        metadata=_h(
+            "decoder attention: preset (its own), row (paper: each row attends within "
+            "itself), axial (rows and columns)",
+            choices=ATTENTIONS,
+        ),
     )
     augment: bool = field(default=True, metadata=_h("flips, rotations, stain jitter"))
-    pretrained: str | None = field(default=None, metadata=_h("encoder weights file"))
-    seed: int = field(default=0, metadata=_h("random seed"))
+    pretrained: str | None = field(
+        default=None,
+        metadata=_h(
+            "encoder weights file: ResNet18 (torchvision/timm/Ciga/pixnet pretrain) or, for a "
+            "ViT --encoder, pytorch_model.bin, model.safetensors or their folder"
+        ),
+    )
+    encoder: str = field(
+        default="resnet18",
+        metadata=_h(
+            "encoder by name: resnet18, vit-b16, uni, uni2-h, virchow2, h-optimus-0 "
+            "(pixnet.models.registry); recorded in model.pt"
+        ),
+    )
+    vit_pyramid: str = field(
+        default="simple",
+        metadata=_h("ViT feature pyramid: simple (last block) or dpt", choices=PYRAMIDS),
+    )
+    freeze_encoder: bool = field(
+        default=False, metadata=_h("train the decoder only (a ViT's stem and neck still train)")
+    )
+    seed: int = field(default=0, metadata=_h("random seed", ge=0))
     device: str = field(
         default="auto",
-        metadata=_h("auto (the process's GPU if CUDA is available, else cpu), cpu, cuda:N"),
+        metadata=_h(
+            "auto (the process's GPU if CUDA is available, else cpu), cpu, cuda:N",
+            pattern=DEVICE_PATTERN,
+            pattern_hint=DEVICE_HINT,
+        ),
     )
-    threads: int = field(default=0, metadata=_h("torch CPU threads (0: torch default)"))
+    threads: int = field(default=0, metadata=_h("torch CPU threads (0: torch default)", ge=0))
     resume: bool = field(default=False, metadata=_h("continue from OUT/checkpoint.pt"))
     overwrite: bool = field(default=False, metadata=_h("replace an existing run folder's model"))

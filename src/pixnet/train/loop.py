@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pixnet.config import save_config
+from pixnet.config import check_fields, save_config
 from pixnet.data.crops import (
     CropBatch,
     CropSampler,
@@ -35,9 +35,10 @@ from pixnet.data.crops import (
     validation_masks,
 )
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
+from pixnet.data.regions import region_targets, sample_regions
 from pixnet.errors import PixNetInputError
-from pixnet.io.atomic import append_line_atomic, atomic_write, check_writable
-from pixnet.io.modelfile import save_model_file
+from pixnet.io.atomic import atomic_write, check_writable
+from pixnet.io.modelfile import load_model_file, model_payload, torch_save
 from pixnet.io.sample import Sample
 from pixnet.models.pixnet import (
     PixNet,
@@ -46,9 +47,10 @@ from pixnet.models.pixnet import (
     model_device,
     resolve_device,
 )
+from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.losses import check_finite_loss, pearson_per_gene, pixnet_loss
-from pixnet.ops.readout import check_readout, prepare_map, spot_values
+from pixnet.ops.readout import check_readout, prepare_map, region_values, spot_values
 from pixnet.train.config import TrainConfig
 from pixnet.train.distributed import (
     DistInfo,
@@ -56,6 +58,14 @@ from pixnet.train.distributed import (
     gather_rows,
     init_distributed,
     shutdown,
+)
+from pixnet.train.runfolder import (
+    check_same_genes,
+    commit_files,
+    describe_status,
+    load_checkpoint,
+    restore_state,
+    training_status,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +84,11 @@ def predict_batch(
     integ, area = integrate_spots(
         maps, batch.centres / stride, batch.sizes / stride, batch.shape, batch.batch_index
     )
-    return spot_values(integ, area, readout, cell_area_px=float(stride * stride))
+    cell_area_px = float(stride * stride)
+    if batch.groups is not None:  # regions of several spots: one row per region
+        n = len(batch.targets)
+        return region_values(integ, area, batch.groups, n, readout, cell_area_px)
+    return spot_values(integ, area, readout, cell_area_px)
 
 
 def optimise_step(
@@ -142,11 +156,27 @@ def _checkpoint_state(
 def prepare_training_slides(
     cfg: TrainConfig, samples: list[Sample]
 ) -> tuple[GenePanel, list[SlideSpots]]:
-    """Fit the gene panel on ``samples`` and read them at the working resolution."""
+    """Fit the gene panel on ``samples`` and read them at the working resolution.
+
+    With ``cfg.coarsen > 1`` or ``cfg.regions == "group"`` each slide supervises regions of
+    several spots (:mod:`pixnet.data.regions`): its targets are the regions' targets.
+    """
     panel = fit_gene_panel(samples, n_genes=cfg.n_genes)
     slides = []
     for s in tqdm(samples, desc="reading slides", unit="slide", leave=False):
-        slides.append(load_slide_spots(s, cfg.working_mpp, panel.transform(s)))
+        if cfg.coarsen == 1 and cfg.regions == "spots":
+            slides.append(load_slide_spots(s, cfg.working_mpp, panel.transform(s)))
+            continue
+        reg = sample_regions(s, cfg.coarsen, cfg.regions)
+        targets = region_targets(s, reg, panel)[reg.index]
+        log.info(
+            "%s: %d spots in %d regions (members: %s)",
+            s.sample_id,
+            s.n_spots,
+            reg.n_regions,
+            ", ".join(f"{k} x {v}" for k, v in reg.summary().items()),
+        )
+        slides.append(load_slide_spots(s, cfg.working_mpp, targets, region=reg.index))
     return panel, slides
 
 
@@ -157,7 +187,10 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         PixNetInputError: bad configuration, or an existing run without ``--resume`` /
             ``--overwrite``.
     """
+    check_fields(cfg)
     check_readout(cfg.readout)
+    resolve_device(cfg.device)  # a device this machine lacks is refused before any work
+    get_encoder_spec(cfg.encoder)  # an unknown --encoder too
     if cfg.crop_px % 32:
         raise PixNetInputError(
             "train config",
@@ -192,13 +225,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         check_writable(ckpt_path, cfg.overwrite)
     elif not ckpt_path.is_file():
         raise PixNetInputError(ckpt_path, "no checkpoint to resume from", "drop --resume")
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # left by a run killed while writing
-            stale.unlink()
-        if not cfg.resume:  # a fresh run (--overwrite) starts a fresh log
-            (out / "log.jsonl").unlink(missing_ok=True)
-    barrier(info)
+    # a refused --resume leaves the folder untouched: read and check everything first
+    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -211,7 +239,15 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         augment=cfg.augment,
         crops_per_epoch=cfg.crops_per_epoch or None,
     )
-    mcfg = from_preset(cfg.preset, n_genes=panel.n_genes, pretrained=cfg.pretrained)
+    mcfg = from_preset(
+        cfg.preset,
+        n_genes=panel.n_genes,
+        pretrained=cfg.pretrained,
+        encoder=cfg.encoder,
+        vit_pyramid=cfg.vit_pyramid,
+        freeze_encoder=cfg.freeze_encoder,
+        **({} if cfg.attention == "preset" else {"axial": cfg.attention == "axial"}),
+    )
     device = resolve_device(cfg.device)
     model = build_pixnet(mcfg).to(device)
     _init_head(model, panel, cfg.readout, spot_area_wpx=_spot_area(slides[0]))
@@ -225,6 +261,19 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         "crop_px": cfg.crop_px,
     }
     n_val = int(sum(m.sum() for m in val_masks))
+    start, best = 0, {"val_loss": float("inf"), "epoch": -1}
+    if resumed is not None:
+        _check_same_genes(resumed, model, panel, ckpt_path, model_path)
+        restore_state(resumed, model, opt, ckpt_path)
+        start = int(resumed["epoch"]) + 1
+        best = dict(resumed.get("best") or best)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a run killed while writing
+            stale.unlink()
+        if not cfg.resume:  # a fresh run (--overwrite) starts a fresh log
+            (out / "log.jsonl").unlink(missing_ok=True)
+    barrier(info)
     if info.is_main:
         save_config(
             cfg,
@@ -234,18 +283,14 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                 "geometry": geometry,
                 "train_samples": [s.sample_id for s in samples],
                 "n_train_spots": int(len(sampler.anchors)),
+                "region_members": {
+                    sl.sample_id: _member_histogram(sl) for sl in slides if sl.region is not None
+                },
                 "n_val_spots": n_val,
                 "crops_per_epoch_resolved": sampler.crops_per_epoch,
             },
         )
-    start, best = 0, {"val_loss": float("inf"), "epoch": -1}
-    if cfg.resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        _check_same_genes(state, model, ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best = int(state["epoch"]) + 1, dict(state["best"])
+    if resumed is not None:
         if info.is_main:
             truncate_epoch_log(out / "log.jsonl", start)
         log.info("resumed from %s at epoch %d", ckpt_path, start)
@@ -303,20 +348,25 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         }
         record["seconds"] = round(time.perf_counter() - t0, 3)
         # without validation spots the last epoch is kept
+        writes = []
         if "val_loss" not in record or record["val_loss"] < best["val_loss"]:
             best = {"val_loss": record.get("val_loss", float("nan")), "epoch": epoch}
-            save_model_file(
-                model_path,
+            payload = model_payload(
                 state_dict=model.state_dict(),
                 model_config=mcfg.to_dict(),
                 panel=panel.to_dict(),
                 geometry=geometry,
                 train_config=asdict(cfg),
+                training=training_status(epoch + 1 == cfg.epochs, epoch + 1, cfg.epochs, epoch),
             )
+            writes.append((model_path, partial(save_torch, payload)))
         record["best_epoch"] = best["epoch"]
         state = _checkpoint_state(model, opt, epoch, best)
-        atomic_write(ckpt_path, partial(save_torch, state))
-        append_line_atomic(log_path, json.dumps(record))
+        state["genes"] = list(panel.genes)
+        writes.append((ckpt_path, partial(save_torch, state)))
+        writes.append((log_path, partial(append_log_line, log_path, json.dumps(record))))
+        # one consistent epoch: every file is written before any is renamed
+        commit_files(writes)
         log.info(
             "epoch %d: loss %.4f val_mse %s val_pcc_m %s (%.1fs)",
             epoch,
@@ -326,24 +376,57 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             record["seconds"],
         )
         barrier(info)
+    if info.is_main:
+        _mark_finished(model_path, cfg.epochs, int(best["epoch"]))
     return model_path
 
 
+def _mark_finished(model_path: Path, epochs: int, best_epoch: int) -> None:
+    """Record in ``model.pt`` that the run finished all ``epochs`` (the best epoch's
+    weights may have been written epochs before the end)."""
+    if not model_path.is_file():  # no epoch ever validated to a finite loss
+        log.warning("%s was not written: no epoch had a finite validation loss", model_path)
+        return
+    payload = torch.load(model_path, map_location="cpu", weights_only=True)
+    status = training_status(True, epochs, epochs, best_epoch)
+    if payload.get("training") != status:
+        payload["training"] = status
+        commit_files([(model_path, partial(save_torch, payload))])
+    log.info("training %s", describe_status(status))
+
+
+def append_log_line(old_path: Path, line: str, tmp: Path) -> None:
+    """The epoch log ``old_path`` with ``line`` appended, written to ``tmp``."""
+    old = old_path.read_text() if old_path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    tmp.write_text(old + line.rstrip("\n") + "\n")
+
+
 def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` with the (object, path) argument order :func:`atomic_write` wants."""
-    torch.save(obj, path)
+    """``torch.save`` with the (object, path) argument order :func:`atomic_write` wants;
+    a full disk surfaces as ``OSError`` (see :func:`pixnet.io.modelfile.torch_save`)."""
+    torch_save(obj, path)
 
 
-def _check_same_genes(state: dict[str, Any], model: PixNet, path: Path) -> None:
-    """A checkpoint from a run with another gene set cannot be resumed."""
+def _check_same_genes(
+    state: dict[str, Any], model: PixNet, panel: GenePanel, path: Path, model_path: Path
+) -> None:
+    """A checkpoint from a run with another gene set (count or names) cannot be resumed.
+
+    Checkpoints record their genes; older ones are compared through the run's
+    ``model.pt`` when it is there.
+    """
     head = [k for k in state["model"] if k.endswith("head.weight")]
     n_ckpt = int(state["model"][head[0]].shape[0]) if head else -1
-    if n_ckpt != model.n_genes:
-        raise PixNetInputError(
-            path,
-            f"checkpoint predicts {n_ckpt} genes, this run {model.n_genes}",
-            "resume with the same samples and --n-genes, or start a new --out",
-        )
+    genes = state.get("genes")
+    if genes is None and model_path.is_file():
+        try:
+            genes = load_model_file(model_path)["panel"]["genes"]
+        except (PixNetInputError, KeyError):
+            genes = None
+    check_same_genes(genes, n_ckpt, list(panel.genes), path)
+    assert model.n_genes == len(panel.genes)
 
 
 def truncate_epoch_log(path: Path, start_epoch: int) -> None:
@@ -354,6 +437,13 @@ def truncate_epoch_log(path: Path, start_epoch: int) -> None:
     keep = [x for x in lines if json.loads(x)["epoch"] < start_epoch]
     if len(keep) != len(lines):
         atomic_write(path, lambda t: t.write_text("".join(x + "\n" for x in keep)))
+
+
+def _member_histogram(s: SlideSpots) -> dict[str, int]:
+    """``{"4": 120, "3": 10}``: how many regions of a slide have how many member spots."""
+    assert s.region is not None
+    vals, cnt = np.unique(np.bincount(s.region), return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(vals, cnt, strict=True)}
 
 
 def _fmt(v: float | None) -> str:

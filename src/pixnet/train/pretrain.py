@@ -36,11 +36,11 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pixnet.config import check_fields, save_config
 from pixnet.config import help_meta as _h
-from pixnet.config import save_config
 from pixnet.data.crops import crop_image, rot_flip_image, stain_jitter
 from pixnet.errors import PixNetInputError
-from pixnet.io.atomic import append_line_atomic, atomic_write, check_writable
+from pixnet.io.atomic import check_writable
 from pixnet.io.sample import Sample
 from pixnet.io.slide import (
     OPENSLIDE_SUFFIXES,
@@ -53,7 +53,8 @@ from pixnet.io.tissue import tissue_mask
 from pixnet.models.resnet import ResNet18Encoder
 from pixnet.models.weights import save_encoder_weights
 from pixnet.ops.losses import check_finite_loss
-from pixnet.train.loop import save_torch, truncate_epoch_log
+from pixnet.train.loop import append_log_line, save_torch, truncate_epoch_log
+from pixnet.train.runfolder import commit_files, load_checkpoint, restore_state
 
 log = logging.getLogger(__name__)
 
@@ -67,28 +68,31 @@ class PretrainConfig:
 
     samples: str = field(default="", metadata=_h("sample manifest CSV (its images are used)"))
     images: str = field(default="", metadata=_h("folder of H&E images (instead of --samples)"))
-    mpp: float = field(default=0.0, metadata=_h("um per pixel of the --images files"))
+    mpp: float = field(default=0.0, metadata=_h("um per pixel of the --images files", ge=0))
     out: str = field(default="runs/pretrain", metadata=_h("run folder"))
-    working_mpp: float = field(default=2.0, metadata=_h("um per pixel the encoder sees"))
-    tile_px: int = field(default=96, metadata=_h("tile side, working pixels"))
-    batch_size: int = field(default=32, metadata=_h("tiles per batch (2 views each)"))
-    epochs: int = field(default=20, metadata=_h("pretraining epochs"))
-    tiles_per_epoch: int = field(default=2048, metadata=_h("tiles drawn per epoch"))
-    lr: float = field(default=1e-3, metadata=_h("Adam learning rate"))
-    weight_decay: float = field(default=1e-6, metadata=_h("Adam weight decay"))
-    temperature: float = field(default=0.1, metadata=_h("NT-Xent temperature"))
-    proj_dim: int = field(default=128, metadata=_h("projection head output size"))
-    min_tissue: float = field(default=0.5, metadata=_h("least tissue fraction of a tile"))
-    stain_sigma: float = field(default=0.1, metadata=_h("HED stain jitter scale range"))
+    working_mpp: float = field(default=2.0, metadata=_h("um per pixel the encoder sees", gt=0))
+    tile_px: int = field(default=96, metadata=_h("tile side, working pixels", ge=32))
+    batch_size: int = field(default=32, metadata=_h("tiles per batch (2 views each)", ge=2))
+    epochs: int = field(default=20, metadata=_h("pretraining epochs", ge=1))
+    tiles_per_epoch: int = field(default=2048, metadata=_h("tiles drawn per epoch", ge=2))
+    lr: float = field(default=1e-3, metadata=_h("Adam learning rate", gt=0))
+    weight_decay: float = field(default=1e-6, metadata=_h("Adam weight decay", ge=0))
+    temperature: float = field(default=0.1, metadata=_h("NT-Xent temperature", gt=0))
+    proj_dim: int = field(default=128, metadata=_h("projection head output size", ge=1))
+    min_tissue: float = field(
+        default=0.5, metadata=_h("least tissue fraction of a tile", ge=0, le=1)
+    )
+    stain_sigma: float = field(default=0.1, metadata=_h("HED stain jitter scale range", ge=0))
     max_cached_px: int = field(
         default=25_000_000,
         metadata=_h(
             "slides up to this many working pixels are held in memory; larger "
-            "ones are read tile by tile"
+            "ones are read tile by tile",
+            ge=0,
         ),
     )
-    seed: int = field(default=0, metadata=_h("random seed"))
-    threads: int = field(default=0, metadata=_h("torch CPU threads (0: torch default)"))
+    seed: int = field(default=0, metadata=_h("random seed", ge=0))
+    threads: int = field(default=0, metadata=_h("torch CPU threads (0: torch default)", ge=0))
     resume: bool = field(default=False, metadata=_h("continue from OUT/checkpoint.pt"))
     overwrite: bool = field(default=False, metadata=_h("replace an existing run"))
 
@@ -433,6 +437,7 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
         PixNetInputError: bad configuration, no tissue tiles, or an existing run
             without ``--resume`` / ``--overwrite``.
     """
+    check_fields(cfg)
     _check_config(cfg)
     out = Path(cfg.out)
     ckpt_path, enc_path, log_path = out / "checkpoint.pt", out / "encoder.pt", out / "log.jsonl"
@@ -441,12 +446,9 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
         check_writable(ckpt_path, cfg.overwrite)
     elif not ckpt_path.is_file():
         raise PixNetInputError(ckpt_path, "no checkpoint to resume from", "drop --resume")
+    # a refused --resume leaves the folder untouched: read and check everything first
+    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
     sources = list_images(cfg, samples)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a run killed while writing
-        stale.unlink()
-    if not cfg.resume:
-        log_path.unlink(missing_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     slides = [
@@ -457,6 +459,15 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
     torch.manual_seed(cfg.seed)
     model = SimCLRModel(cfg.proj_dim)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if resumed is not None:
+        restore_state(resumed, model, opt, ckpt_path)
+        start = int(resumed["epoch"]) + 1
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a run killed while writing
+        stale.unlink()
+    if not cfg.resume:
+        log_path.unlink(missing_ok=True)
     save_config(
         cfg,
         out / "config.json",
@@ -465,13 +476,7 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
             "n_tile_positions": sampler.n_positions,
         },
     )
-    start = 0
-    if cfg.resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["epoch"]) + 1
+    if resumed is not None:
         truncate_epoch_log(log_path, start)
         log.info("resumed from %s at epoch %d", ckpt_path, start)
     log.info(
@@ -511,15 +516,20 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
             "batches": n_b,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        save_encoder_weights(model.encoder, enc_path)
         state = {
             "epoch": epoch,
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
-        atomic_write(ckpt_path, partial(save_torch, state))
-        append_line_atomic(log_path, json.dumps(record))
+        # one consistent epoch: every file is written before any is renamed
+        commit_files(
+            [
+                (enc_path, partial(save_encoder_weights, model.encoder)),
+                (ckpt_path, partial(save_torch, state)),
+                (log_path, partial(append_log_line, log_path, json.dumps(record))),
+            ]
+        )
         log.info("epoch %d: loss %.4f (%.1fs)", epoch, record["loss"], record["seconds"])
     for s in slides:
         s.slide.close()

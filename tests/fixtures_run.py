@@ -1,0 +1,59 @@
+"""Tiny run artefacts for tests of outputs and run folders: a model file written without
+training (random weights, a real gene panel), and helpers to snapshot folders and run
+the command line."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from pixnet.cli import main
+from pixnet.data.preprocess import fit_gene_panel
+from pixnet.io.manifest import load_manifest
+from pixnet.io.modelfile import save_model_file, training_status
+from pixnet.models.pixnet import build_pixnet, from_preset
+
+WORKING_MPP = 8.0
+
+
+def tiny_model_file(manifest: Path, path: Path, n_genes: int = 6) -> Path:
+    """A ``model.pt`` for ``manifest``'s genes with untrained weights (fast to make)."""
+    samples = load_manifest(manifest)
+    panel = fit_gene_panel(samples, n_genes=n_genes)
+    mcfg = from_preset("cpu", n_genes=panel.n_genes)
+    model = build_pixnet(mcfg)
+    return save_model_file(
+        path,
+        state_dict=model.state_dict(),
+        model_config=mcfg.to_dict(),
+        panel=panel.to_dict(),
+        geometry={
+            "working_mpp": WORKING_MPP,
+            "readout": "mean",
+            "map_stride": model.map_stride,
+            "spot_shape": samples[0].spot_shape,
+            "spot_size_um": float(samples[0].spot_size_um),
+            "crop_px": 64,
+        },
+        train_config={"samples": str(manifest)},
+        training=training_status(True, 1, 1, 0),
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def run_cli(args: Sequence[str]) -> tuple[int, str, str]:
+    """``pixnet ARGS`` in this process: ``(exit code, stdout, stderr)``; argparse's
+    ``SystemExit`` counts as the exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
