@@ -1,11 +1,12 @@
 """Encoder-only speed on the CPU: forward (and forward + backward) of each encoder.
 
-    .venv/bin/python bench/encoder_speed.py --encoders resnet18 efficientnet-lite0 vit-b16 uni
+    .venv/bin/python bench/encoder_speed.py --encoders resnet18 efficientnet-lite0 vit-b16 --batch 1
 
 One thread, random initialisation (speed does not depend on the weights), a batch of
 ``--batch`` RGB crops of ``--px`` pixels (the training crop), the median of ``--reps``
 timed runs after one warm-up. The encoder only: image -> five pyramid levels (for a ViT,
-trunk + stem + the ``simple`` pyramid neck). Writes ``bench/results/encoder_speed.json``.
+trunk + stem + the pyramid neck of ``--vit-pyramid``, ``simple`` by default: the recorded
+numbers used it). Writes ``bench/results/encoder_speed.json``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def time_encoder(name: str, px: int, batch: int, reps: int) -> dict[str, float | int | str]:
+def time_encoder(
+    name: str, px: int, batch: int, reps: int, pyramid: str = "simple"
+) -> dict[str, float | int | str]:
     from pixnet.models.pixnet import count_parameters
     from pixnet.models.registry import build_encoder, get_encoder_spec
 
     torch.manual_seed(0)
-    enc = build_encoder(get_encoder_spec(name))
+    enc = build_encoder(get_encoder_spec(name), pyramid=pyramid)
     x = torch.rand(batch, 3, px, px)
     fwd, fwd_bwd = [], []
     enc.eval()
@@ -59,10 +62,13 @@ def main() -> None:
     ap.add_argument("--px", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--vit-pyramid", default="simple", choices=["simple", "dpt"])
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "encoder_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    rows = [time_encoder(n, args.px, args.batch, args.reps) for n in args.encoders]
+    rows = [
+        time_encoder(n, args.px, args.batch, args.reps, args.vit_pyramid) for n in args.encoders
+    ]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     print(f"| encoder | params | forward s ({args.batch} x {args.px} px) | forward + backward s |")

@@ -10,6 +10,10 @@ process it then times (a) the same tissue tiles through the encoder alone, the f
 any dense method, and (b) a crop-per-spot predictor (ResNet18 + linear head on a 224 px
 crop around each spot, one CNN pass per spot, as spot-regression methods do) for the
 section's spots, and extrapolates (b) to the bin counts from a timed subset ("~").
+``--parts dense`` compares ``--dense-map`` (SpatialData store, OME-TIFF) with the 2 um
+``.h5ad`` on the same section (disk, write time, peak RSS, 1 mm x 1 mm window reads);
+``--parts large`` predicts generated 0.25 um/px slides with tissue islands
+(:mod:`pixnet.data.large_slide`) at 2 um bins with ``--dense-map``.
 Without ``--model`` a randomly initialised ``cpu``-preset model with 250 genes is used:
 speed and memory do not depend on the weights. Prints a Markdown report.
 """

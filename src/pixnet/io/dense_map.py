@@ -215,7 +215,7 @@ class DenseMapWriter:
 
     # -- streaming -------------------------------------------------------------------------
 
-    def __call__(self, row0: int, values: np.ndarray, valid: np.ndarray) -> None:
+    def __call__(self, row0: int, values: Any, valid: np.ndarray) -> None:
         """``map_sink``: cells ``row0 ...`` of the map, ``values (G, rows, W)``, ``valid
         (rows, W)``; cells beyond the slide are dropped, invalid ones stored as NaN."""
         rows, cols = self.geometry.shape

@@ -66,7 +66,7 @@ class PixNetConfig:
         encoder_spec: the resolved facts of ``encoder`` (architecture, normalisation,
             patch size, ...), filled from the registry and saved in ``model.pt`` so the
             model rebuilds without the registry entry.
-        vit_pyramid: ``"simple"`` or ``"dpt"`` (ViT encoders only; see
+        vit_pyramid: ``"dpt"`` (default) or ``"simple"`` (ViT encoders only; see
             :mod:`pixnet.models.vit_pyramid`).
         freeze_encoder: the encoder's pretrained trunk gets no gradient (a ViT's
             transformer runs under ``no_grad``; a ResNet is frozen whole, BatchNorm in
@@ -82,7 +82,7 @@ class PixNetConfig:
     normalize_input: bool = True
     encoder: str = "resnet18"
     encoder_spec: dict[str, Any] | None = None
-    vit_pyramid: str = "simple"
+    vit_pyramid: str = "dpt"
     freeze_encoder: bool = False
 
     def to_dict(self) -> dict[str, Any]:

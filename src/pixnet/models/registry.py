@@ -269,10 +269,10 @@ Encoder = ResNet18Encoder | ViTPyramidEncoder | EfficientNetLiteEncoder
 """What :func:`build_encoder` returns: ``(B, 3, H, W) -> [F1..F5]``, ``out_channels``."""
 
 
-def build_encoder(spec: EncoderSpec, *, normalize: bool = True, pyramid: str = "simple") -> Encoder:
+def build_encoder(spec: EncoderSpec, *, normalize: bool = True, pyramid: str = "dpt") -> Encoder:
     """The encoder of ``spec`` (random init): ``(B, 3, H, W) -> [F1..F5]`` at strides 2-32.
 
-    ``pyramid`` (``"simple"`` or ``"dpt"``) applies to ViTs only.
+    ``pyramid`` (``"dpt"`` or ``"simple"``) applies to ViTs only.
     """
     if spec.arch == "resnet18":
         enc = ResNet18Encoder(normalize=normalize)

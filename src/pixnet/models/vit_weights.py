@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pixnet.errors import PixNetInputError
-from pixnet.models.weights import CONTAINER_KEYS, _read_file
+from pixnet.models.weights import CONTAINER_KEYS, _read_file, key_problems
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ WEIGHT_FILE_NAMES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 """Names looked for inside a folder, in this order."""
 
 _MAX_HEADER = 100 * 1024 * 1024
-_SHOW = 10
 
 
 def read_safetensors(path: str | Path) -> dict[str, Tensor]:
@@ -170,12 +169,6 @@ def read_state_dict_file(path: str | Path) -> tuple[dict[str, Tensor], str, str 
     )
 
 
-def _first(items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOW])
-    more = f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-    return f"{len(items)}: [{shown}{more}]"
-
-
 def load_vit_weights(
     vit: nn.Module, path: str | Path, *, preset: str = "", prefix: str | None = None
 ) -> dict[str, Any]:
@@ -242,18 +235,12 @@ def load_named_weights(
         if v.shape != own[k].shape
     )
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_first(sorted(unexpected))}")
-        if mismatched:
-            parts.append(f"shape mismatches {_first(mismatched)}")
+        problems = key_problems(missing, sorted(unexpected), mismatched)
         name = f" {preset!r}" if preset else ""
         raise PixNetInputError(
             p,
             f"does not hold the {label} of encoder{name} (prefix {best_p!r}, "
-            f"{best_n}/{len(expected)} keys found): " + "; ".join(parts),
+            f"{best_n}/{len(expected)} keys found): " + problems,
             f"pass the weights file of the model this --encoder names ({file_label} state-dict "
             "names, pytorch_model.bin or model.safetensors), or choose the --encoder "
             "preset that matches the file (pixnet.models.registry.ENCODERS)",

@@ -186,6 +186,18 @@ def _first(items: list[str]) -> str:
     return f"{len(items)}: [{shown}{more}]"
 
 
+def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """``"missing keys 2: [...]; unexpected keys ...; shape mismatches ..."`` (non-empty parts)."""
+    parts = []
+    if missing:
+        parts.append(f"missing keys {_first(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {_first(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatches {_first(mismatched)}")
+    return "; ".join(parts)
+
+
 def load_encoder_weights(
     encoder: nn.Module, path: str | Path, *, prefix: str | None = None
 ) -> dict[str, Any]:
@@ -276,17 +288,11 @@ def load_encoder_weights(
         if mapped[k].shape != own[k].shape and not k.endswith("num_batches_tracked")
     )
     if missing or mismatched or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_first(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches {_first(mismatched)}")
         where = f"state dict under {container!r}" if container else "top-level state dict"
         raise PixNetInputError(
             path,
-            f"does not hold a complete ResNet18 ({where}, prefix {p!r}): " + "; ".join(parts),
+            f"does not hold a complete ResNet18 ({where}, prefix {p!r}): "
+            + key_problems(missing, unexpected, mismatched),
             _ACCEPTED,
         )
 

@@ -95,7 +95,7 @@ def predict_slide(
     batch_tiles: int = 2,
     tissue: tuple[np.ndarray, float] | None = None,
     progress: bool = True,
-    map_sink: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    map_sink: Callable[[int, Any, np.ndarray], None] | None = None,
     max_spots_per_write: int = 32768,
 ) -> dict[str, Any]:
     """Predict every spot of ``spot_sets`` on ``slide`` and hand them to ``sink``.
@@ -112,7 +112,8 @@ def predict_slide(
         max_spots_per_write: spots aggregated and handed to ``sink`` at a time (bounds
             the memory of the predictions in flight: ``max_spots_per_write * G`` floats).
         map_sink: optional, receives ``(first cell row, map (G, rows, W), valid)`` for
-            each band: the stitched dense map on the targets' scale (for export/plots).
+            each band: the stitched dense map on the targets' scale, as a
+            :class:`BandOnScale` (index it to get numpy values; no copy of the band).
 
     Returns:
         Statistics: tiles run and skipped, map shape, cell size.
@@ -177,17 +178,31 @@ def predict_slide(
                 block = next(it)
                 for sub in _split(block, max_spots_per_write):
                     sink(k, sub, _aggregate(predictor, buf, sub, cell_px, row0, spot_sets[k].shape))
-            if map_sink is not None:
-                vals = buf[:G, keep:]
-                if predictor.readout == "density":
-                    vals = torch.log1p(vals)
-                elif predictor.readout == "sum":
-                    vals = vals * float(s * s)
-                map_sink(ty * tc, vals.numpy(), buf[G, keep:].numpy() > 0)
+            if map_sink is not None:  # converted slice by slice: no copy of the whole band
+                vals = BandOnScale(buf[:G, keep:], predictor.readout, float(s * s))
+                map_sink(ty * tc, vals, buf[G, keep:].numpy() > 0)
             buf[:, :keep] = buf[:, -keep:].clone()
     finally:
         bar.close()
     return stats
+
+
+class BandOnScale:
+    """A band of the stitched map ``(G, rows, W)`` seen on the targets' scale (what
+    :func:`~pixnet.ops.readout.map_values` gives): indexing converts only the slice asked
+    for, so a map sink never needs a copy of the whole band."""
+
+    def __init__(self, band: torch.Tensor, readout: str, cell_area_px: float) -> None:
+        self.band, self.readout, self.cell_area_px = band, readout, cell_area_px
+        self.shape = tuple(band.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        v = self.band[key]
+        if self.readout == "density":
+            v = torch.log1p(v)
+        elif self.readout == "sum":
+            v = v * self.cell_area_px
+        return v.numpy()
 
 
 def _split(block: SpotBlock, size: int) -> list[SpotBlock]:

@@ -92,8 +92,10 @@ class TrainConfig:
         ),
     )
     vit_pyramid: str = field(
-        default="simple",
-        metadata=_h("ViT feature pyramid: simple (last block) or dpt", choices=PYRAMIDS),
+        default="dpt",
+        metadata=_h(
+            "ViT feature pyramid: dpt (four blocks) or simple (last block)", choices=PYRAMIDS
+        ),
     )
     freeze_encoder: bool = field(
         default=False, metadata=_h("train the decoder only (a ViT's stem and neck still train)")
