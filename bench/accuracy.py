@@ -77,6 +77,20 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
+def dataset_manifest(name: str, out: Path, example_px: int) -> Path:
+    """The manifest of dataset ``name``; ``example`` is generated once under ``out``
+    (three sections of ``example_px`` x ``example_px`` px)."""
+    manifest = DATASETS[name]["manifest"]
+    if manifest is not None:
+        return Path(manifest)
+    from pixnet.data.example import write_example_dataset
+
+    manifest = out / "example-data" / "manifest.csv"
+    if not manifest.is_file():
+        write_example_dataset(manifest.parent, n_sections=3, size_px=(example_px, example_px))
+    return manifest
+
+
 def budget_text(epochs: int, quick: bool) -> str:
     if quick:
         return (
@@ -161,13 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name in args.datasets:
         spec = DATASETS[name]
-        manifest = spec["manifest"]
-        if manifest is None:
-            from pixnet.data.example import write_example_dataset
-
-            manifest = out / "example-data" / "manifest.csv"
-            if not manifest.is_file():
-                write_example_dataset(manifest.parent, n_sections=3, size_px=(600, 600))
+        manifest = dataset_manifest(name, out, example_px=600)
         samples = load_manifest(manifest)
         _, folds = make_folds(samples, spec["split"])
         cfg = CrossValConfig(

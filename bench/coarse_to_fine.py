@@ -52,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from accuracy import DATASETS  # noqa: E402
+from accuracy import DATASETS, dataset_manifest  # noqa: E402
 
 FULL_EPOCHS = 20
 ALL_METHODS = [
@@ -178,13 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# Coarse to fine: trained on K x K regions, tested on single spots", ""]
     for name in args.datasets:
         spec = DATASETS[name]
-        manifest = spec["manifest"]
-        if manifest is None:
-            from pixnet.data.example import write_example_dataset
-
-            manifest = out / "example-data" / "manifest.csv"
-            if not manifest.is_file():
-                write_example_dataset(manifest.parent, n_sections=3, size_px=(1000, 1000))
+        manifest = dataset_manifest(name, out, example_px=1000)  # 2 x 2 regions need room
         samples = load_manifest(manifest)
         _, folds = make_folds(samples, spec["split"])
         only = [f.name for f in folds if not args.only_folds or f.name in args.only_folds]
