@@ -56,7 +56,6 @@ def random_model(path: Path, n_genes: int = 250) -> None:
     panel = GenePanel(genes=[f"G{i}" for i in range(n_genes)], mean_targets=[1.0] * n_genes)
     geometry = {
         "working_mpp": 2.0,
-        "readout": "density",
         "map_stride": 2,
         "spot_shape": "disk",
         "spot_size_um": 100.0,
@@ -68,6 +67,7 @@ def random_model(path: Path, n_genes: int = 250) -> None:
         model_config=cfg.to_dict(),
         panel=panel.to_dict(),
         geometry=geometry,
+        readout="density",
     )
 
 
@@ -299,6 +299,7 @@ def main() -> None:
     from pixnet.io.manifest import load_manifest
     from pixnet.io.slide import open_slide
     from pixnet.io.tissue import tissue_mask
+    from pixnet.models.registry import pooled_features
     from pixnet.models.resnet import ResNet18Encoder
     from pixnet.predict.tiled import load_predictor
 
@@ -362,7 +363,7 @@ def main() -> None:
                 for cx, cy in centres[i : i + 16]
             ]
             x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
-            head(cnn(x)[-1].mean(dim=(2, 3)))
+            head(pooled_features(cnn, x))
         t_crop_per_spot = (time.perf_counter() - t) / len(centres)
     n_tiles = len(locs)
     print(f"\n{n_tiles} tissue tiles of {side}x{side} working px; reading them: {t_read:.1f} s")

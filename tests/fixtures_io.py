@@ -488,3 +488,107 @@ def write_header_only_tiff(path: Path, size: tuple[int, int]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0))
     return path
+
+
+# ---------------------------------------------------------------- prediction files
+
+
+def write_prediction_file(
+    path: Path,
+    values: np.ndarray,
+    spot_ids: list[str],
+    genes: list[str],
+    centres_px: np.ndarray | None = None,
+    *,
+    library_id: str = "S1",
+    mpp: float = 1.0,
+    spot_shape: str = "disk",
+    spot_size_um: float = 100.0,
+    spot_set: str | None = None,
+    hires: np.ndarray | None = None,
+    hires_scalef: float = 1.0,
+    source_image: Path | None = None,
+    target_sum: float = 1e4,
+    model: str = "",
+) -> Path:
+    """A prediction ``.h5ad`` as ``pixnet predict`` writes it (:mod:`pixnet.io.prediction`).
+
+    ``centres_px`` default to zeros; ``spot_set`` to ``"spots"`` for disks and
+    ``"bins_{size}um"`` for squares.
+    """
+    from pixnet.io.prediction import PredictionInfo, SlideRecord, TargetScale, write_prediction
+
+    n = len(spot_ids)
+    info = PredictionInfo(
+        model=model,
+        spot_set=spot_set or ("spots" if spot_shape == "disk" else f"bins_{spot_size_um:g}um"),
+        spot_shape=spot_shape,
+        spot_size_um=spot_size_um,
+        mpp=mpp,
+        working_mpp=8.0,
+        readout="mean",
+        target=TargetScale(target_sum=target_sum),
+        config={"model": model},
+    )
+    slide = SlideRecord(
+        library_id=library_id,
+        spot_size_px=spot_size_um / mpp,
+        mpp=mpp,
+        hires=hires,
+        hires_scalef=hires_scalef,
+        source_image=source_image,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    centres = np.zeros((n, 2)) if centres_px is None else np.asarray(centres_px, np.float64)
+    return write_prediction(path, values, spot_ids, genes, centres, info, slide, overwrite=True)
+
+
+def write_prediction_v010(
+    path: Path,
+    values: np.ndarray,
+    spot_ids: list[str],
+    genes: list[str],
+    centres_px: np.ndarray,
+    *,
+    library_id: str = "S1",
+    mpp: float = 1.0,
+    spot_size_um: float = 100.0,
+    target: str = "log1p(10000 * count / spot total)",
+) -> Path:
+    """A prediction ``.h5ad`` in the layout pixnet 0.1.0 wrote, key by key as its
+    ``predict/job.py`` did: no ``uns["pixnet"]["layout"]``, the target a sentence."""
+    import anndata as ad
+
+    a = ad.AnnData(
+        X=np.asarray(values, dtype=np.float32),
+        obs=pd.DataFrame(index=spot_ids),
+        var=pd.DataFrame(index=genes),
+    )
+    a.obsm["spatial"] = np.asarray(centres_px, dtype=np.float64)
+    a.uns["spatial"] = {
+        library_id: {
+            "images": {"hires": np.full((24, 32, 3), 200, np.uint8)},
+            "scalefactors": {
+                "tissue_hires_scalef": 0.1,
+                "spot_diameter_fullres": spot_size_um / mpp,
+                "microns_per_pixel": mpp,
+            },
+            "metadata": {"source_image_path": "slide.tif"},
+        }
+    }
+    a.uns["pixnet"] = {
+        "model": "runs/x/model.pt",
+        "spot_set": "spots",
+        "spot_shape": "disk",
+        "spot_size_um": spot_size_um,
+        "mpp": mpp,
+        "working_mpp": 8.0,
+        "readout": "mean",
+        "target": target,
+        "config": json.dumps({"model": "runs/x/model.pt", "tile_px": 512}),
+        "stats": json.dumps({"tiles": 4}),
+        "n_nan_rows": 0,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a.write_h5ad(path)
+    return path

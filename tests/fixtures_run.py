@@ -31,12 +31,12 @@ def tiny_model_file(manifest: Path, path: Path, n_genes: int = 6) -> Path:
         panel=panel.to_dict(),
         geometry={
             "working_mpp": WORKING_MPP,
-            "readout": "mean",
             "map_stride": model.map_stride,
             "spot_shape": samples[0].spot_shape,
             "spot_size_um": float(samples[0].spot_size_um),
             "crop_px": 64,
         },
+        readout="mean",
         train_config={"samples": str(manifest)},
         training=training_status(True, 1, 1, 0),
     )

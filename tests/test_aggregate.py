@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pixnet.ops.aggregate import integrate_disks, integrate_spots, integrate_squares
-from pixnet.ops.readout import map_values, prepare_map, spot_values
+from pixnet.ops.raster import spot_values_from_map
+from pixnet.ops.readout import READOUTS, get_readout, map_values, prepare_map, spot_values
 
 
 def _coverage(h: int, w: int, inside, ss: int = 40) -> np.ndarray:
@@ -144,3 +145,46 @@ def test_readouts_and_dispatch() -> None:
         prepare_map(head, "median")
     with pytest.raises(ValueError, match="spot shape 'hexagon' unknown"):
         integrate_spots(head, c, 1.0, "hexagon")
+
+
+def test_readout_names_are_the_registry() -> None:
+    assert READOUTS == ("sum", "mean", "density")
+    for name in READOUTS:
+        r = get_readout(name)
+        assert str(r) == r.name == name and get_readout(r) is r
+    with pytest.raises(ValueError, match="readout 'median' unknown; expected one of sum, mean"):
+        get_readout("median")
+
+
+@pytest.mark.parametrize("name", READOUTS)
+@pytest.mark.parametrize("shape,size", [("disk", 5.0), ("square", 3.0)])
+def test_head_bias_puts_a_training_spot_at_the_mean(name: str, shape: str, size: float) -> None:
+    """A map that is the head bias everywhere gives a spot of the training size (in
+    working pixels: ``size`` cells at stride 2) the training mean, for every read-out."""
+    r = get_readout(name)
+    mean = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
+    stride = 2
+    cells = size**2 * (np.pi / 4 if shape == "disk" else 1.0)
+    bias = r.head_bias(mean, spot_area_px=cells * stride**2)
+    head = bias[None, :, None, None].expand(1, 3, 24, 24)
+    integ, area = integrate_spots(
+        r.prepare(head), torch.tensor([[12.0, 12.0]], dtype=torch.float64), size, shape
+    )
+    torch.testing.assert_close(
+        r.spot_values(integ, area, float(stride**2))[0], mean, rtol=2e-3, atol=0
+    )
+
+
+@pytest.mark.parametrize("name", READOUTS)
+def test_map_values_round_trip_through_a_written_map(name: str) -> None:
+    """The dense map (``map_values``) turned back into the integrand gives the spot values
+    the predictor computes from the head output, and inverts exactly."""
+    r = get_readout(name)
+    torch.manual_seed(0)
+    head = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    values = r.map_values(head, 4.0)
+    torch.testing.assert_close(r.integrand_from_values(values, 4.0), r.prepare(head))
+    c = torch.tensor([[8.0, 7.5], [3.2, 11.0]], dtype=torch.float64)
+    direct = r.spot_values(*integrate_spots(r.prepare(head), c, 4.0, "disk"), 4.0)
+    from_map = spot_values_from_map(values[0].numpy(), c.numpy(), 4.0, "disk", name, 4.0)
+    np.testing.assert_allclose(from_map, direct.numpy(), rtol=1e-5)

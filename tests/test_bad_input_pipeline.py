@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,36 +27,43 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_example_dataset(tmp_path_factory.mktemp("ex"), n_sections=1, size_px=(480, 480))
 
 
-def test_zero_count_spots_are_not_trained_on(
-    manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture(scope="module")
+def zero_run(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One tiny training on EX1 with the counts of its first 5 spots zeroed (shared by
+    the tests below: training is the slow part), and the warnings it logged."""
     (s,) = load_manifest(manifest)
     counts = s.counts.tolil()
     counts[:5] = 0
     s.counts = counts.tocsr()
-    cfg = TrainConfig(samples=str(manifest), out=str(tmp_path / "run"), n_genes=6, **TINY)
-    with caplog.at_level(logging.WARNING):
-        train(cfg, [s])
-    assert "5 spots have no counts at all" in caplog.text
-    import json
+    out = tmp_path_factory.mktemp("zero") / "run"
+    cfg = TrainConfig(samples=str(manifest), out=str(out), n_genes=6, **TINY)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("pixnet")
+    logger.addHandler(handler)
+    try:
+        model = train(cfg, [s])
+    finally:
+        logger.removeHandler(handler)
+    warnings = [r.getMessage() for r in records]
+    return {"sample": s, "out": out, "model": model, "cfg": cfg, "warnings": warnings}
 
-    meta = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert meta["n_train_spots"] + meta["n_val_spots"] == s.n_spots - 5
+
+def test_zero_count_spots_are_not_trained_on(zero_run: dict[str, Any]) -> None:
+    assert any("5 spots have no counts at all" in w for w in zero_run["warnings"])
+    meta = json.loads((zero_run["out"] / "config.json").read_text())
+    assert meta["n_train_spots"] + meta["n_val_spots"] == zero_run["sample"].n_spots - 5
 
 
-def test_resume_with_another_gene_set_is_refused(manifest: Path, tmp_path: Path) -> None:
-    samples = load_manifest(manifest)
-    out = tmp_path / "run"
-    train(TrainConfig(samples=str(manifest), out=str(out), n_genes=6, **TINY), samples)
-    again = TrainConfig(samples=str(manifest), out=str(out), n_genes=4, resume=True, **TINY)
+def test_resume_with_another_gene_set_is_refused(zero_run: dict[str, Any]) -> None:
+    again = dataclasses.replace(zero_run["cfg"], n_genes=4, resume=True)
     with pytest.raises(PixNetInputError, match="checkpoint predicts 6 genes, this run 4"):
-        train(again, samples)
+        train(again, [zero_run["sample"]])
 
 
-def test_slide_without_tissue_is_refused(manifest: Path, tmp_path: Path) -> None:
-    samples = load_manifest(manifest)
-    out = tmp_path / "run"
-    model = train(TrainConfig(samples=str(manifest), out=str(out), n_genes=6, **TINY), samples)
+def test_slide_without_tissue_is_refused(zero_run: dict[str, Any], tmp_path: Path) -> None:
+    model = zero_run["model"]
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((300, 300, 3), 245, np.uint8)).save(blank)
     with pytest.raises(PixNetInputError, match="blank.png: no tissue found"):

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fixtures_run import snapshot
 
+from pixnet.data.crops import validation_masks
 from pixnet.data.example import write_example_dataset
 from pixnet.data.preprocess import fit_gene_panel
+from pixnet.errors import PixNetInputError, PixNetOutputError
 from pixnet.eval import baselines as B
 from pixnet.eval.metrics import mse_skill, summarise
 from pixnet.io.manifest import load_manifest
 from pixnet.io.sample import Sample
+from pixnet.models.spotcrop import build_spot_crop_regressor
 from pixnet.train.config import TrainConfig
 
 
@@ -55,9 +62,9 @@ def test_fold_data_holds_out_the_band_train_holds_out(
     s, m = fold.slides[0], fold.val_masks[0]
     assert m.any() and not m.all()
     assert np.array_equal(s.supervised, ~m)
-    again = B.validation_masks(fold.slides, 0.15, seed=3)
+    again = validation_masks(fold.slides, 0.15, seed=3)
     assert np.array_equal(again[0], m)
-    assert not np.array_equal(B.validation_masks(fold.slides, 0.15, seed=4)[0], m)
+    assert not np.array_equal(validation_masks(fold.slides, 0.15, seed=4)[0], m)
     from pixnet.train.loop import train
 
     cfg = _cfg(out=str(tmp_path / "run"), crops_per_epoch=1, overwrite=True)
@@ -69,7 +76,7 @@ def test_fold_data_holds_out_the_band_train_holds_out(
 
 def test_spot_crop_regressor_shapes_and_gradients() -> None:
     torch.manual_seed(0)
-    model = B.build_spot_crop_regressor(5, mean_targets=[1.0, 2.0, 3.0, 4.0, 5.0])
+    model = build_spot_crop_regressor(5, mean_targets=[1.0, 2.0, 3.0, 4.0, 5.0])
     x = torch.rand(3, 3, 32, 32)
     y = model(x)
     assert y.shape == (3, 5) and model.features(x).shape == (3, 512)
@@ -112,6 +119,65 @@ def test_spot_crop_loss_falls(fold: B.FoldData) -> None:
         res.model, fold.slides[0], res.crop_px, centres_wpx=fold.slides[0].centres_wpx
     )
     np.testing.assert_allclose(at, pred, rtol=1e-5, atol=1e-5)
+
+
+def _without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_spot_crop_run_folder_commits_each_epoch_whole_and_resumes(
+    fold: B.FoldData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spot-crop run folder is kept as ``pixnet train``'s: log, checkpoint and best
+    weights written together per epoch; refusals change nothing; resume is exact."""
+    cfg = _cfg(epochs=2, crops_per_epoch=2, augment=True)
+
+    def train(out: Path | None, crop_px: int = 32, **kw: Any) -> B.SpotCropResult:
+        return B.train_spot_crop(replace(cfg, **kw), fold, crop_px, batch_size=8, out=out)
+
+    uninterrupted = train(None)  # no folder: nothing written
+    run = tmp_path / "run"
+    with pytest.raises(PixNetInputError, match="no checkpoint to resume from"):
+        train(run, resume=True)
+    assert not run.exists()
+    train(run, epochs=1)  # interrupted after one epoch
+    before = snapshot(run)
+    assert sorted(before) == ["checkpoint.pt", "log.jsonl", B.SPOTCROP_FILE]
+    with pytest.raises(PixNetInputError, match="output exists; pass --overwrite"):
+        train(run)
+    with pytest.raises(PixNetInputError, match="trained on 32 px spot crops, this run on 64"):
+        train(run, resume=True, crop_px=64)
+    assert snapshot(run) == before, "a refused run must not change the run folder"
+    # no space for epoch 1's checkpoint: epoch 0's log, checkpoint and weights stay whole
+    import pixnet.train.runfolder as runfolder
+
+    real_save = runfolder.save_torch
+
+    def full_disk(obj: object, path: Path) -> None:
+        if path.name.startswith(".checkpoint.pt."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(runfolder, "save_torch", full_disk)
+    with pytest.raises(PixNetOutputError, match="no space left writing checkpoint.pt"):
+        train(run, resume=True)
+    assert snapshot(run) == before
+    monkeypatch.undo()
+    # resumed to 2 epochs: the uninterrupted run's best epoch, weights and history
+    resumed = train(run, resume=True)
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    weights = uninterrupted.model.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in resumed.model.state_dict().items())
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
+    # the folder: one line per epoch, the last epoch's checkpoint, the best epoch's weights
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1] and log == resumed.history
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["crop_px"] == 32 and ckpt["genes"] == fold.panel.genes
+    best = torch.load(run / B.SPOTCROP_FILE, weights_only=True)
+    assert best["best_epoch"] == resumed.best_epoch == ckpt["best"]["epoch"] == log[1]["best_epoch"]
+    assert all(torch.equal(v, weights[k]) for k, v in best["state_dict"].items())
+    assert not list(run.glob(".*.tmp"))
 
 
 def test_fit_ridge_recovers_linear_map_and_picks_alpha_on_band() -> None:

@@ -274,7 +274,7 @@ def test_cuda_on_a_machine_without_it_is_a_one_line_error(
 ) -> None:
     import torch
 
-    from pixnet.models.pixnet import resolve_device
+    from pixnet.runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(PixNetInputError, match=r"--device: 'cuda' asked, but no CUDA device"):

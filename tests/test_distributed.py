@@ -126,3 +126,22 @@ def test_torchrun_prediction_shards_samples(manifest: Path, tmp_path: Path) -> N
     # rank 0 took EX1 and EX3, rank 1 EX2
     assert "process 1 of 2 predicts EX2" in proc.stderr
     assert "process 0 of 2 predicts EX1, EX3" in proc.stderr
+
+
+def test_process_place_reads_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixnet.errors import PixNetInputError
+    from pixnet.runtime import ProcessPlace, process_place
+    from pixnet.train.distributed import DistInfo, init_distributed
+
+    assert process_place({}) == ProcessPlace(rank=0, world=1, local_rank=0)
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+    assert process_place(env) == ProcessPlace(rank=5, world=8, local_rank=1)
+    # a stray RANK without a job is a lone process; LOCAL_RANK still picks the GPU
+    assert process_place({"RANK": "3", "LOCAL_RANK": "2"}) == ProcessPlace(0, 1, 2)
+    with pytest.raises(PixNetInputError, match="WORLD_SIZE: 'two' is not a whole number"):
+        process_place({"WORLD_SIZE": "two"})
+    with pytest.raises(PixNetInputError, match="RANK=4, WORLD_SIZE=2, LOCAL_RANK=0 do not"):
+        process_place({"RANK": "4", "WORLD_SIZE": "2"})
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert process_place() == ProcessPlace() and init_distributed() == DistInfo()

@@ -11,7 +11,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_io import GENES, Tiny, write_legacy_st, write_manifest
+from fixtures_io import (
+    GENES,
+    Tiny,
+    write_legacy_st,
+    write_manifest,
+    write_prediction_file,
+    write_prediction_v010,
+)
 from scipy.stats import pearsonr
 
 from pixnet.data.preprocess import GenePanel
@@ -47,8 +54,8 @@ def _write_pred(
     spot_ids: list[str],
     genes: list[str],
     library: str | None = "S1",
-    uns_pixnet: dict | None = None,
 ) -> Path:
+    """A prediction file of another tool: no uns["pixnet"], no obsm["spatial"]."""
     a = ad.AnnData(
         X=np.asarray(values, dtype=np.float32),
         obs=pd.DataFrame(index=spot_ids),
@@ -56,14 +63,9 @@ def _write_pred(
     )
     if library is not None:
         a.uns["spatial"] = {library: {"scalefactors": {"spot_diameter_fullres": 10.0}}}
-    if uns_pixnet is not None:
-        a.uns["pixnet"] = uns_pixnet
     path.parent.mkdir(parents=True, exist_ok=True)
     a.write_h5ad(path)
     return path
-
-
-PIXNET_UNS = {"target": "log1p(10000 * count / spot total)", "spot_set": "spots"}
 
 
 def _noisy(truth: np.ndarray, seed: int) -> np.ndarray:
@@ -80,13 +82,12 @@ def test_evaluate_two_slides_json_and_markdown(tmp_path: Path) -> None:
         order = np.arange(len(t.spot_ids))[::-1]  # file order differs from the sample's
         paths.append(
             str(
-                _write_pred(
+                write_prediction_file(
                     tmp_path / "pred" / f"{name}.h5ad",
                     preds[name][order],
                     [t.spot_ids[i] for i in order],
                     GENES,
-                    library=name,
-                    uns_pixnet=PIXNET_UNS,
+                    library_id=name,
                 )
             )
         )
@@ -96,6 +97,7 @@ def test_evaluate_two_slides_json_and_markdown(tmp_path: Path) -> None:
     assert res["genes"] == GENES and res["n_slides"] == 2 and res["warnings"] == []
     assert "no --model" in res["truth"]["panel_from"]
     assert res["truth"]["target"] == "log1p(10000 * count / spot total)"
+    assert res["files"]["S1"]["prediction_target"] == "log1p(10000 * count / spot total)"
     for name in ("S1", "S2"):
         s = res["per_slide"][name]
         p, t = preds[name].astype(np.float64), truths[name].astype(np.float64)
@@ -137,7 +139,12 @@ def test_model_gives_target_sum_and_skill(tmp_path: Path) -> None:
     means = [0.5, 1.0, 1.5, 2.0]
     panel = GenePanel(genes=list(GENES), target_sum=100.0, mean_targets=means)
     model = save_model_file(
-        tmp_path / "model.pt", state_dict={}, model_config={}, panel=panel.to_dict(), geometry={}
+        tmp_path / "model.pt",
+        state_dict={},
+        model_config={},
+        panel=panel.to_dict(),
+        geometry={},
+        readout="mean",
     )
     pred = _noisy(truth, 3)
     path = _write_pred(tmp_path / "p.h5ad", pred, t.spot_ids, GENES)
@@ -268,3 +275,43 @@ def test_register_adds_evaluate_command(tmp_path: Path, capsys) -> None:
     assert args.func(args) == 0
     assert f"wrote {out}.json and {out}.md" in capsys.readouterr().out
     assert json.loads(Path(f"{out}.json").read_text())["config"]["pred"] == [str(path)]
+
+
+def test_target_scale_is_compared_as_data(tmp_path: Path) -> None:
+    """The file's target scale against the truth's: same data, no warning (also for the
+    sentence of pixnet 0.1.0); another target_sum, a warning naming both."""
+    manifest, tinies = _samples(tmp_path)
+    t = tinies["S1"]
+    values = _noisy(_truth(t), 0)
+    old = write_prediction_v010(tmp_path / "old.h5ad", values, t.spot_ids, GENES, t.centres_px)
+    other = write_prediction_file(
+        tmp_path / "p100.h5ad", values, t.spot_ids, GENES, target_sum=100.0
+    )
+    model = save_model_file(
+        tmp_path / "model.pt",
+        state_dict={},
+        model_config={},
+        panel=GenePanel(genes=list(GENES), target_sum=100.0).to_dict(),
+        geometry={},
+        readout="mean",
+    )
+    for path, model_path, n_warnings in ((old, "", 0), (other, "", 1), (other, str(model), 0)):
+        res = run_evaluate(
+            EvaluateConfig(
+                pred=[str(path)],
+                samples=str(manifest),
+                model=model_path,
+                out=str(tmp_path / "e"),
+                overwrite=True,
+            )
+        )
+        assert len(res["files"]["S1"]["scale_warnings"]) == n_warnings, (path, model_path)
+    (w,) = run_evaluate(
+        EvaluateConfig(
+            pred=[str(other)], samples=str(manifest), out=str(tmp_path / "e"), overwrite=True
+        )
+    )["files"]["S1"]["scale_warnings"]
+    assert w == (
+        "uns['pixnet']['target'] is 'log1p(100 * count / spot total)', "
+        "truth is 'log1p(10000 * count / spot total)'"
+    )

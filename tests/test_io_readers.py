@@ -20,6 +20,7 @@ from fixtures_io import (
 )
 from PIL import Image
 
+from pixnet.errors import PixNetInputError
 from pixnet.io.h5ad import read_h5ad
 from pixnet.io.hest import read_hest
 from pixnet.io.legacy_st import estimate_mpp_from_grid, read_legacy_st
@@ -229,9 +230,17 @@ def test_h5ad_warns_on_log_normalised_x(tmp_path: Path, caplog) -> None:
 
 
 def test_h5ad_library_choice(tmp_path: Path) -> None:
+    import anndata
+
     t = write_h5ad(tmp_path, library_ids=("a", "b"))
-    s = read_h5ad(t.paths["h5ad"], t.paths["image"], spot_diameter_um=55, library_id="b")
-    assert s.mpp == 0.8
+    adata = anndata.read_h5ad(t.paths["h5ad"])
+    adata.uns["spatial"]["a"]["scalefactors"]["microns_per_pixel"] = 0.5  # the choice shows
+    adata.write_h5ad(t.paths["h5ad"])
+    for library_id, mpp in (("b", 0.8), ("a", 0.5)):
+        s = read_h5ad(t.paths["h5ad"], t.paths["image"], spot_diameter_um=55, library_id=library_id)
+        assert s.mpp == mpp, library_id
+    with pytest.raises(PixNetInputError, match="library 'c' not in uns"):
+        read_h5ad(t.paths["h5ad"], t.paths["image"], spot_diameter_um=55, library_id="c")
 
 
 # ---------------------------------------------------------------- manifest

@@ -1,13 +1,16 @@
-"""The training loss (paper Eq. 10): values and gradients, including degenerate batches."""
+"""The losses: training (paper Eq. 10) values and gradients, including degenerate
+batches; NT-Xent of SimCLR pretraining."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import pearsonr
 
-from pixnet.ops.losses import check_finite_loss, pearson_per_gene, pixnet_loss
+from pixnet.ops.losses import check_finite_loss, nt_xent, pearson_per_gene, pixnet_loss
 
 
 def test_batch_pcc_matches_scipy() -> None:
@@ -57,3 +60,27 @@ def test_non_finite_loss_stops_before_the_weights_change() -> None:
     for a, b in zip(before, layer.parameters(), strict=True):
         assert torch.equal(a, b.detach())
     check_finite_loss(torch.tensor(1.0), "fine")  # a finite loss passes
+
+
+# -- NT-Xent ----------------------------------------------------------------------------------
+
+
+def test_nt_xent_exact_value_for_orthogonal_identical_pairs() -> None:
+    z = torch.eye(4)[:2]  # two orthogonal unit vectors, both views identical
+    t = 0.5
+    expected = math.log(1 + 2 * math.exp(-1 / t))  # 2N - 2 = 2 negatives at cosine 0
+    assert float(nt_xent(z, z.clone(), t)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_nt_xent_low_for_identical_views_high_for_random() -> None:
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(16, 128, generator=g)
+    same = float(nt_xent(z1, z1.clone(), 0.1))
+    rand = float(nt_xent(z1, torch.randn(16, 128, generator=g), 0.1))
+    assert same < 0.05
+    assert rand > 0.8 * math.log(2 * 16 - 1)  # about log(2N - 1) = 3.43
+    assert float(nt_xent(z1, 3.0 * z1, 0.1)) == pytest.approx(same, rel=1e-4)  # scale-free
+    z2 = torch.randn(16, 128, generator=g)
+    assert float(nt_xent(z1, z2)) == pytest.approx(float(nt_xent(z2, z1)), rel=1e-6)
+    with pytest.raises(ValueError):
+        nt_xent(z1[:1], z1[:1])

@@ -388,15 +388,17 @@ def test_decoder_hidden_widths() -> None:
         PixNetDecoder(hidden=(64, 64))
 
 
-def test_head_bias_init() -> None:
+def test_set_head_bias() -> None:
     model = PixNet(from_preset("cpu", n_genes=3)).eval()
     torch.nn.init.zeros_(model.head.weight)
-    model.head_bias_init(torch.tensor([0.5, 1.0, 2.0]), scale=0.5)
+    model.decoder.set_head_bias(torch.tensor([0.25, 0.5, 1.0]))
     with torch.no_grad():
         maps = model(torch.rand(1, 3, 64, 64))
     assert torch.equal(maps[0, :, 3, 4], torch.tensor([0.25, 0.5, 1.0]))
     with pytest.raises(PixNetInputError, match="3 genes"):
-        model.head_bias_init(torch.zeros(4))
+        model.decoder.set_head_bias(torch.zeros(4))
+    with pytest.raises(PixNetInputError, match="finite: False"):
+        model.decoder.set_head_bias(torch.tensor([0.0, float("nan"), 1.0]))
 
 
 # --------------------------------------------------------------------- encoder
@@ -635,7 +637,7 @@ def test_explicit_prefix_chooses_between_complete_copies(tmp_path: Path) -> None
 
 
 def test_resolve_device_auto_picks_this_ranks_gpu_or_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pixnet.models.pixnet import resolve_device
+    from pixnet.runtime import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

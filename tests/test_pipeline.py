@@ -57,10 +57,103 @@ def test_training_writes_run_and_loss_falls(trained: tuple[Path, Path]) -> None:
     payload = load_model_file(model_path)
     assert payload["panel"]["fitted_on"] == ["EX1"]
     assert len(payload["panel"]["genes"]) == 8
-    assert payload["geometry"]["working_mpp"] == 4.0
-    assert any(
-        r["best_epoch"] == payload_epoch for r in log for payload_epoch in [log[-1]["best_epoch"]]
-    )
+    assert payload["geometry"]["working_mpp"] == 4.0 and "readout" not in payload["geometry"]
+    assert payload["readout"] == {"name": "mean"}
+
+
+def test_model_file_holds_the_best_validation_epoch(
+    trained: tuple[Path, Path], example: Path
+) -> None:
+    """``model.pt`` records the epoch of least validation loss, and its weights are that
+    epoch's: validated again they give the logged minimum (the same procedure on
+    ``checkpoint.pt`` gives the last epoch's logged loss)."""
+    from pixnet.data.crops import validation_masks
+    from pixnet.models.pixnet import PixNet, PixNetConfig
+    from pixnet.train.loop import prepare_training_slides, validate
+
+    model_path, out = trained
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in log]
+    best = int(np.argmin(val))
+    payload = load_model_file(model_path)
+    assert payload["training"] == {
+        "finished": True,
+        "epochs_done": 12,
+        "epochs_planned": 12,
+        "best_epoch": best,
+    }
+    assert [r["best_epoch"] for r in log][best:] == [best] * (len(log) - best)
+    cfg = TrainConfig(**payload["train_config"])
+    _, slides = prepare_training_slides(cfg, load_manifest(example, ["EX1"]))
+    masks = validation_masks(slides, cfg.val_fraction, cfg.seed)
+
+    def val_loss(state_dict: dict[str, torch.Tensor]) -> float:
+        model = PixNet(PixNetConfig.from_dict(dict(payload["model_config"])))
+        model.load_state_dict(state_dict)
+        return validate(model, slides, masks, cfg)["val_loss"]
+
+    # on this fixture (seed 0) epoch 10 is best, 0.6% below the last epoch's loss
+    assert val_loss(payload["state_dict"]) == pytest.approx(val[best], rel=1e-5, abs=1e-7)
+    last = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert last["epoch"] == 11
+    assert val_loss(last["model"]) == pytest.approx(val[-1], rel=1e-5, abs=1e-7)
+
+
+def test_old_model_file_layout_still_loads(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """Version 1 kept the read-out in ``geometry``: it loads into the current sections,
+    predicts the same; without its read-out, or from a newer pixnet, it is refused with
+    the version and the fix."""
+    from pixnet.io.modelfile import MODEL_FORMAT_VERSION, SECTIONS
+    from pixnet.predict.tiled import load_predictor
+
+    model_path, _ = trained
+    new = torch.load(model_path, weights_only=True)
+    assert new["version"] == MODEL_FORMAT_VERSION == 2
+    assert [k for k in SECTIONS if k in new] == list(SECTIONS)
+    old = {k: v for k, v in new.items() if k != "readout"}
+    old["version"] = 1
+    old["geometry"] = {**new["geometry"], "readout": "density"}
+    torch.save(old, tmp_path / "v1.pt")
+    loaded = load_model_file(tmp_path / "v1.pt")
+    assert loaded["readout"] == {"name": "density"}
+    assert loaded["geometry"] == new["geometry"]
+    assert load_predictor(tmp_path / "v1.pt").readout == "density"
+    del old["geometry"]["readout"]
+    torch.save(old, tmp_path / "v1_bare.pt")
+    with pytest.raises(PixNetInputError, match=r"version 1 without geometry.readout.*re-run"):
+        load_model_file(tmp_path / "v1_bare.pt")
+    torch.save({**new, "version": 3}, tmp_path / "v3.pt")
+    with pytest.raises(PixNetInputError, match=r"version 3 is newer .*1 to 2\); upgrade"):
+        load_model_file(tmp_path / "v3.pt")
+    torch.save({**new, "readout": {"name": "median"}}, tmp_path / "bad.pt")
+    with pytest.raises(PixNetInputError, match=r"bad.pt: readout 'median' unknown"):
+        load_predictor(tmp_path / "bad.pt")
+
+
+def test_inspect_lists_the_model_file_sections(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixnet.cli import main
+
+    model_path, _ = trained
+    assert main(["inspect", str(model_path)]) == 0
+    rows = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows] == [
+        "model",
+        "format",
+        "model_config",
+        "panel",
+        "geometry",
+        "readout",
+        "train_config",
+        "training",
+        "state_dict",
+    ]
+    text = dict(rows)
+    assert text["format"] == "pixnet-model version 2" and text["readout"] == "mean"
+    assert text["geometry"].startswith("4 um/px, map stride 2, training spots disk")
+    assert text["panel"].startswith("8 genes (")
+    assert text["training"].startswith("finished: 12 of 12 epochs")
 
 
 def test_recovers_known_pattern_on_unseen_section(

@@ -17,6 +17,7 @@ from fixtures_run import run_cli, tiny_model_file
 from PIL import Image
 
 from pixnet.data.example import write_example_dataset
+from pixnet.io.prediction import PredictionFile, TargetScale
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +213,10 @@ def test_nan_rows_are_counted_or_refused(
     (written,) = (tmp_path / "o").glob("*.h5ad")
     adata = anndata.read_h5ad(written)
     assert int(adata.uns["pixnet"]["n_nan_rows"]) == 2
+    info = PredictionFile(written).info  # written by pixnet.io.prediction: provenance as data
+    assert info.n_nan_rows == 2 and info.target == TargetScale(target_sum=1e4)
     assert np.isnan(adata.X[2:]).all() and np.isfinite(adata.X[:2]).all()
     csv.write_text("id,x,y\nc,850,100\nd,900,300\n")
     code, _, err = run_cli([*base, "--spots-csv", csv, "--out", tmp_path / "q" / "p.h5ad"])
     assert code == 2 and "all 2 spots have no prediction (NaN)" in _errors(err)[0]
-    assert not list((tmp_path / "q").glob("*")) if (tmp_path / "q").exists() else True
+    assert list((tmp_path / "q").glob("*")) == []  # no output and no temporary file

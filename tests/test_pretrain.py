@@ -1,35 +1,29 @@
-"""``pixnet pretrain``: NT-Xent, tissue-only tiles, augmentation, loss decrease, encoder file
-loading and exact resume (tiny generated slides, CPU, one thread)."""
+"""``pixnet pretrain``: tissue-only tiles, augmentation, loss decrease, encoder file
+loading, the run folder and exact resume (tiny generated slides, CPU, one thread).
+NT-Xent itself is tested in ``test_losses.py``."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fixtures_run import snapshot
 from PIL import Image
 
 from pixnet.data.example import write_example_dataset
+from pixnet.data.tiles import TileSampler, augment_view, open_tile_slide, tissue_tile_positions
+from pixnet.errors import PixNetInputError, PixNetOutputError
 from pixnet.io.tissue import tissue_fraction_in_rect, tissue_mask
 from pixnet.models.pixnet import build_pixnet, from_preset
 from pixnet.models.resnet import ResNet18Encoder
 from pixnet.models.weights import load_encoder_weights
-from pixnet.train.pretrain import (
-    PretrainConfig,
-    TileSampler,
-    augment_view,
-    list_images,
-    nt_xent,
-    open_tile_slide,
-    register,
-    run_pretrain,
-    tissue_tile_positions,
-)
+from pixnet.train.pretrain import PretrainConfig, list_images, register, run_pretrain
 
 
 @pytest.fixture(autouse=True)
@@ -59,30 +53,6 @@ def _cfg(manifest: Path, out: Path, **kw: object) -> PretrainConfig:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-# -- loss ----------------------------------------------------------------------------------
-
-
-def test_nt_xent_exact_value_for_orthogonal_identical_pairs() -> None:
-    z = torch.eye(4)[:2]  # two orthogonal unit vectors, both views identical
-    t = 0.5
-    expected = math.log(1 + 2 * math.exp(-1 / t))  # 2N - 2 = 2 negatives at cosine 0
-    assert float(nt_xent(z, z.clone(), t)) == pytest.approx(expected, rel=1e-5)
-
-
-def test_nt_xent_low_for_identical_views_high_for_random() -> None:
-    g = torch.Generator().manual_seed(0)
-    z1 = torch.randn(16, 128, generator=g)
-    same = float(nt_xent(z1, z1.clone(), 0.1))
-    rand = float(nt_xent(z1, torch.randn(16, 128, generator=g), 0.1))
-    assert same < 0.05
-    assert rand > 0.8 * math.log(2 * 16 - 1)  # about log(2N - 1) = 3.43
-    assert float(nt_xent(z1, 3.0 * z1, 0.1)) == pytest.approx(same, rel=1e-4)  # scale-free
-    z2 = torch.randn(16, 128, generator=g)
-    assert float(nt_xent(z1, z2)) == pytest.approx(float(nt_xent(z2, z1)), rel=1e-6)
-    with pytest.raises(ValueError):
-        nt_xent(z1[:1], z1[:1])
-
-
 # -- tiles and views ------------------------------------------------------------------------
 
 
@@ -93,7 +63,7 @@ def test_tiles_come_only_from_tissue(manifest: Path, tmp_path: Path) -> None:
     folder.mkdir()
     Image.fromarray(rgb).save(folder / "half.png")
     cfg = _cfg(manifest, tmp_path / "out", samples="", images=str(folder), mpp=2.0)
-    ts = open_tile_slide("half", folder / "half.png", 2.0, cfg)
+    ts = open_tile_slide("half", folder / "half.png", 2.0, cfg.working_mpp, cfg.tile_px)
     pos = ts.positions
     assert len(pos) > 20 and ts.image is not None
     # working image 240 px wide, tissue in x < 120: more than half of each tile is left of it
@@ -110,7 +80,7 @@ def test_tiles_come_only_from_tissue(manifest: Path, tmp_path: Path) -> None:
             frac = tissue_fraction_in_rect(mask, thumb_mpp, (x * ds, y * ds), (64, 64), 2.0)
             assert ((x, y) in kept) == (frac > 0.5), (x, y, frac)
     # an epoch's tiles are all among the tissue positions
-    sampler = TileSampler([ts], cfg)
+    sampler = TileSampler([ts], cfg.tile_px, cfg.tiles_per_epoch, cfg.batch_size, cfg.seed)
     _, epoch_pos = sampler.epoch_tiles(0)
     assert {tuple(p) for p in epoch_pos} <= {tuple(p) for p in pos}
     v1, v2 = next(sampler.epoch(0))
@@ -120,7 +90,6 @@ def test_tiles_come_only_from_tissue(manifest: Path, tmp_path: Path) -> None:
 
 
 def test_image_sources_from_manifest_samples_or_folder(manifest: Path, tmp_path: Path) -> None:
-    from pixnet.errors import PixNetInputError
     from pixnet.io.manifest import load_manifest
 
     samples = load_manifest(manifest)
@@ -196,6 +165,45 @@ def test_resume_matches_uninterrupted_run(manifest: Path, tmp_path: Path) -> Non
     la = [json.loads(x)["loss"] for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert la == lb
+
+
+def test_a_failed_epoch_write_keeps_the_previous_epoch_whole(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """encoder.pt, checkpoint.pt and log.jsonl are committed together: no space for the
+    next epoch's checkpoint leaves the last epoch's three files as they were."""
+    import pixnet.train.runfolder as runfolder
+
+    cfg = _cfg(manifest, tmp_path / "run", epochs=1)
+    run_pretrain(cfg)
+    out = Path(cfg.out)
+    before = snapshot(out)
+    real_save = runfolder.save_torch
+
+    def full_disk(obj: object, path: Path) -> None:
+        if path.name.startswith(".checkpoint.pt."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(runfolder, "save_torch", full_disk)
+    with pytest.raises(PixNetOutputError, match="no space left writing checkpoint.pt"):
+        run_pretrain(replace(cfg, epochs=2, resume=True))
+    after = snapshot(out)
+    assert json.loads(after.pop("config.json"))["epochs"] == 2  # the resumed run's options
+    before.pop("config.json")
+    assert after == before, "encoder.pt, checkpoint.pt and log.jsonl stay at epoch 0"
+
+
+def test_images_without_tissue_are_one_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((200, 200, 3), 255, np.uint8)).save(folder / "glass.png")
+    cfg = PretrainConfig(
+        images=str(folder), mpp=2.0, out=str(tmp_path / "out"), working_mpp=4.0, tile_px=32
+    )
+    with pytest.raises(PixNetInputError, match="no 32x32 tile at 4 um/px is more than 50%"):
+        run_pretrain(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_registration_parses_config() -> None:

@@ -147,7 +147,7 @@ def test_model_records_whether_the_run_finished(
         "best_epoch": 0,
     }
     code, text, _ = run_cli(["inspect", run / "model.pt"])
-    assert code == 0 and "training  finished: 1 of 1 epochs" in text
+    assert code == 0 and "\ntraining      finished: 1 of 1 epochs" in text
     # Ctrl-C in the second of two epochs: exit 130, one line, model.pt says unfinished
     import pixnet.train.loop as loop
 

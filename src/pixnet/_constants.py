@@ -127,6 +127,34 @@ class AnnDataKeys:
     GROUP: Final = "group"  # obs["group"]: optional region label (``--regions group``)
     ARRAY_ROW: Final = "array_row"  # obs columns squidpy keeps from tissue_positions
     ARRAY_COL: Final = "array_col"
+    METADATA: Final = "metadata"  # uns["spatial"][library_id]["metadata"]
+    SOURCE_IMAGE_PATH: Final = "source_image_path"  # ...["metadata"]["source_image_path"]
+
+
+class PredictionKeys:
+    """``uns["pixnet"]`` of the prediction ``.h5ad`` that ``pixnet predict`` writes
+    (written and read by :mod:`pixnet.io.prediction` only)."""
+
+    UNS: Final = "pixnet"  # uns["pixnet"]
+    LAYOUT: Final = "layout"  # int; absent in files of pixnet 0.1.0 (layout 1)
+    PIXNET_VERSION: Final = "pixnet_version"
+    MODEL: Final = "model"
+    SPOT_SET: Final = "spot_set"
+    SPOT_SHAPE: Final = "spot_shape"
+    SPOT_SIZE_UM: Final = "spot_size_um"
+    MPP: Final = "mpp"
+    WORKING_MPP: Final = "working_mpp"
+    READOUT: Final = "readout"
+    TARGET: Final = "target"  # {"transform": "log1p", "target_sum": 1e4} (layout 1: a sentence)
+    CONFIG: Final = "config"  # JSON text of the PredictConfig
+    STATS: Final = "stats"  # JSON text of the run's statistics
+    N_NAN_ROWS: Final = "n_nan_rows"
+
+    # uns["pixnet"]["target"], in the spirit of scanpy's uns["log1p"]
+    TRANSFORM: Final = "transform"
+    TARGET_SUM: Final = "target_sum"
+
+    OWN_SPOTS: Final = "spots"  # spot_set of the sample's own spots
 
 
 class ManifestKeys:

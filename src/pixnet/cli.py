@@ -1,6 +1,9 @@
-"""``pixnet`` command line: inspect, train, predict, plot, evaluate, example.
+"""``pixnet`` command line: inspect, train, predict, example, evaluate, plot, crossval,
+pretrain.
 
-Each command's options come from its configuration dataclass; errors in user input
+Each command is registered one way: a ``register(sub)`` beside the job it runs (listed by
+:func:`commands`), whose options come from the job's configuration dataclass
+(:func:`pixnet.config.add_command`). Errors in user input
 (:class:`~pixnet.errors.PixNetInputError`) print one line naming the file, the field and
 the fix, and exit with status 2.
 """
@@ -42,108 +45,54 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_model(path: Path) -> int:
-    """``pixnet inspect model.pt``: what the model predicts and whether its run finished."""
-    from pixnet.io.modelfile import describe_status, load_model_file
+    """``pixnet inspect model.pt``: the file's sections, one line each (what the model
+    predicts, how, and whether its run finished)."""
+    from pixnet.io.modelfile import describe_model_file, load_model_file
 
-    payload = load_model_file(path)
-    geo, genes = payload["geometry"], list(payload["panel"].get("genes", []))
-    tcfg = payload.get("train_config") or {}
-    print(f"model     {path}")
-    print(f"preset    {payload['model_config'].get('preset', '?')}")
-    print(f"genes     {len(genes)} ({', '.join(genes[:5])}{', ...' if len(genes) > 5 else ''})")
-    print(f"geometry  {geo['working_mpp']:g} um/px, readout {geo['readout']}")
-    held = ", ".join(tcfg.get("holdout", [])) or "none"
-    print(f"trained   on {tcfg.get('samples') or '?'} (held out: {held})")
-    print(f"training  {describe_status(payload.get('training') or None)}")
+    print(f"{'model':<12}  {path}")
+    for line in describe_model_file(load_model_file(path)):
+        print(line)
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pixnet.config import dataclass_from_args
-    from pixnet.io.manifest import load_manifest
-    from pixnet.models.pixnet import resolve_device
-    from pixnet.train.config import TrainConfig
-    from pixnet.train.loop import train
+def _register_inspect(sub: argparse._SubParsersAction) -> None:
+    """Add ``pixnet inspect`` to the command line's sub-command parser ``sub``."""
+    from pixnet.config import add_command
 
-    cfg = dataclass_from_args(TrainConfig, args)
-    resolve_device(cfg.device)  # a device this machine lacks: refused before reading data
-    if not cfg.samples:
-        raise PixNetInputError("--samples", "no manifest given", "pass --samples MANIFEST.csv")
-    samples = load_manifest(cfg.samples)
-    known = {s.sample_id for s in samples}
-    unknown = sorted(set(cfg.holdout) - known)
-    if unknown:
-        raise PixNetInputError(
-            cfg.samples,
-            f"--holdout names unknown samples {unknown}",
-            f"known: {sorted(known)}",
-        )
-    train_samples = [s for s in samples if s.sample_id not in set(cfg.holdout)]
-    path = train(cfg, train_samples)
-    print(f"model written to {path}")
-    return 0
+    p = add_command(
+        sub, "inspect", "list the samples of a manifest, or describe a model.pt", _cmd_inspect
+    )
+    p.add_argument("manifest", help="sample manifest CSV, or a model.pt written by train")
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from pixnet.config import dataclass_from_args
-    from pixnet.predict.job import PredictConfig, run_predict, run_predict_many
-
-    cfg = dataclass_from_args(PredictConfig, args)
-    for path in (run_predict_many if cfg.sample_ids else run_predict)(cfg):
-        print(f"wrote {path}")
-    return 0
+Register = Callable[[argparse._SubParsersAction], None]
 
 
-def _cmd_example(args: argparse.Namespace) -> int:
-    from pixnet.example_job import run_example
+def commands() -> list[Register]:
+    """Every command's ``register(sub)``, in the order ``pixnet --help`` lists them.
 
-    run_example(Path(args.out), epochs=args.epochs, overwrite=args.overwrite)
-    return 0
+    Each command lives beside the job it runs; its ``register`` adds the sub-parser
+    (:func:`pixnet.config.add_command`).
+    """
+    from pixnet.eval.crossval import register as crossval
+    from pixnet.eval.evaluate import register as evaluate
+    from pixnet.eval.plots.cli import register as plot
+    from pixnet.example_job import register as example
+    from pixnet.predict.job import register as predict
+    from pixnet.train.loop import register as train
+    from pixnet.train.pretrain import register as pretrain
+
+    return [_register_inspect, train, predict, example, evaluate, plot, crossval, pretrain]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pixnet.config import add_dataclass_arguments, checked_type
-    from pixnet.train.config import TrainConfig
-
     parser = argparse.ArgumentParser(
         prog="pixnet", description="Dense spatial gene expression prediction from H&E slides."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("inspect", help="list the samples of a manifest, or describe a model.pt")
-    p.add_argument("manifest", help="sample manifest CSV, or a model.pt written by train")
-    p.set_defaults(func=_cmd_inspect)
-
-    p = sub.add_parser("train", help="train a PixNet model")
-    add_dataclass_arguments(p, TrainConfig)
-    p.set_defaults(func=_cmd_train)
-
-    from pixnet.predict.job import PredictConfig
-
-    p = sub.add_parser("predict", help="predict expression at spots, bins or a CSV of centres")
-    add_dataclass_arguments(p, PredictConfig)
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser(
-        "example", help="generate an example dataset and run train -> predict -> plot on it"
-    )
-    p.add_argument("--out", default="example-run", help="output folder")
-    p.add_argument(
-        "--epochs", type=checked_type(int, {"ge": 1}), default=8, help="training epochs (>= 1)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing example run")
-    p.set_defaults(func=_cmd_example)
-
-    from pixnet.eval.crossval import register as register_crossval
-    from pixnet.eval.evaluate import register as register_evaluate
-    from pixnet.eval.plots import register as register_plot
-    from pixnet.train.pretrain import register as register_pretrain
-
-    register_evaluate(sub)
-    register_plot(sub)
-    register_crossval(sub)
-    register_pretrain(sub)
+    for register in commands():
+        register(sub)
     return parser
 
 

@@ -200,6 +200,26 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return obj
 
 
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_: str,
+    run: Callable[[argparse.Namespace], int],
+    config: type | None = None,
+) -> argparse.ArgumentParser:
+    """Add ``pixnet NAME`` to the sub-command parser ``sub``; return its parser.
+
+    ``run(args)`` executes the command and returns its exit status; ``config`` (a
+    dataclass) gives one option per field (:func:`add_dataclass_arguments`). Every
+    command module's ``register(sub)`` is one call of this.
+    """
+    parser = sub.add_parser(name, help=help_)
+    if config is not None:
+        add_dataclass_arguments(parser, config)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def save_config(obj: Any, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the resolved dataclass ``obj`` (plus ``extra``) as JSON, atomically."""
     from pixnet.io.atomic import atomic_write_text

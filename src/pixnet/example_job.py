@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -94,3 +95,25 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
     for f in figs:
         log.info("figure: %s", f)
     return result
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    run_example(Path(args.out), epochs=args.epochs, overwrite=args.overwrite)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``pixnet example`` to the command line's sub-command parser ``sub``."""
+    from pixnet.config import add_command, checked_type
+
+    p = add_command(
+        sub,
+        "example",
+        "generate an example dataset and run train -> predict -> plot on it",
+        _cmd_example,
+    )
+    p.add_argument("--out", default="example-run", help="output folder")
+    p.add_argument(
+        "--epochs", type=checked_type(int, {"ge": 1}), default=8, help="training epochs (>= 1)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing example run")

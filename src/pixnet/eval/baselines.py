@@ -2,13 +2,15 @@
 
 * **Training mean** (:func:`mean_predictions`): every spot gets the training mean of
   each gene (``GenePanel.mean_targets``); its MSE skill is 0 by definition.
-* **Spot-crop regressor** in the style of ST-Net (:class:`SpotCropRegressor`,
+* **Spot-crop regressor** in the style of ST-Net
+  (:class:`~pixnet.models.spotcrop.SpotCropRegressor`, trained by
   :func:`train_spot_crop`): the same ResNet18 and initialisation as PixNet's encoder,
   one crop centred on each spot at the same working mpp, one expression vector per
   crop (ResNet18 -> global average pool of F5 -> linear head). It is trained with
   PixNet's loss (:func:`pixnet.ops.losses.pixnet_loss`), optimiser (Adam, same lr and
   weight decay), augmentation (flips, quarter turns, HED stain jitter), validation band
-  and epoch budget; the best epoch by validation loss is kept.
+  and epoch budget; the best epoch by validation loss is kept. Its run folder is kept
+  as ``pixnet train``'s (:class:`~pixnet.train.runfolder.RunFolder`), so it resumes.
 * **Ridge on frozen encoder features** (:func:`encoder_features`, :func:`fit_ridge`), as
   the HEST benchmark does: the untrained (or ``pretrained``) encoder embeds each spot
   crop (global average pool of F5, 512 values), and a closed-form ridge regression
@@ -30,12 +32,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ from pixnet.data.crops import (
     validation_masks,
 )
 from pixnet.data.preprocess import GenePanel
+from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
 from pixnet.models.registry import (
     build_encoder,
@@ -62,8 +66,18 @@ from pixnet.models.registry import (
     pooled_dim,
     pooled_features,
 )
+from pixnet.models.spotcrop import SpotCropRegressor, build_spot_crop_regressor
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import optimise_step, prepare_training_slides, validation_metrics
+from pixnet.train.runfolder import (
+    CHECKPOINT_KEYS,
+    RunFolder,
+    check_same_genes,
+    checkpoint_state,
+    commit_files,
+    restore_state,
+    save_torch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +86,9 @@ CONTEXT_FACTOR = 1.12
 
 DEFAULT_RIDGE_ALPHAS: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
 """Ridge penalties tried on the validation band (features are standardised)."""
+
+SPOTCROP_FILE = "spotcrop.pt"
+"""The best epoch's spot-crop weights in a spot-crop run folder."""
 
 
 # -- data of one fold -----------------------------------------------------------------
@@ -184,51 +201,6 @@ def augment_images(images: Tensor, rng: np.random.Generator) -> Tensor:
 # -- spot-crop regressor ----------------------------------------------------------------
 
 
-class SpotCropRegressor(nn.Module):
-    """ST-Net-style regressor: ResNet18 -> global average pool -> linear head to genes.
-
-    Args:
-        n_genes: number of genes ``G``.
-
-    Shapes: ``images (B, 3, S, S)`` RGB in [0, 1] -> ``(B, G)`` on the targets' scale.
-    Any ``S >= 32`` works (F5 is ``S / 32`` cells a side, rounded up).
-    """
-
-    def __init__(self, n_genes: int, encoder: str = "resnet18") -> None:
-        super().__init__()
-        self.encoder = build_encoder(get_encoder_spec(encoder))
-        self.head = nn.Linear(pooled_dim(self.encoder), n_genes)
-
-    def features(self, images: Tensor) -> Tensor:
-        """``(B, C)``: F5 averaged over its cells (ResNet18: 512), or a ViT's patch tokens
-        averaged (:func:`~pixnet.models.registry.pooled_features`)."""
-        return pooled_features(self.encoder, images)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """``(B, 3, S, S) -> (B, G)``."""
-        return self.head(self.features(images))
-
-
-def build_spot_crop_regressor(
-    n_genes: int,
-    mean_targets: Sequence[float] | None = None,
-    pretrained: str | None = None,
-    encoder: str = "resnet18",
-) -> SpotCropRegressor:
-    """A regressor with PixNet's encoder initialisation and the head bias at the mean.
-
-    ``pretrained``: encoder weights file (:func:`load_encoder_weights`), as PixNet's
-    ``--pretrained``; ``None`` keeps torchvision's random initialisation.
-    """
-    model = SpotCropRegressor(n_genes, encoder)
-    if pretrained:
-        load_pretrained(model.encoder, get_encoder_spec(encoder), Path(pretrained))
-    if mean_targets is not None:
-        with torch.no_grad():
-            model.head.bias.copy_(torch.as_tensor(list(mean_targets), dtype=torch.float32))
-    return model
-
-
 def predict_spot_crop(
     model: SpotCropRegressor,
     slide: SlideSpots,
@@ -299,17 +271,34 @@ def train_spot_crop(
     Args:
         cfg: ``epochs``, ``lr``, ``weight_decay``, ``pcc_weight``, ``augment``,
             ``pretrained``, ``seed``, ``crops_per_epoch`` and ``crop_px`` (for the
-            budget) are used, as by PixNet's training.
+            budget) are used, as by PixNet's training; with ``out``, also ``resume``
+            and ``overwrite``.
         data: the fold's training slides and validation band (:func:`prepare_fold_data`).
         crop_px: spot-crop side in working pixels (0: :func:`default_spot_crop_px`).
         batch_size: spot crops per optimiser step.
-        out: optional folder for ``log.jsonl`` and ``spotcrop.pt`` (best weights).
+        out: optional run folder, kept as ``pixnet train``'s
+            (:class:`~pixnet.train.runfolder.RunFolder`): after every epoch ``log.jsonl``
+            (one line per epoch), ``checkpoint.pt`` (last epoch) and, when the epoch is
+            the best so far, ``spotcrop.pt`` (its weights) are written together. An
+            existing run is replaced only with ``cfg.overwrite``; ``cfg.resume``
+            continues it from ``checkpoint.pt`` (a checkpoint of other genes or another
+            ``crop_px`` is refused before the folder is touched).
 
     Data order: epoch ``e`` draws its spots and augmentations from
-    ``default_rng([seed, e])``; weights are initialised after ``torch.manual_seed(seed)``.
+    ``default_rng([seed, e])``; weights are initialised after ``torch.manual_seed(seed)``,
+    so a resumed run ends with the uninterrupted run's weights.
+
+    Raises:
+        PixNetInputError: an existing run without ``resume``/``overwrite``, or a
+            checkpoint that cannot be resumed.
     """
     slides, panel = data.slides, data.panel
     crop_px = int(crop_px) or default_spot_crop_px(slides[0].size_wpx)
+    run = None
+    if out is not None:
+        run = RunFolder(out, [SPOTCROP_FILE], resume=cfg.resume, overwrite=cfg.overwrite)
+    # a refused resume leaves the folder untouched: read and check everything first
+    resumed = run.open((*CHECKPOINT_KEYS, "best", "crop_px")) if run is not None else None
     torch.manual_seed(cfg.seed)
     model = build_spot_crop_regressor(
         panel.n_genes, panel.mean_targets, cfg.pretrained, cfg.encoder
@@ -322,6 +311,18 @@ def train_spot_crop(
     if len(anchors) == 0:
         raise ValueError("no supervised spots to train on")
     per_epoch = spot_crops_per_epoch(cfg, slides)
+    best_loss, best_epoch, start = float("inf"), -1, 0
+    best_state = copy.deepcopy(model.state_dict())  # the initial weights
+    if resumed is not None:
+        assert run is not None
+        best_loss, best_epoch = _restore_spot_crop(resumed, model, opt, panel, crop_px, run)
+        start = int(resumed["epoch"]) + 1
+        if best_epoch >= 0:
+            best_state = _read_spot_crop_weights(run.file(SPOTCROP_FILE), best_epoch)
+    history: list[dict[str, Any]] = []
+    if run is not None:
+        run.prepare(start)
+        history = run.read_log()
     log.info(
         "spot-crop regressor: %d supervised spots, %d crops/epoch of %d px, %d genes",
         len(anchors),
@@ -329,14 +330,7 @@ def train_spot_crop(
         crop_px,
         panel.n_genes,
     )
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "log.jsonl").unlink(missing_ok=True)  # a fresh log per run
-    best_loss, best_epoch = float("inf"), -1
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict[str, Any]] = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
         pick = rng.choice(len(anchors), size=per_epoch, replace=per_epoch > len(anchors))
@@ -367,12 +361,26 @@ def train_spot_crop(
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
             **validate_spot_crop(model, data, crop_px, cfg.pcc_weight),
         }
+        outputs = []
         if "val_loss" not in record or record["val_loss"] < best_loss:
             best_loss, best_epoch = record.get("val_loss", float("inf")), epoch
             best_state = copy.deepcopy(model.state_dict())
+            if run is not None:
+                payload = _spot_crop_payload(best_state, panel, crop_px, best_epoch)
+                outputs.append((run.file(SPOTCROP_FILE), partial(save_torch, payload)))
         record["best_epoch"] = best_epoch
         record["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(record)
+        if run is not None:  # one consistent epoch: every file is written before any is renamed
+            state = checkpoint_state(
+                model,
+                opt,
+                epoch,
+                best={"val_loss": best_loss, "epoch": best_epoch},
+                genes=list(panel.genes),
+                crop_px=crop_px,
+            )
+            run.commit_epoch(record, state, outputs)
         log.info(
             "spot-crop epoch %d: loss %.4f val_mse %s (%.1fs)",
             epoch,
@@ -380,22 +388,72 @@ def train_spot_crop(
             f"{record['val_mse']:.4f}" if "val_mse" in record else "n/a",
             record["seconds"],
         )
-        if out_dir is not None:
-            with open(out_dir / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
     model.load_state_dict(best_state)
     model.eval()
-    if out_dir is not None:
-        from pixnet.io.atomic import atomic_write
-
-        payload = {
-            "state_dict": best_state,
-            "genes": list(panel.genes),
-            "crop_px": crop_px,
-            "best_epoch": best_epoch,
-        }
-        atomic_write(out_dir / "spotcrop.pt", lambda t: torch.save(payload, t))
+    if run is not None and best_epoch < 0:  # no epoch validated to a finite loss
+        payload = _spot_crop_payload(best_state, panel, crop_px, best_epoch)
+        commit_files([(run.file(SPOTCROP_FILE), partial(save_torch, payload))])
     return SpotCropResult(model, crop_px, best_epoch, history, per_epoch)
+
+
+def _spot_crop_payload(
+    state_dict: dict[str, Any], panel: GenePanel, crop_px: int, best_epoch: int
+) -> dict[str, Any]:
+    """``spotcrop.pt``: the weights of ``best_epoch`` with the genes and crop side."""
+    return {
+        "state_dict": state_dict,
+        "genes": list(panel.genes),
+        "crop_px": crop_px,
+        "best_epoch": best_epoch,
+    }
+
+
+def _restore_spot_crop(
+    state: dict[str, Any],
+    model: SpotCropRegressor,
+    opt: torch.optim.Optimizer,
+    panel: GenePanel,
+    crop_px: int,
+    run: RunFolder,
+) -> tuple[float, int]:
+    """Check that a spot-crop checkpoint fits this run and load it; ``(best validation
+    loss, best epoch)`` so far."""
+    path = run.checkpoint
+    head = state["model"].get("head.weight")
+    n_ckpt = int(head.shape[0]) if isinstance(head, torch.Tensor) else -1
+    check_same_genes(state.get("genes"), n_ckpt, list(panel.genes), path)
+    if int(state["crop_px"]) != crop_px:
+        raise PixNetInputError(
+            path,
+            f"checkpoint was trained on {int(state['crop_px'])} px spot crops, this run "
+            f"on {crop_px} px",
+            "resume with the same --spot-crop-px and --working-mpp, or start a new --out",
+        )
+    restore_state(state, model, opt, path)
+    best = state["best"]
+    return float(best["val_loss"]), int(best["epoch"])
+
+
+def _read_spot_crop_weights(path: Path, best_epoch: int) -> dict[str, Any]:
+    """The weights in ``spotcrop.pt``, which must be those of ``best_epoch``."""
+    fix = "start the run again (--overwrite) or in a new folder"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise PixNetInputError(path, "missing: the best epoch's weights are needed", fix) from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise PixNetInputError(
+            path, f"cannot read spot-crop weights ({str(e).splitlines()[0][:120]})", fix
+        ) from e
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise PixNetInputError(path, "not a spot-crop weights file", fix)
+    if payload.get("best_epoch") != best_epoch:
+        raise PixNetInputError(
+            path,
+            f"holds epoch {payload.get('best_epoch')}, the checkpoint's best epoch is {best_epoch}",
+            fix,
+        )
+    return payload["state_dict"]
 
 
 def validate_spot_crop(
@@ -567,10 +625,9 @@ __all__ = [
     "FoldData",
     "RidgeBaseline",
     "RidgeFit",
-    "SpotCropRegressor",
+    "SPOTCROP_FILE",
     "SpotCropResult",
     "augment_images",
-    "build_spot_crop_regressor",
     "default_spot_crop_px",
     "encoder_features",
     "fit_ridge",
@@ -583,5 +640,4 @@ __all__ = [
     "train_ridge",
     "train_spot_crop",
     "validate_spot_crop",
-    "validation_masks",
 ]

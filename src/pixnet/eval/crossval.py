@@ -24,7 +24,7 @@ Outputs in ``--out``: ``results.json`` and ``results.md`` (rewritten after every
 and per fold and method ``<fold>/<method>/`` with the predictions (``pred.npz``), what
 the method chose (``method.json``) and, for PixNet, its run folder and ``.h5ad``
 predictions. ``--resume`` reuses finished (fold, method) results and continues
-interrupted PixNet training from its checkpoint.
+interrupted PixNet, SimCLR and spot-crop training from its checkpoint.
 
 Metrics: :func:`pixnet.eval.metrics.evaluate_slides` per test slide (PCC across the
 spots of one slide) and pooled over the fold's test slides; a fold's value is the mean
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pixnet.config import add_dataclass_arguments, dataclass_from_args
+from pixnet.config import add_command, dataclass_from_args
 from pixnet.config import help_meta as _h
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.errors import PixNetInputError
@@ -256,8 +256,9 @@ def parse_method(method: str, default_readout: str) -> tuple[str, str | None]:
         return "pixnet", default_readout
     if method in ("pixnet", SIMCLR_METHOD):
         return "pixnet", default_readout
-    if method.startswith("pixnet-") and method[7:] in READOUTS:
-        return "pixnet", method[7:]
+    base, _, readout = method.partition("-")
+    if base == "pixnet" and readout in READOUTS:
+        return "pixnet", readout
     raise PixNetInputError(
         "--methods",
         f"{method!r} unknown",
@@ -309,8 +310,8 @@ def _run_pixnet(
     mdir: Path,
     simclr: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from pixnet.eval.evaluate import read_prediction
     from pixnet.io.modelfile import load_model_file
+    from pixnet.io.prediction import PredictionFile
     from pixnet.predict.job import PredictConfig, run_predict
     from pixnet.train.loop import train
 
@@ -336,9 +337,9 @@ def _run_pixnet(
             ),
             sample=s,
         )
-        p = read_prediction(path, s.sample_id)
+        p = PredictionFile(path, s.sample_id, require_spots=False)
         preds[s.sample_id] = align_predictions(
-            p.values, p.spot_ids, p.genes, s.spot_ids, panel.genes
+            p.values(), p.spot_ids(), p.genes, s.spot_ids, panel.genes
         )
     records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x]
     details = {
@@ -419,8 +420,13 @@ def _run_method(
     if base in ("spotcrop", "spotcrop-spot"):
         key = f"spotcrop-model-{seed}"  # one trained model serves both crop sizes
         if key not in fold_data:
+            resume = cfg.resume and (mdir / "checkpoint.pt").is_file()
             fold_data[key] = B.train_spot_crop(
-                tcfg, data, cfg.spot_crop_px, cfg.spot_batch_size, out=mdir
+                dataclasses.replace(tcfg, resume=resume),
+                data,
+                cfg.spot_crop_px,
+                cfg.spot_batch_size,
+                out=mdir,
             )
         res = fold_data[key]
         crop_px = res.crop_px
@@ -733,12 +739,14 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``crossval`` command to the ``pixnet`` sub-command parser ``sub``."""
-    p = sub.add_parser(
-        "crossval", help="cross-validate PixNet and the baselines (folds by patient or section)"
+    """Add ``pixnet crossval`` to the command line's sub-command parser ``sub``."""
+    add_command(
+        sub,
+        "crossval",
+        "cross-validate PixNet and the baselines (folds by patient or section)",
+        _cmd_crossval,
+        CrossValConfig,
     )
-    add_dataclass_arguments(p, CrossValConfig)
-    p.set_defaults(func=_cmd_crossval)
 
 
 __all__ = [

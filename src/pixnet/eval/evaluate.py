@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from pixnet._constants import AnnDataKeys as A
-from pixnet.config import add_dataclass_arguments, dataclass_from_args
+from pixnet._constants import PredictionKeys as P
+from pixnet.config import add_command, dataclass_from_args
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel
 from pixnet.errors import PixNetInputError
 from pixnet.eval.metrics import METRICS, evaluate_slides
 from pixnet.io.atomic import atomic_write_text, check_writable
+from pixnet.io.prediction import PredictionFile, PredictionInfo, TargetScale
 from pixnet.io.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,6 @@ N_LISTED = 10
 
 RAW_COUNT_MAX = 50.0
 """Predictions above this look like raw counts (log-normalised targets stay below ~12)."""
-
-PIXNET_UNS = "pixnet"
-
-
-def target_description(target_sum: float) -> str:
-    """The targets' scale as ``pixnet predict`` writes it in ``uns["pixnet"]["target"]``."""
-    return f"log1p({target_sum:g} * count / spot total)"
 
 
 @dataclass
@@ -82,7 +76,7 @@ class Prediction:
         values: ``(N, G)`` float64 predictions.
         spot_ids: ``N`` spot ids (``obs_names``).
         genes: ``G`` gene names (``var_names``).
-        uns_pixnet: ``uns["pixnet"]`` (empty for files of other tools).
+        info: ``uns["pixnet"]``, read (empty for files of other tools).
     """
 
     path: Path
@@ -91,7 +85,7 @@ class Prediction:
     values: np.ndarray
     spot_ids: list[str]
     genes: list[str]
-    uns_pixnet: dict[str, Any]
+    info: PredictionInfo
 
 
 def parse_pred_entry(entry: str) -> tuple[str | None, Path]:
@@ -118,12 +112,8 @@ def _check_unique(names: list[str], path: Path, field_name: str, fix: str) -> No
 
 def read_prediction(path: str | Path, sample_id: str | None = None) -> Prediction:
     """Read a prediction ``.h5ad``; the sample is ``sample_id`` or ``uns["spatial"]``'s key."""
-    from pixnet.io.h5ad import load_anndata
-
-    p = Path(path)
-    adata = load_anndata(p)
-    spatial = adata.uns.get(A.SPATIAL)
-    libraries = [str(k) for k in spatial] if isinstance(spatial, dict) else []
+    pf = PredictionFile(path, sample_id, require_spots=False)
+    p, libraries = pf.path, pf.library_ids
     if sample_id is not None:
         sample_from = "argument"
         if len(libraries) == 1 and libraries != [sample_id]:
@@ -145,22 +135,19 @@ def read_prediction(path: str | Path, sample_id: str | None = None) -> Predictio
             "sample is unknown",
             f"pass --pred SAMPLE_ID={p}",
         )
-    if adata.X is None:
-        raise PixNetInputError(p, "X is empty (no predictions)", "store predictions in X")
-    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-    spot_ids = [str(s) for s in adata.obs_names]
-    genes = [str(g) for g in adata.var_names]
+    spot_ids = pf.spot_ids()
     _check_unique(spot_ids, p, "obs_names", "give every spot a unique id (obs_names)")
-    _check_unique(genes, p, "var_names", "make gene names unique (adata.var_names_make_unique())")
-    uns_pixnet = adata.uns.get(PIXNET_UNS)
+    _check_unique(
+        pf.genes, p, "var_names", "make gene names unique (adata.var_names_make_unique())"
+    )
     return Prediction(
         path=p,
         sample_id=sample_id,
         sample_from=sample_from,
-        values=np.asarray(x, dtype=np.float64).reshape(len(spot_ids), len(genes)),
+        values=pf.values(dtype=np.float64),
         spot_ids=spot_ids,
-        genes=genes,
-        uns_pixnet=dict(uns_pixnet) if isinstance(uns_pixnet, dict) else {},
+        genes=pf.genes,
+        info=pf.info,
     )
 
 
@@ -202,19 +189,20 @@ def read_dense_map_prediction(
         values=values.astype(np.float64),
         spot_ids=list(sample.spot_ids),
         genes=genes,
-        uns_pixnet={"spot_set": "spots", "readout": info.get("readout")},
+        info=PredictionInfo(spot_set=P.OWN_SPOTS, readout=info.get("readout"), layout=0),
     )
 
 
 def scale_warnings(pred: Prediction, target_sum: float) -> list[str]:
     """Reasons to think ``pred`` is not on the targets' scale (empty when it looks fine)."""
     out = []
-    expected = target_description(target_sum)
-    stated = pred.uns_pixnet.get("target")
-    if stated is not None and str(stated) != expected:
-        out.append(f"uns['pixnet']['target'] is {stated!r}, truth is {expected!r}")
-    spot_set = pred.uns_pixnet.get("spot_set")
-    if spot_set is not None and str(spot_set) != "spots":
+    truth = TargetScale(target_sum=target_sum)
+    expected = truth.describe()
+    stated = pred.info.target
+    if stated is not None and stated != truth:
+        out.append(f"uns[{P.UNS!r}][{P.TARGET!r}] is {stated.describe()!r}, truth is {expected!r}")
+    spot_set = pred.info.spot_set
+    if spot_set and spot_set != P.OWN_SPOTS:
         out.append(
             f"spot set {spot_set!r} is not the sample's own spots: truth is the measured "
             "counts of the sample's spots"
@@ -431,8 +419,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         files[sid] = {
             "path": str(pred.path),
             "sample_from": pred.sample_from,
-            "prediction_target": pred.uns_pixnet.get("target"),
-            "spot_set": pred.uns_pixnet.get("spot_set"),
+            "prediction_target": pred.info.target.describe() if pred.info.target else None,
+            "spot_set": pred.info.spot_set or None,
             **r,
             "scale_warnings": scale,
         }
@@ -483,7 +471,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "config": asdict(cfg),
         "outputs": {"json": str(json_path), "md": str(md_path)},
         "truth": {
-            "target": target_description(target_sum),
+            "target": TargetScale(target_sum=target_sum).describe(),
             "target_sum": target_sum,
             "panel_from": panel_from,
             "skill": (
@@ -561,7 +549,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``evaluate`` command to the ``pixnet`` sub-command parser ``sub``."""
-    p = sub.add_parser("evaluate", help="score prediction .h5ad files against measured expression")
-    add_dataclass_arguments(p, EvaluateConfig)
-    p.set_defaults(func=_cmd_evaluate)
+    """Add ``pixnet evaluate`` to the command line's sub-command parser ``sub``."""
+    add_command(
+        sub,
+        "evaluate",
+        "score prediction .h5ad files against measured expression",
+        _cmd_evaluate,
+        EvaluateConfig,
+    )

@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -203,7 +203,7 @@ class StreamingH5ad:
             if self.tmp.exists():
                 self.tmp.unlink()
 
-    def __enter__(self) -> StreamingH5ad:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

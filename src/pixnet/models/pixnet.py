@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,11 +290,6 @@ class PixNet(nn.Module):
         """The 1x1 conv from D1 to genes (``weight: (n_genes, C_D1, 1, 1)``)."""
         return self.decoder.head
 
-    def head_bias_init(self, mean_targets: Tensor, scale: float = 1.0) -> None:
-        """Set the head bias to ``scale * mean_targets``; see
-        :meth:`PixNetDecoder.head_bias_init`."""
-        self.decoder.head_bias_init(mean_targets, scale)
-
 
 def encoder_spec_of(config: PixNetConfig) -> EncoderSpec:
     """The encoder facts of ``config``: its recorded ``encoder_spec`` if any (a model file),
@@ -310,43 +304,6 @@ def encoder_spec_of(config: PixNetConfig) -> EncoderSpec:
             )
         return spec
     return get_encoder_spec(config.encoder)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: this process's GPU (``cuda:LOCAL_RANK``, so each torchrun rank gets its
-    own) when CUDA is available, else CPU; any other name as torch reads it.
-
-    Raises:
-        PixNetInputError: a device this machine or torch build does not have.
-    """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise PixNetInputError(
-            "--device", f"{name!r} is not a device", "use auto, cpu or cuda:N"
-        ) from e
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PixNetInputError(
-                "--device",
-                f"{name!r} asked, but no CUDA device is usable here (torch {torch.__version__}, "
-                f"built with CUDA {torch.version.cuda or 'none'})",
-                "use --device cpu (or auto), or install a CUDA build of torch",
-            )
-        n = torch.cuda.device_count()
-        if device.index is not None and device.index >= n:
-            raise PixNetInputError(
-                "--device",
-                f"{name!r} asked, but this machine has {n} CUDA device(s)",
-                f"use cuda:0 to cuda:{n - 1}",
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise PixNetInputError("--device", "'mps' asked, but MPS is not available", "use cpu")
-    return device
 
 
 def model_device(model: nn.Module) -> torch.device:

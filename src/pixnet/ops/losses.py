@@ -1,8 +1,10 @@
-"""Loss of paper Eq. 10 as pure functions: MSE + lambda * (1 - mean batch-wise PCC)."""
+"""Losses as pure functions: paper Eq. 10 (MSE + lambda * (1 - mean batch-wise PCC)) for
+training, NT-Xent for SimCLR pretraining."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -57,3 +59,29 @@ def check_finite_loss(loss: Tensor, where: str) -> None:
             "Lower --lr, check the targets for NaN or inf, and restart with --resume "
             "from the last checkpoint"
         )
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
+    """NT-Xent (normalised temperature-scaled cross-entropy) loss of SimCLR (Chen et al.
+    2020), as used by ``pixnet pretrain``.
+
+    Args:
+        z1: ``(N, D)`` projections of the first views.
+        z2: ``(N, D)`` projections of the second views (row i pairs with ``z1[i]``).
+        temperature: softmax temperature of the cosine similarities.
+
+    Returns:
+        Scalar: mean over the ``2N`` views of ``-log softmax`` of the positive pair among
+        the other ``2N - 1`` views. ``log(1 + (2N - 2) exp(-1 / temperature))`` for
+        identical, mutually orthogonal pairs; about ``log(2N - 1)`` for random ones.
+    """
+    if z1.shape != z2.shape or z1.ndim != 2 or z1.shape[0] < 2:
+        raise ValueError(
+            f"z1, z2 must both be (N >= 2, D), got {tuple(z1.shape)}, {tuple(z2.shape)}"
+        )
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)

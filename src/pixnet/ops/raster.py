@@ -15,18 +15,15 @@ import torch
 from torch import Tensor
 
 from pixnet.ops.aggregate import integrate_spots
-from pixnet.ops.readout import check_readout, spot_values
+from pixnet.ops.readout import Readout, get_readout, spot_values
 
 
-def integrand_from_map_values(values: Tensor, readout: str, cell_area_px: float) -> Tensor:
+def integrand_from_map_values(
+    values: Tensor, readout: Readout | str, cell_area_px: float
+) -> Tensor:
     """Inverse of :func:`~pixnet.ops.readout.map_values`: per-cell values back to the map
-    that is integrated (``density``: ``expm1``; ``sum``: divided by the cell area)."""
-    check_readout(readout)
-    if readout == "density":
-        return torch.expm1(values)
-    if readout == "sum":
-        return values / cell_area_px
-    return values
+    that is integrated (:meth:`~pixnet.ops.readout.Readout.integrand_from_values`)."""
+    return get_readout(readout).integrand_from_values(values, cell_area_px)
 
 
 def spot_values_from_map(

@@ -1,16 +1,17 @@
 """``pixnet predict``: a trained model and a slide in, ``.h5ad`` predictions out.
 
-Outputs (scanpy/squidpy layout): ``X`` predictions on the training targets' scale
-(``log1p(1e4 * count / total)``), ``obs_names`` spot or bin ids, ``var_names`` genes,
-``obsm["spatial"]`` (x, y) full-resolution pixels, ``uns["spatial"][library_id]`` with a
-downscaled image and its scalefactors, ``uns["pixnet"]`` with the model, configuration,
-pixel size and spot geometry. The sample's own spots go to ``--out``; every other spot
+Outputs (scanpy/squidpy layout, written by :mod:`pixnet.io.prediction`): ``X``
+predictions on the training targets' scale (``log1p(1e4 * count / total)``),
+``obs_names`` spot or bin ids, ``var_names`` genes, ``obsm["spatial"]`` (x, y)
+full-resolution pixels, ``uns["spatial"][library_id]`` with a downscaled image and its
+scalefactors, ``uns["pixnet"]`` with the model, configuration, pixel size, spot geometry
+and the target scale as data. The sample's own spots go to ``--out``; every other spot
 set to ``{out stem}.{set}.h5ad`` beside it (e.g. ``C6.bins_8um.h5ad``).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pixnet._constants import PredictionKeys
 from pixnet.config import DEVICE_HINT, DEVICE_PATTERN, check_fields
 from pixnet.config import help_meta as _h
 from pixnet.errors import PixNetInputError
@@ -28,7 +30,7 @@ from pixnet.io.atomic import (
     hold_interrupts,
     raise_if_disk_full,
 )
-from pixnet.io.h5ad_writer import StreamingH5ad
+from pixnet.io.prediction import PredictionInfo, PredictionWriter, SlideRecord, TargetScale
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
@@ -127,12 +129,14 @@ def report_nan_rows(n_nan: int, n: int, name: str, path: Path, skip_background: 
             "check the spot positions and the tissue, or pass --no-skip-background",
         )
     log.warning(
-        "%s: %d of %d %s have no prediction (NaN): %s; counted in uns['pixnet']['n_nan_rows']",
+        "%s: %d of %d %s have no prediction (NaN): %s; counted in uns[%r][%r]",
         path.name,
         n_nan,
         n,
         name,
         why,
+        PredictionKeys.UNS,
+        PredictionKeys.N_NAN_ROWS,
     )
 
 
@@ -154,7 +158,7 @@ def build_spot_sets(
         sets.append(
             (
                 ExplicitSpots(
-                    "spots",
+                    PredictionKeys.OWN_SPOTS,
                     sample.spot_ids,
                     sample.centres_px,
                     sample.spot_size_px,
@@ -268,11 +272,11 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
         )
         dense = dense_map_writer(cfg, predictor, slide)
         dense_paths: list[Path] = []
-        writers: list[StreamingH5ad] = []
+        writers: list[PredictionWriter] = []
         try:
             for ss, path in sets:
                 writers.append(
-                    StreamingH5ad(path, len(ss), predictor.panel.genes, cfg.dtype, cfg.overwrite)
+                    PredictionWriter(path, len(ss), predictor.panel.genes, cfg.dtype, cfg.overwrite)
                 )
 
             def sink(k: int, block: Any, values: np.ndarray) -> None:
@@ -288,36 +292,30 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
                 tissue=(mask, thumb_mpp) if cfg.skip_background else None,
                 map_sink=dense,
             )
+            target = TargetScale(target_sum=predictor.panel.target_sum)
             for (ss, path), w in zip(sets, writers, strict=True):
-                size_px = ss.size_um / mpp
-                uns = {
-                    "spatial": {
-                        library_id: {
-                            "images": {"hires": np.ascontiguousarray(hires)},
-                            "scalefactors": {
-                                "tissue_hires_scalef": float(mpp / hires_mpp),
-                                "spot_diameter_fullres": float(size_px),
-                                "microns_per_pixel": float(mpp),
-                            },
-                            "metadata": {"source_image_path": str(image)},
-                        }
-                    },
-                    "pixnet": {
-                        "model": str(cfg.model),
-                        "spot_set": ss.name,
-                        "spot_shape": ss.shape,
-                        "spot_size_um": float(ss.size_um),
-                        "mpp": float(mpp),
-                        "working_mpp": predictor.working_mpp,
-                        "readout": predictor.readout,
-                        "target": f"log1p({predictor.panel.target_sum:g} * count / spot total)",
-                        "config": json.dumps(asdict(cfg)),
-                        "stats": json.dumps({k: v for k, v in stats.items()}, default=str),
-                        "n_nan_rows": w.n_nan_rows,
-                    },
-                }
+                slide_record = SlideRecord(
+                    library_id=library_id,
+                    spot_size_px=ss.size_um / mpp,
+                    mpp=mpp,
+                    hires=hires,
+                    hires_scalef=mpp / hires_mpp,
+                    source_image=Path(image),
+                )
+                info = PredictionInfo(
+                    model=str(cfg.model),
+                    spot_set=ss.name,
+                    spot_shape=ss.shape,
+                    spot_size_um=ss.size_um,
+                    mpp=mpp,
+                    working_mpp=predictor.working_mpp,
+                    readout=predictor.readout,
+                    target=target,
+                    config=asdict(cfg),
+                    stats=dict(stats),
+                )
                 report_nan_rows(w.n_nan_rows, len(ss), ss.name, path, cfg.skip_background)
-                w.finish(uns, commit=False)
+                w.finish_prediction(info, slide_record, commit=False)
             if dense is not None:
                 done = [(ss, w.tmp) for (ss, _), w in zip(sets, writers, strict=True)]
                 dense_paths = dense.finish(slide, done, library_id=library_id, commit=False)
@@ -349,10 +347,10 @@ def run_predict_many(cfg: PredictConfig) -> list[Path]:
     Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) process ``r`` of ``N`` takes the
     samples ``r, r + N, ...`` of the list; no communication is needed.
     """
-    import os
     from dataclasses import replace
 
     from pixnet.io.manifest import read_manifest
+    from pixnet.runtime import process_place
 
     if not cfg.samples:
         raise PixNetInputError("--sample-ids", "needs a manifest", "pass --samples MANIFEST.csv")
@@ -361,7 +359,8 @@ def run_predict_many(cfg: PredictConfig) -> list[Path]:
     unknown = sorted(set(ids) - set(known))
     if unknown:
         raise PixNetInputError(cfg.samples, f"unknown sample ids {unknown}", f"known: {known}")
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    place = process_place()
+    rank, world = place.rank, place.world
     mine = ids[rank::world]
     log.info("process %d of %d predicts %s", rank, world, ", ".join(mine) or "nothing")
     written: list[Path] = []
@@ -369,3 +368,25 @@ def run_predict_many(cfg: PredictConfig) -> list[Path]:
         sub = replace(cfg, sample=sid, sample_ids=[], out=str(Path(cfg.out) / f"{sid}.h5ad"))
         written += run_predict(sub)
     return written
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pixnet.config import dataclass_from_args
+
+    cfg = dataclass_from_args(PredictConfig, args)
+    for path in (run_predict_many if cfg.sample_ids else run_predict)(cfg):
+        print(f"wrote {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``pixnet predict`` to the command line's sub-command parser ``sub``."""
+    from pixnet.config import add_command
+
+    add_command(
+        sub,
+        "predict",
+        "predict expression at spots, bins or a CSV of centres",
+        _cmd_predict,
+        PredictConfig,
+    )

@@ -30,31 +30,75 @@ import torch
 from tqdm.auto import tqdm
 
 from pixnet.data.preprocess import GenePanel
-from pixnet.io.modelfile import describe_status, load_model_file
+from pixnet.errors import PixNetInputError
+from pixnet.io.modelfile import describe_status, load_model_file, member_state_dicts
 from pixnet.io.slide import Slide
 from pixnet.io.tissue import tissue_fraction_in_rect
-from pixnet.models.pixnet import PixNet, PixNetConfig, model_device, resolve_device
+from pixnet.models.ensemble import PixNetEnsemble, model_integrand
+from pixnet.models.pixnet import PixNet, PixNetConfig, model_device
 from pixnet.ops.aggregate import integrate_spots
-from pixnet.ops.readout import prepare_map, spot_values
+from pixnet.ops.readout import READOUTS, Readout, get_readout
 from pixnet.predict.spotsets import SpotBlock, SpotSet
+from pixnet.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Predictor:
-    """A trained model ready for inference, with what it needs to place spots."""
+    """A trained model ready for inference, with what it needs to place spots.
 
-    model: PixNet
+    ``readout`` is the read-out's name (:data:`~pixnet.ops.readout.READOUTS`);
+    :attr:`readout_maths` its :class:`~pixnet.ops.readout.Readout`.
+    """
+
+    model: PixNet | PixNetEnsemble
     panel: GenePanel
     working_mpp: float
     readout: str
     path: str = ""
     payload_info: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        get_readout(self.readout)  # an unknown name is refused here, not mid-slide
+
+    @property
+    def readout_maths(self) -> Readout:
+        return get_readout(self.readout)
+
     @property
     def stride(self) -> int:
         return int(self.model.map_stride)
+
+    @property
+    def n_members(self) -> int:
+        """1 for a single model, K for an ensemble."""
+        return len(self.model) if isinstance(self.model, PixNetEnsemble) else 1
+
+    def integrand(self, x: torch.Tensor) -> torch.Tensor:
+        """The read-out's integrand for input tiles ``x`` (an ensemble's: the members'
+        mean, run one member at a time)."""
+        return model_integrand(self.model, x, self.readout_maths)
+
+
+def network_from_payload(payload: dict[str, Any]) -> PixNet | PixNetEnsemble:
+    """The network of a loaded model file: one :class:`PixNet`, or a
+    :class:`~pixnet.models.ensemble.PixNetEnsemble` when the file has an ``ensemble``
+    section. Weights loaded, eval mode, on the CPU."""
+    mcfg = PixNetConfig.from_dict(dict(payload["model_config"]))
+    mcfg.pretrained = None  # the file's weights already hold the encoder
+    ensemble = payload.get("ensemble")
+    sds = (
+        member_state_dicts(payload["state_dict"], int(ensemble["size"]))
+        if ensemble
+        else [payload["state_dict"]]
+    )
+    members = []
+    for sd in sds:
+        m = PixNet(mcfg)
+        m.load_state_dict(sd)
+        members.append(m)
+    return (PixNetEnsemble(members) if ensemble else members[0]).eval()
 
 
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
@@ -64,19 +108,26 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     status = payload.get("training") or None
     if status and not status.get("finished", True):
         log.warning("%s: %s", path, describe_status(status))
-    mcfg = PixNetConfig.from_dict(dict(payload["model_config"]))
-    mcfg.pretrained = None  # the file's weights already hold the encoder
-    model = PixNet(mcfg)
-    model.load_state_dict(payload["state_dict"])
-    model.to(resolve_device(device)).eval()
-    geo = payload["geometry"]
+    model = network_from_payload(payload)
+    model.to(resolve_device(device))
+    geo, readout = payload["geometry"], str(payload["readout"].get("name"))
+    if readout not in READOUTS:
+        raise PixNetInputError(
+            path,
+            f"readout {readout!r} unknown (known: {', '.join(READOUTS)})",
+            "use a model.pt written by 'pixnet train'",
+        )
     return Predictor(
         model=model,
         panel=GenePanel.from_dict(dict(payload["panel"])),
         working_mpp=float(geo["working_mpp"]),
-        readout=str(geo["readout"]),
+        readout=readout,
         path=str(path),
-        payload_info={"geometry": dict(geo), "model_config": dict(payload["model_config"])},
+        payload_info={
+            "geometry": dict(geo),
+            "readout": dict(payload["readout"]),
+            "model_config": dict(payload["model_config"]),
+        },
     )
 
 
@@ -120,7 +171,7 @@ def predict_slide(
     """
     if tile_px % 32 or margin_px % 16:
         raise ValueError("tile_px must be a multiple of 32 and margin_px of 16")
-    model, s = predictor.model, predictor.stride
+    model, s, readout = predictor.model, predictor.stride, predictor.readout_maths
     G = predictor.panel.n_genes
     w_mpp, f_mpp = predictor.working_mpp, slide.mpp
     to_full = w_mpp / f_mpp  # full-resolution px per working px
@@ -167,7 +218,7 @@ def predict_slide(
                 x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
                 with torch.inference_mode():
                     x = x.to(model_device(model))
-                    maps = prepare_map(model(x), predictor.readout).float().cpu()
+                    maps = predictor.integrand(x).float().cpu()
                 for (tx, _), m in zip(chunk, maps, strict=True):
                     buf[:G, keep:, tx * tc : (tx + 1) * tc] = m[:, mc : mc + tc, mc : mc + tc]
                     buf[G, keep:, tx * tc : (tx + 1) * tc] = 1.0
@@ -179,7 +230,7 @@ def predict_slide(
                 for sub in _split(block, max_spots_per_write):
                     sink(k, sub, _aggregate(predictor, buf, sub, cell_px, row0, spot_sets[k].shape))
             if map_sink is not None:  # converted slice by slice: no copy of the whole band
-                vals = BandOnScale(buf[:G, keep:], predictor.readout, float(s * s))
+                vals = BandOnScale(buf[:G, keep:], readout, float(s * s))
                 map_sink(ty * tc, vals, buf[G, keep:].numpy() > 0)
             buf[:, :keep] = buf[:, -keep:].clone()
     finally:
@@ -188,21 +239,16 @@ def predict_slide(
 
 
 class BandOnScale:
-    """A band of the stitched map ``(G, rows, W)`` seen on the targets' scale (what
-    :func:`~pixnet.ops.readout.map_values` gives): indexing converts only the slice asked
-    for, so a map sink never needs a copy of the whole band."""
+    """A band of the stitched integrand ``(G, rows, W)`` seen on the targets' scale (what
+    :meth:`~pixnet.ops.readout.Readout.map_values` gives): indexing converts only the
+    slice asked for, so a map sink never needs a copy of the whole band."""
 
-    def __init__(self, band: torch.Tensor, readout: str, cell_area_px: float) -> None:
+    def __init__(self, band: torch.Tensor, readout: Readout, cell_area_px: float) -> None:
         self.band, self.readout, self.cell_area_px = band, readout, cell_area_px
         self.shape = tuple(band.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        v = self.band[key]
-        if self.readout == "density":
-            v = torch.log1p(v)
-        elif self.readout == "sum":
-            v = v * self.cell_area_px
-        return v.numpy()
+        return self.readout.values_from_integrand(self.band[key], self.cell_area_px).numpy()
 
 
 def _split(block: SpotBlock, size: int) -> list[SpotBlock]:
@@ -229,7 +275,7 @@ def _aggregate(
     # below the map's own precision (a float64 copy would double the band's memory)
     integ, _ = integrate_spots(buf[None], c.float(), sizes.float(), shape, chunk=16384)
     valid_area = integ[:, G]
-    vals = spot_values(integ[:, :G], valid_area, predictor.readout, float(predictor.stride**2))
+    vals = predictor.readout_maths.spot_values(integ[:, :G], valid_area, float(predictor.stride**2))
     return vals.float().numpy()
 
 
@@ -259,10 +305,9 @@ def dense_map_region(
         (x0 - m * to_full, y0 - m * to_full), (w + 2 * m, h + 2 * m), predictor.working_mpp
     )
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div_(255.0)
-    from pixnet.ops.readout import map_values
-
     with torch.inference_mode():
         x = x.to(model_device(predictor.model))
-        vals = map_values(predictor.model(x), predictor.readout, float(s * s))[0].cpu()
+        vals = predictor.readout_maths.values_from_integrand(predictor.integrand(x), float(s * s))
+        vals = vals[0].cpu()
     mc = m // s
     return vals[:, mc : mc + h // s, mc : mc + w // s].numpy(), s * to_full

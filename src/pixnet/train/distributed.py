@@ -17,12 +17,13 @@ torchrun job.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from pixnet.runtime import collective_backend, process_place
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,10 @@ class DistInfo:
 
 def init_distributed() -> DistInfo:
     """Join the torchrun job if there is one (``WORLD_SIZE`` > 1), else a 1-process job."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if process_place().world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=collective_backend())
     info = DistInfo(world=dist.get_world_size(), rank=dist.get_rank())
     if not info.is_main:
         logging.getLogger("pixnet").setLevel(logging.WARNING)

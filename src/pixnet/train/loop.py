@@ -12,7 +12,7 @@ epoch), ``checkpoint.pt`` (last epoch, for ``--resume``), ``model.pt`` (best epo
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import time
 from dataclasses import asdict
@@ -37,20 +37,14 @@ from pixnet.data.crops import (
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.data.regions import region_targets, sample_regions
 from pixnet.errors import PixNetInputError
-from pixnet.io.atomic import atomic_write, check_writable
-from pixnet.io.modelfile import load_model_file, model_payload, torch_save
+from pixnet.io.modelfile import load_model_file, model_payload
 from pixnet.io.sample import Sample
-from pixnet.models.pixnet import (
-    PixNet,
-    build_pixnet,
-    from_preset,
-    model_device,
-    resolve_device,
-)
+from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.losses import check_finite_loss, pearson_per_gene, pixnet_loss
-from pixnet.ops.readout import check_readout, prepare_map, region_values, spot_values
+from pixnet.ops.readout import Readout, get_readout, prepare_map, region_values, spot_values
+from pixnet.runtime import resolve_device
 from pixnet.train.config import TrainConfig
 from pixnet.train.distributed import (
     DistInfo,
@@ -60,11 +54,13 @@ from pixnet.train.distributed import (
     shutdown,
 )
 from pixnet.train.runfolder import (
+    RunFolder,
     check_same_genes,
+    checkpoint_state,
     commit_files,
     describe_status,
-    load_checkpoint,
     restore_state,
+    save_torch,
     training_status,
 )
 
@@ -141,18 +137,6 @@ def validation_metrics(p: torch.Tensor, t: torch.Tensor, pcc_weight: float) -> d
     return {"val_mse": mse, "val_pcc_m": pcc, "val_loss": mse + pcc_weight * (1 - pcc)}
 
 
-def _checkpoint_state(
-    model: PixNet, opt: torch.optim.Optimizer, epoch: int, best: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "best": best,
-    }
-
-
 def prepare_training_slides(
     cfg: TrainConfig, samples: list[Sample]
 ) -> tuple[GenePanel, list[SlideSpots]]:
@@ -188,7 +172,7 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
             ``--overwrite``.
     """
     check_fields(cfg)
-    check_readout(cfg.readout)
+    get_readout(cfg.readout)
     resolve_device(cfg.device)  # a device this machine lacks is refused before any work
     get_encoder_spec(cfg.encoder)  # an unknown --encoder too
     if cfg.crop_px % 32:
@@ -210,6 +194,35 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         shutdown(info)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pixnet.config import dataclass_from_args
+    from pixnet.io.manifest import load_manifest
+
+    cfg = dataclass_from_args(TrainConfig, args)
+    resolve_device(cfg.device)  # a device this machine lacks: refused before reading data
+    if not cfg.samples:
+        raise PixNetInputError("--samples", "no manifest given", "pass --samples MANIFEST.csv")
+    samples = load_manifest(cfg.samples)
+    known = {s.sample_id for s in samples}
+    unknown = sorted(set(cfg.holdout) - known)
+    if unknown:
+        raise PixNetInputError(
+            cfg.samples,
+            f"--holdout names unknown samples {unknown}",
+            f"known: {sorted(known)}",
+        )
+    path = train(cfg, [s for s in samples if s.sample_id not in set(cfg.holdout)])
+    print(f"model written to {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``pixnet train`` to the command line's sub-command parser ``sub``."""
+    from pixnet.config import add_command
+
+    add_command(sub, "train", "train a PixNet model", _cmd_train, TrainConfig)
+
+
 def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     parts = info.world if info.active else cfg.micro_batches
     if parts > cfg.batch_size:
@@ -218,15 +231,10 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             f"{cfg.batch_size} crops cannot be shared by {parts} processes",
             f"use --batch-size {parts} or more",
         )
-    out = Path(cfg.out)
-    ckpt_path, model_path = out / "checkpoint.pt", out / "model.pt"
-    if not cfg.resume:
-        check_writable(model_path, cfg.overwrite)
-        check_writable(ckpt_path, cfg.overwrite)
-    elif not ckpt_path.is_file():
-        raise PixNetInputError(ckpt_path, "no checkpoint to resume from", "drop --resume")
+    run = RunFolder(cfg.out, ["model.pt"], resume=cfg.resume, overwrite=cfg.overwrite)
+    out, ckpt_path, model_path = run.out, run.checkpoint, run.file("model.pt")
     # a refused --resume leaves the folder untouched: read and check everything first
-    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
+    resumed = run.open()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -250,11 +258,10 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     )
     device = resolve_device(cfg.device)
     model = build_pixnet(mcfg).to(device)
-    _init_head(model, panel, cfg.readout, spot_area_wpx=_spot_area(slides[0]))
+    _init_head(model, panel, get_readout(cfg.readout), spot_area_wpx=_spot_area(slides[0]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     geometry = {
         "working_mpp": cfg.working_mpp,
-        "readout": cfg.readout,
         "map_stride": model.map_stride,
         "spot_shape": slides[0].shape,
         "spot_size_um": float(samples[0].spot_size_um),
@@ -268,11 +275,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         start = int(resumed["epoch"]) + 1
         best = dict(resumed.get("best") or best)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # left by a run killed while writing
-            stale.unlink()
-        if not cfg.resume:  # a fresh run (--overwrite) starts a fresh log
-            (out / "log.jsonl").unlink(missing_ok=True)
+        run.prepare(start)
     barrier(info)
     if info.is_main:
         save_config(
@@ -290,10 +293,6 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                 "crops_per_epoch_resolved": sampler.crops_per_epoch,
             },
         )
-    if resumed is not None:
-        if info.is_main:
-            truncate_epoch_log(out / "log.jsonl", start)
-        log.info("resumed from %s at epoch %d", ckpt_path, start)
     forward: Any = model
     if info.active:
         from torch.nn.parallel import DistributedDataParallel
@@ -309,7 +308,6 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         panel.n_genes,
         sampler.crops_per_epoch,
     )
-    log_path = out / "log.jsonl"
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -356,17 +354,15 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                 model_config=mcfg.to_dict(),
                 panel=panel.to_dict(),
                 geometry=geometry,
+                readout=cfg.readout,
                 train_config=asdict(cfg),
                 training=training_status(epoch + 1 == cfg.epochs, epoch + 1, cfg.epochs, epoch),
             )
             writes.append((model_path, partial(save_torch, payload)))
         record["best_epoch"] = best["epoch"]
-        state = _checkpoint_state(model, opt, epoch, best)
-        state["genes"] = list(panel.genes)
-        writes.append((ckpt_path, partial(save_torch, state)))
-        writes.append((log_path, partial(append_log_line, log_path, json.dumps(record))))
+        state = checkpoint_state(model, opt, epoch, best=best, genes=list(panel.genes))
         # one consistent epoch: every file is written before any is renamed
-        commit_files(writes)
+        run.commit_epoch(record, state, writes)
         log.info(
             "epoch %d: loss %.4f val_mse %s val_pcc_m %s (%.1fs)",
             epoch,
@@ -395,20 +391,6 @@ def _mark_finished(model_path: Path, epochs: int, best_epoch: int) -> None:
     log.info("training %s", describe_status(status))
 
 
-def append_log_line(old_path: Path, line: str, tmp: Path) -> None:
-    """The epoch log ``old_path`` with ``line`` appended, written to ``tmp``."""
-    old = old_path.read_text() if old_path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    tmp.write_text(old + line.rstrip("\n") + "\n")
-
-
-def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` with the (object, path) argument order :func:`atomic_write` wants;
-    a full disk surfaces as ``OSError`` (see :func:`pixnet.io.modelfile.torch_save`)."""
-    torch_save(obj, path)
-
-
 def _check_same_genes(
     state: dict[str, Any], model: PixNet, panel: GenePanel, path: Path, model_path: Path
 ) -> None:
@@ -429,16 +411,6 @@ def _check_same_genes(
     assert model.n_genes == len(panel.genes)
 
 
-def truncate_epoch_log(path: Path, start_epoch: int) -> None:
-    """Drop log lines of epochs at or after ``start_epoch`` (re-run after a resume)."""
-    if not path.is_file():
-        return
-    lines = [x for x in path.read_text().splitlines() if x.strip()]
-    keep = [x for x in lines if json.loads(x)["epoch"] < start_epoch]
-    if len(keep) != len(lines):
-        atomic_write(path, lambda t: t.write_text("".join(x + "\n" for x in keep)))
-
-
 def _member_histogram(s: SlideSpots) -> dict[str, int]:
     """``{"4": 120, "3": 10}``: how many regions of a slide have how many member spots."""
     assert s.region is not None
@@ -455,14 +427,7 @@ def _spot_area(s: SlideSpots) -> float:
     return float(np.pi * (s.size_wpx / 2) ** 2) if s.shape == "disk" else float(s.size_wpx**2)
 
 
-def _init_head(model: PixNet, panel: GenePanel, readout: str, spot_area_wpx: float) -> None:
+def _init_head(model: PixNet, panel: GenePanel, readout: Readout, spot_area_wpx: float) -> None:
     """Start the map at the training mean, on the scale of the chosen read-out."""
     mean = torch.tensor(panel.mean_targets, dtype=torch.float32)
-    if readout == "density":
-        # exp(b) = expm1(mean) so that log1p(mean density) = mean target
-        bias = torch.log(torch.expm1(mean).clamp(min=1e-4))
-    elif readout == "sum":
-        bias = mean / spot_area_wpx  # the literal sum over a training spot = the mean
-    else:
-        bias = mean
-    model.head_bias_init(bias)
+    model.decoder.set_head_bias(readout.head_bias(mean, spot_area_wpx))
