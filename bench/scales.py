@@ -580,7 +580,7 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pixnet.config import add_dataclass_arguments, dataclass_from_args
+    from pixnet.cli_options import add_dataclass_arguments, dataclass_from_args
 
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]

@@ -2,7 +2,7 @@
 and a one-line message naming the flag (or the bad file), never a traceback.
 
 Numbers, choices, devices and booleans are refused by argparse from the metadata of the
-configuration dataclasses (:func:`pixnet.config.help_meta`); file names, sample ids and
+configuration dataclasses (:func:`pixnet.cli_options.help_meta`); file names, sample ids and
 outputs are refused by the command before any work (a tiny manifest and an untrained
 model make those cases fast).
 """
@@ -19,7 +19,7 @@ import pytest
 from fixtures_run import run_cli, tiny_model_file
 
 from pixnet.cli import build_parser
-from pixnet.config import _base_type, check_fields, help_meta
+from pixnet.cli_options import _base_type, check_fields, help_meta
 from pixnet.data.example import write_example_dataset
 from pixnet.errors import PixNetInputError
 from pixnet.eval.crossval import CrossValConfig

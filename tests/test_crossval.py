@@ -232,7 +232,7 @@ def test_within_patient_and_only_folds(example: list[Sample], tmp_path: Path) ->
 
 
 def test_cli_registration_builds_the_config() -> None:
-    from pixnet.config import dataclass_from_args
+    from pixnet.cli_options import dataclass_from_args
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -207,7 +207,7 @@ def test_images_without_tissue_are_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_cli_registration_parses_config() -> None:
-    from pixnet.config import dataclass_from_args
+    from pixnet.cli_options import dataclass_from_args
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

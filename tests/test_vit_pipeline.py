@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pixnet.cli import build_parser
-from pixnet.config import dataclass_from_args
+from pixnet.cli_options import dataclass_from_args
 from pixnet.data.example import write_example_dataset
 from pixnet.errors import PixNetInputError
 from pixnet.io.manifest import load_manifest

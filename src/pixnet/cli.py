@@ -3,7 +3,7 @@ pretrain.
 
 Each command is registered one way: a ``register(sub)`` beside the job it runs (listed by
 :func:`commands`), whose options come from the job's configuration dataclass
-(:func:`pixnet.config.add_command`). Errors in user input
+(:func:`pixnet.cli_options.add_command`). Errors in user input
 (:class:`~pixnet.errors.PixNetInputError`) print one line naming the file, the field and
 the fix, and exit with status 2.
 """
@@ -57,7 +57,7 @@ def _inspect_model(path: Path) -> int:
 
 def _register_inspect(sub: argparse._SubParsersAction) -> None:
     """Add ``pixnet inspect`` to the command line's sub-command parser ``sub``."""
-    from pixnet.config import add_command
+    from pixnet.cli_options import add_command
 
     p = add_command(
         sub, "inspect", "list the samples of a manifest, or describe a model.pt", _cmd_inspect
@@ -72,17 +72,28 @@ def commands() -> list[Register]:
     """Every command's ``register(sub)``, in the order ``pixnet --help`` lists them.
 
     Each command lives beside the job it runs; its ``register`` adds the sub-parser
-    (:func:`pixnet.config.add_command`).
+    (:func:`pixnet.cli_options.add_command`).
     """
     from pixnet.eval.crossval import register as crossval
     from pixnet.eval.evaluate import register as evaluate
     from pixnet.eval.plots.cli import register as plot
     from pixnet.example_job import register as example
     from pixnet.predict.job import register as predict
+    from pixnet.train.ensemble import register as ensemble
     from pixnet.train.loop import register as train
     from pixnet.train.pretrain import register as pretrain
 
-    return [_register_inspect, train, predict, example, evaluate, plot, crossval, pretrain]
+    return [
+        _register_inspect,
+        train,
+        predict,
+        example,
+        evaluate,
+        plot,
+        crossval,
+        pretrain,
+        ensemble,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,7 +104,7 @@ def _cmd_example(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``pixnet example`` to the command line's sub-command parser ``sub``."""
-    from pixnet.config import add_command, checked_type
+    from pixnet.cli_options import add_command, checked_type
 
     p = add_command(
         sub,

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pixnet.config import add_command, dataclass_from_args
-from pixnet.config import help_meta as _h
+from pixnet.cli_options import add_command, dataclass_from_args
+from pixnet.cli_options import help_meta as _h
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
 from pixnet.errors import PixNetInputError
 from pixnet.eval.evaluate import json_safe
@@ -275,6 +275,18 @@ def method_label(method: str, default_readout: str) -> str:
     return f"PixNet ({readout} read-out)" if base == "pixnet" else METHOD_LABELS[base]
 
 
+def _run_log_summary(run_dir: Path) -> dict[str, Any]:
+    """Best epoch, epochs run and best validation loss from ``run_dir/log.jsonl``."""
+    log_path = run_dir / "log.jsonl"
+    lines = log_path.read_text().splitlines() if log_path.is_file() else []
+    records = [json.loads(x) for x in lines if x]
+    return {
+        "best_epoch": records[-1]["best_epoch"] if records else None,
+        "epochs_run": len(records),
+        "val_loss_best": min((r["val_loss"] for r in records if "val_loss" in r), default=None),
+    }
+
+
 def fold_train_config(cfg: CrossValConfig, out: Path, seed: int, **changes: Any) -> TrainConfig:
     """The :class:`TrainConfig` part of ``cfg`` for one fold's training."""
     base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -341,15 +353,13 @@ def _run_pixnet(
         preds[s.sample_id] = align_predictions(
             p.values(), p.spot_ids(), p.genes, s.spot_ids, panel.genes
         )
-    records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x]
-    details = {
-        "model": str(model_path),
-        "readout": tcfg.readout,
-        "best_epoch": records[-1]["best_epoch"] if records else None,
-        "epochs_run": len(records),
-        "val_loss_best": min((r["val_loss"] for r in records if "val_loss" in r), default=None),
-        **pre,
-    }
+    details = {"model": str(model_path), "readout": tcfg.readout, **_run_log_summary(run_dir)}
+    if tcfg.ensemble > 1:  # one summary per member, in member order
+        from pixnet.train.ensemble import member_dir
+
+        per = [_run_log_summary(member_dir(run_dir, k)) for k in range(tcfg.ensemble)]
+        details.update({k: [m[k] for m in per] for k in per[0]}, ensemble=tcfg.ensemble)
+    details.update(pre)
     return preds, details
 
 

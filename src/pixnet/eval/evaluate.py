@@ -29,7 +29,7 @@ import numpy as np
 
 from pixnet._constants import AnnDataKeys as A
 from pixnet._constants import PredictionKeys as P
-from pixnet.config import add_command, dataclass_from_args
+from pixnet.cli_options import add_command, dataclass_from_args
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel
 from pixnet.errors import PixNetInputError
 from pixnet.eval.metrics import METRICS, evaluate_slides

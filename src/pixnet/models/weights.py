@@ -74,20 +74,56 @@ _ACCEPTED = (
 _SHOW = 10
 
 
-def save_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Write an encoder-only weights file that :func:`load_encoder_weights` reads back.
+def save_encoder_weights(
+    encoder: nn.Module, path: str | Path, *, name: str = "resnet18", arch: str = "resnet18"
+) -> None:
+    """Write an encoder-only weights file that the loader of encoder ``name`` reads back
+    (:func:`pixnet.models.registry.load_pretrained`; for a ResNet18,
+    :func:`load_encoder_weights`).
 
     Args:
-        encoder: a :class:`~pixnet.models.resnet.ResNet18Encoder`.
+        encoder: the module pretrained weights fill (``registry.trunk_of(encoder)``: a
+            :class:`~pixnet.models.resnet.ResNet18Encoder`, an EfficientNet-Lite, a ViT's
+            transformer).
         path: destination file (``.pt``); holds ``{"format": "pixnet-encoder",
-            "version": 1, "arch": "resnet18", "state_dict": {...}}``.
+            "version": 2, "arch": arch, "encoder_name": name, "state_dict": {...}}``
+            (version 1, without ``encoder_name``, only ever held a ResNet18).
+        name, arch: the registry name and architecture of the encoder, recorded so that
+            loading into another encoder is refused (:func:`recorded_encoder_name`).
     """
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    payload = {"format": PIXNET_ENCODER_FORMAT, "version": 1, "arch": "resnet18"}
+    payload = {
+        "format": PIXNET_ENCODER_FORMAT,
+        "version": 2,
+        "arch": arch,
+        "encoder_name": name,
+    }
     from pixnet.io.atomic import atomic_write
     from pixnet.io.modelfile import torch_save
 
     atomic_write(path, lambda tmp: torch_save({**payload, "state_dict": state}, tmp))
+
+
+def recorded_encoder_name(path: str | Path) -> str | None:
+    """The encoder name a PixNet encoder file (:func:`save_encoder_weights`) records;
+    ``"resnet18"`` for a version-1 file (it only held a ResNet18); ``None`` for any other
+    or unreadable file or a folder (its loader then says what it holds).
+
+    Only the file's small header is read (``mmap``: the tensors stay on disk).
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    with p.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            return None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable or unsafe: the loader reports it
+        return None
+    if not isinstance(obj, Mapping) or obj.get("format") != PIXNET_ENCODER_FORMAT:
+        return None
+    return str(obj.get("encoder_name", "resnet18"))
 
 
 def _looks_pickled(path: Path) -> bool:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from pixnet._constants import PredictionKeys
-from pixnet.config import DEVICE_HINT, DEVICE_PATTERN, check_fields
-from pixnet.config import help_meta as _h
+from pixnet.cli_options import DEVICE_HINT, DEVICE_PATTERN, check_fields
+from pixnet.cli_options import help_meta as _h
 from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import (
     check_output_folder,
@@ -371,7 +371,7 @@ def run_predict_many(cfg: PredictConfig) -> list[Path]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from pixnet.config import dataclass_from_args
+    from pixnet.cli_options import dataclass_from_args
 
     cfg = dataclass_from_args(PredictConfig, args)
     for path in (run_predict_many if cfg.sample_ids else run_predict)(cfg):
@@ -381,7 +381,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``pixnet predict`` to the command line's sub-command parser ``sub``."""
-    from pixnet.config import add_command
+    from pixnet.cli_options import add_command
 
     add_command(
         sub,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pixnet.config import DEVICE_HINT, DEVICE_PATTERN
-from pixnet.config import help_meta as _h
+from pixnet.cli_options import DEVICE_HINT, DEVICE_PATTERN
+from pixnet.cli_options import help_meta as _h
 from pixnet.data.regions import REGION_SOURCES
 from pixnet.models.pixnet import PRESETS
 from pixnet.models.vit_pyramid import PYRAMIDS
 from pixnet.ops.readout import READOUTS
 
 ATTENTIONS: tuple[str, ...] = ("preset", "row", "axial")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+SELECTIONS: tuple[str, ...] = ("best", "last")
 
 
 @dataclass
@@ -43,6 +45,33 @@ class TrainConfig:
         default=0, metadata=_h("crops per epoch (0: about one supervision per spot)", ge=0)
     )
     lr: float = field(default=5e-4, metadata=_h("Adam learning rate (paper: 5e-4)", gt=0))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_h(
+            "learning rate per epoch: constant (paper) or cosine (from --lr to 0 over the "
+            "epochs after the warm-up)",
+            choices=LR_SCHEDULES,
+        ),
+    )
+    warmup_epochs: int = field(
+        default=0, metadata=_h("epochs of linear warm-up to --lr (counted in --epochs)", ge=0)
+    )
+    ema: float = field(
+        default=0.0,
+        metadata=_h(
+            "decay of an exponential moving average of the weights per step (e.g. 0.99; "
+            "0: off); validation and model.pt use the averaged weights",
+            ge=0,
+            lt=1,
+        ),
+    )
+    select: str = field(
+        default="best",
+        metadata=_h(
+            "which epoch's weights model.pt keeps: best (lowest validation loss) or last",
+            choices=SELECTIONS,
+        ),
+    )
     weight_decay: float = field(default=1e-4, metadata=_h("Adam weight decay (paper: 1e-4)", ge=0))
     pcc_weight: float = field(default=0.5, metadata=_h("lambda of the PCC loss (paper: 0.5)", ge=0))
     readout: str = field(
@@ -101,6 +130,15 @@ class TrainConfig:
         default=False, metadata=_h("train the decoder only (a ViT's stem and neck still train)")
     )
     seed: int = field(default=0, metadata=_h("random seed", ge=0))
+    ensemble: int = field(
+        default=1,
+        metadata=_h(
+            "members trained with seeds SEED, SEED+1000, ... into OUT/members/K and saved in "
+            "one OUT/model.pt; predict averages them",
+            ge=1,
+            le=64,
+        ),
+    )
     device: str = field(
         default="auto",
         metadata=_h(

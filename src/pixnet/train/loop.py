@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from dataclasses import asdict
 from functools import partial
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pixnet.config import check_fields, save_config
+from pixnet.cli_options import check_fields, save_config
 from pixnet.data.crops import (
     CropBatch,
     CropSampler,
@@ -187,6 +188,10 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         raise PixNetInputError(
             "--micro-batches", f"{cfg.micro_batches} must be between 1 and --batch-size"
         )
+    if cfg.ensemble > 1:
+        from pixnet.train.ensemble import train_ensemble
+
+        return train_ensemble(cfg, samples)
     info = init_distributed()
     try:
         return _train(cfg, samples, info)
@@ -195,7 +200,7 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pixnet.config import dataclass_from_args
+    from pixnet.cli_options import dataclass_from_args
     from pixnet.io.manifest import load_manifest
 
     cfg = dataclass_from_args(TrainConfig, args)
@@ -218,7 +223,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``pixnet train`` to the command line's sub-command parser ``sub``."""
-    from pixnet.config import add_command
+    from pixnet.cli_options import add_command
 
     add_command(sub, "train", "train a PixNet model", _cmd_train, TrainConfig)
 
@@ -260,6 +265,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     model = build_pixnet(mcfg).to(device)
     _init_head(model, panel, get_readout(cfg.readout), spot_area_wpx=_spot_area(slides[0]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = _weight_average(model, cfg.ema)
     geometry = {
         "working_mpp": cfg.working_mpp,
         "map_stride": model.map_stride,
@@ -272,6 +278,12 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     if resumed is not None:
         _check_same_genes(resumed, model, panel, ckpt_path, model_path)
         restore_state(resumed, model, opt, ckpt_path)
+        if ema is not None:
+            if "ema" in resumed:
+                ema.load_state_dict(resumed["ema"])
+            else:
+                log.warning("%s holds no weight average; --ema starts from its weights", ckpt_path)
+                ema.update_parameters(model)
         start = int(resumed["epoch"]) + 1
         best = dict(resumed.get("best") or best)
     if info.is_main:
@@ -310,6 +322,9 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     )
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
+        lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
+        for group in opt.param_groups:
+            group["lr"] = lr
         model.train()
         sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
         n_b = 0
@@ -334,23 +349,31 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             pred = gather_rows(torch.cat(preds), info)
             target = gather_rows(torch.cat(targets), info)
             loss = optimise_step(opt, pred, target, cfg.pcc_weight, sums)
+            if ema is not None:
+                ema.update_parameters(model)
             n_b += 1
             bar.set_postfix(loss=f"{loss:.4f}")
         if not info.is_main:  # rank 0 validates and writes; the others wait
             barrier(info)
             continue
+        kept = model if ema is None else ema.module  # the weights validated and saved
         record: dict[str, Any] = {
             "epoch": epoch,
+            "lr": lr,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
-            **validate(model, slides, val_masks, cfg),
+            **validate(kept, slides, val_masks, cfg),
         }
         record["seconds"] = round(time.perf_counter() - t0, 3)
         # without validation spots the last epoch is kept
         writes = []
-        if "val_loss" not in record or record["val_loss"] < best["val_loss"]:
+        if (
+            cfg.select == "last"
+            or "val_loss" not in record
+            or record["val_loss"] < best["val_loss"]
+        ):
             best = {"val_loss": record.get("val_loss", float("nan")), "epoch": epoch}
             payload = model_payload(
-                state_dict=model.state_dict(),
+                state_dict=kept.state_dict(),
                 model_config=mcfg.to_dict(),
                 panel=panel.to_dict(),
                 geometry=geometry,
@@ -360,7 +383,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             )
             writes.append((model_path, partial(save_torch, payload)))
         record["best_epoch"] = best["epoch"]
-        state = checkpoint_state(model, opt, epoch, best=best, genes=list(panel.genes))
+        extra = {} if ema is None else {"ema": ema.state_dict()}
+        state = checkpoint_state(model, opt, epoch, best=best, genes=list(panel.genes), **extra)
         # one consistent epoch: every file is written before any is renamed
         run.commit_epoch(record, state, writes)
         log.info(
@@ -375,6 +399,33 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     if info.is_main:
         _mark_finished(model_path, cfg.epochs, int(best["epoch"]))
     return model_path
+
+
+def lr_factor(epoch: int, epochs: int, schedule: str, warmup_epochs: int = 0) -> float:
+    """The learning rate of 0-based ``epoch`` as a fraction of ``--lr``.
+
+    Warm-up: ``(epoch + 1) / (warmup_epochs + 1)`` for the first ``warmup_epochs``; then
+    ``constant`` gives 1 and ``cosine`` half a cosine from 1 (first epoch after the
+    warm-up) towards 0 (one step past the last epoch).
+    """
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    if schedule == "cosine":
+        t = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule != "constant":
+        raise ValueError(f"lr schedule {schedule!r} unknown; expected constant or cosine")
+    return 1.0
+
+
+def _weight_average(model: PixNet, decay: float) -> Any:
+    """An exponential moving average of ``model``'s weights and buffers (BatchNorm
+    statistics too), updated after every step; ``None`` when ``decay`` is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _mark_finished(model_path: Path, epochs: int, best_epoch: int) -> None:

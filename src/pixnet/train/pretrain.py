@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pixnet.config import check_fields, save_config
-from pixnet.config import help_meta as _h
+from pixnet.cli_options import check_fields, save_config
+from pixnet.cli_options import help_meta as _h
 from pixnet.data.tiles import TileSampler, TileSlide, open_tile_slide
 from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
@@ -277,7 +277,7 @@ def _pretrain(
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from pixnet.config import dataclass_from_args
+    from pixnet.cli_options import dataclass_from_args
 
     path = run_pretrain(dataclass_from_args(PretrainConfig, args))
     print(f"encoder weights written to {path}")
@@ -286,7 +286,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``pixnet pretrain`` to the command line's sub-command parser ``sub``."""
-    from pixnet.config import add_command
+    from pixnet.cli_options import add_command
 
     add_command(
         sub,

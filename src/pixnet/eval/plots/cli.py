@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pixnet.config import help_meta as _h
+from pixnet.cli_options import help_meta as _h
 from pixnet.errors import PixNetInputError
 from pixnet.eval.plots import inputs
 from pixnet.eval.plots.geometry import check_box
@@ -128,7 +128,7 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from pixnet.config import dataclass_from_args
+    from pixnet.cli_options import dataclass_from_args
 
     for path in run_plot(dataclass_from_args(PlotConfig, args)):
         print(f"wrote {path}")
@@ -137,7 +137,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``pixnet plot`` to the command line's sub-command parser ``sub``."""
-    from pixnet.config import add_command
+    from pixnet.cli_options import add_command
 
     add_command(
         sub,

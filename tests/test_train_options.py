@@ -1,0 +1,99 @@
+"""Training options that trade seed luck for stability: learning-rate schedule and
+warm-up, an exponential moving average of the weights, and the epoch model.pt keeps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixnet.data.example import write_example_dataset
+from pixnet.io.manifest import load_manifest
+from pixnet.io.modelfile import load_model_file
+from pixnet.train.config import TrainConfig
+from pixnet.train.loop import lr_factor, train
+
+TINY = dict(n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=4, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_example_dataset(tmp_path_factory.mktemp("ex"), n_sections=1, size_px=(480, 480))
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x]
+
+
+def test_lr_factor() -> None:
+    assert [lr_factor(e, 5, "constant") for e in range(5)] == [1.0] * 5
+    cos = [lr_factor(e, 5, "cosine") for e in range(5)]
+    assert cos[0] == 1.0 and all(a > b for a, b in zip(cos, cos[1:], strict=False))
+    assert cos[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 5))) and cos[-1] > 0
+    warm = [lr_factor(e, 6, "cosine", warmup_epochs=2) for e in range(6)]
+    assert warm[:3] == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    assert [lr_factor(e, 4, "constant", 1) for e in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown"):
+        lr_factor(0, 3, "step")
+
+
+def test_schedule_sets_each_epochs_rate(manifest: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        samples=str(manifest),
+        out=str(tmp_path / "r"),
+        epochs=3,
+        lr_schedule="cosine",
+        warmup_epochs=1,
+        **TINY,
+    )
+    train(cfg, load_manifest(manifest))
+    got = [r["lr"] for r in _log(tmp_path / "r")]
+    want = [1e-3 * lr_factor(e, 3, "cosine", 1) for e in range(3)]
+    assert got == pytest.approx(want) and got[0] < got[1] > got[2]
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(want[-1])
+
+
+def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("module."): v for k, v in sd.items() if k != "n_averaged"}
+
+
+def test_weight_average_is_what_is_saved_and_resumes_exactly(
+    manifest: Path, tmp_path: Path
+) -> None:
+    samples = load_manifest(manifest)
+    base = dict(samples=str(manifest), ema=0.5, select="last", **TINY)
+    train(TrainConfig(out=str(tmp_path / "a"), epochs=2, **base), samples)  # type: ignore[arg-type]
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    avg = _strip(ckpt["ema"])
+    saved = load_model_file(tmp_path / "a" / "model.pt")["state_dict"]
+    assert saved.keys() == ckpt["model"].keys() == avg.keys()
+    for k in saved:
+        torch.testing.assert_close(saved[k], avg[k], rtol=0, atol=0, msg=k)
+    w = "decoder.head.weight"
+    assert not torch.equal(saved[w], ckpt["model"][w])  # the average, not the last step
+    assert int(ckpt["ema"]["n_averaged"]) == 4  # 2 epochs x 2 steps
+    # interrupted after one epoch and resumed: the same average as the straight run
+    one = TrainConfig(out=str(tmp_path / "b"), epochs=1, **base)  # type: ignore[arg-type]
+    train(one, samples)
+    one.epochs, one.resume = 2, True
+    train(one, samples)
+    resumed = load_model_file(tmp_path / "b" / "model.pt")["state_dict"]
+    for k in saved:
+        torch.testing.assert_close(resumed[k], saved[k], rtol=0, atol=0, msg=k)
+
+
+def test_select_last_keeps_the_last_epoch(manifest: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        samples=str(manifest), out=str(tmp_path / "r"), epochs=3, select="last", **TINY
+    )
+    train(cfg, load_manifest(manifest))
+    assert [r["best_epoch"] for r in _log(tmp_path / "r")] == [0, 1, 2]
+    payload = load_model_file(tmp_path / "r" / "model.pt")
+    assert payload["training"]["best_epoch"] == 2
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    for k, v in payload["state_dict"].items():
+        torch.testing.assert_close(v, ckpt["model"][k], rtol=0, atol=0, msg=k)
