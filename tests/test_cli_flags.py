@@ -154,6 +154,7 @@ def _string_cases(w: dict[str, Path]) -> dict[tuple[str, str], tuple[list[Any], 
     plot = ["plot", "--pred", pred, "--samples", m, "--out", out / "fig"]
     train = ["train", "--samples", m, "--out", out / "run", "--epochs", "1"]
     cv = ["crossval", "--samples", m, "--out", out / "cv", "--epochs", "1"]
+    pretrain = ["pretrain", "--samples", m, "--out", out / "pre", "--epochs", "1"]
     return {
         ("train", "samples"): (["train", "--samples", f"{missing}.csv"], "missing.csv"),
         ("train", "holdout"): ([*train, "--holdout", "EX9"], "--holdout"),
@@ -223,6 +224,8 @@ def _string_cases(w: dict[str, Path]) -> dict[tuple[str, str], tuple[list[Any], 
         ("pretrain", "samples"): (["pretrain", "--samples", f"{missing}.csv"], "missing.csv"),
         ("pretrain", "images"): (["pretrain", "--images", missing, "--mpp", "2"], "missing"),
         ("pretrain", "out"): (["pretrain", "--samples", m, "--out", afile], "is a file"),
+        ("pretrain", "encoder"): ([*pretrain, "--encoder", "no-such-net"], "no-such-net"),
+        ("pretrain", "pretrained"): ([*pretrain, "--pretrained", f"{missing}.pt"], "missing.pt"),
     }
 
 
@@ -256,6 +259,7 @@ def test_every_text_flag_has_a_bad_value_case(world: dict[str, Path]) -> None:
         ("crossval", "samples"), ("crossval", "holdout"), ("crossval", "out"),
         ("crossval", "pretrained"), ("crossval", "only_folds"),
         ("pretrain", "samples"), ("pretrain", "images"), ("pretrain", "out"),
+        ("pretrain", "encoder"), ("pretrain", "pretrained"),
     ],
 )  # fmt: skip
 def test_bad_file_id_or_output_is_one_line_error(

@@ -1,5 +1,6 @@
 """``pixnet pretrain``: tissue-only tiles, augmentation, loss decrease, encoder file
-loading, the run folder and exact resume (tiny generated slides, CPU, one thread).
+loading, the run folder and exact resume, other encoders (EfficientNet-Lite0, a tiny ViT)
+and their ``encoder.pt`` in ``pixnet train`` (tiny generated slides, CPU, one thread).
 NT-Xent itself is tested in ``test_losses.py``."""
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from pixnet.data.tiles import TileSampler, augment_view, open_tile_slide, tissue
 from pixnet.errors import PixNetInputError, PixNetOutputError
 from pixnet.io.tissue import tissue_fraction_in_rect, tissue_mask
 from pixnet.models.pixnet import build_pixnet, from_preset
+from pixnet.models.registry import EncoderSpec, register_encoder, trunk_of
 from pixnet.models.resnet import ResNet18Encoder
-from pixnet.models.weights import load_encoder_weights
+from pixnet.models.simclr import SimCLRModel
+from pixnet.models.vit import ViTArch
+from pixnet.models.weights import load_encoder_weights, recorded_encoder_name
 from pixnet.train.pretrain import PretrainConfig, list_images, register, run_pretrain
 
 
@@ -206,6 +210,145 @@ def test_images_without_tissue_are_one_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+# -- other encoders -------------------------------------------------------------------------
+
+TINY_VIT = "test-vit-pretrain"
+LITE0 = "efficientnet-lite0"
+
+
+def _register_tiny_vit() -> None:
+    arch = ViTArch(embed_dim=32, depth=2, num_heads=2, patch_size=16, img_size=64, reg_tokens=1)
+    register_encoder(
+        EncoderSpec(name=TINY_VIT, arch="vit", patch_size=16, vit=arch), overwrite=True
+    )
+
+
+@pytest.fixture(scope="module", params=[LITE0, TINY_VIT])
+def other_run(
+    request: pytest.FixtureRequest, manifest: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path]:
+    """``(encoder name, run folder)`` of one epoch of SimCLR on a non-ResNet encoder."""
+    _register_tiny_vit()
+    out = tmp_path_factory.mktemp("other") / request.param
+    run_pretrain(_cfg(manifest, out, epochs=1, encoder=request.param))
+    return request.param, out
+
+
+def _trunk_state(ckpt_model: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The encoder trunk's tensors of a SimCLR checkpoint (a ViT's under ``encoder.vit.``)."""
+    prefix = "encoder.vit." if name == TINY_VIT else "encoder."
+    return {k[len(prefix) :]: v for k, v in ckpt_model.items() if k.startswith(prefix)}
+
+
+def test_another_encoder_pretrains_and_pixnet_train_starts_from_it(
+    other_run: tuple[str, Path],
+) -> None:
+    name, out = other_run
+    width = {LITE0: 320, TINY_VIT: 32}[name]  # the encoder's pooled width
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["encoder"] == name
+    assert ckpt["model"]["projector.0.weight"].shape == (width, width)
+    assert json.loads((out / "config.json").read_text())["encoder"] == name
+    enc_file = torch.load(out / "encoder.pt", map_location="cpu", weights_only=True)
+    assert (enc_file["format"], enc_file["encoder_name"]) == ("pixnet-encoder", name)
+    assert recorded_encoder_name(out / "encoder.pt") == name
+    trained = _trunk_state(ckpt["model"], name)
+    assert enc_file["state_dict"].keys() == trained.keys()
+
+    # what pixnet train --encoder NAME --pretrained OUT/encoder.pt builds
+    model = build_pixnet(
+        from_preset("cpu", n_genes=4, encoder=name, pretrained=str(out / "encoder.pt"))
+    )
+    loaded = trunk_of(model.encoder).state_dict()
+    assert loaded.keys() == trained.keys()
+    for k, v in trained.items():
+        assert torch.equal(loaded[k], v), k
+    fresh = trunk_of(build_pixnet(from_preset("cpu", n_genes=4, encoder=name)).encoder)
+    assert not all(torch.equal(fresh.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_encoder_file_of_another_encoder_is_refused(
+    other_run: tuple[str, Path], manifest: Path, tmp_path: Path
+) -> None:
+    name, out = other_run
+    enc_path = out / "encoder.pt"
+    with pytest.raises(PixNetInputError) as err:
+        build_pixnet(from_preset("cpu", n_genes=4, encoder="resnet18", pretrained=str(enc_path)))
+    msg = str(err.value)
+    assert "\n" not in msg and str(enc_path) in msg
+    assert f"holds the {name!r} encoder (pixnet pretrain), but --encoder is 'resnet18'" in msg
+    assert f"pass --encoder {name} with this file, or pretrain with --encoder resnet18" in msg
+    # a file written before encoders had names holds a ResNet18
+    v1 = tmp_path / "v1.pt"
+    state = ResNet18Encoder().state_dict()
+    torch.save(
+        {"format": "pixnet-encoder", "version": 1, "arch": "resnet18", "state_dict": state}, v1
+    )
+    assert recorded_encoder_name(v1) == "resnet18"
+    with pytest.raises(
+        PixNetInputError, match=f"holds the 'resnet18' encoder .*--encoder is {name!r}"
+    ):
+        build_pixnet(from_preset("cpu", n_genes=4, encoder=name, pretrained=str(v1)))
+    # and pixnet pretrain --pretrained refuses it before writing anything
+    with pytest.raises(PixNetInputError, match="holds the 'resnet18' encoder"):
+        run_pretrain(_cfg(manifest, tmp_path / "new", encoder=name, pretrained=str(v1)))
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_with_another_encoder_is_refused_and_changes_nothing(
+    other_run: tuple[str, Path], manifest: Path
+) -> None:
+    name, out = other_run
+    before = snapshot(out)
+    for other in ("resnet18", LITE0 if name != LITE0 else TINY_VIT):
+        cfg = _cfg(manifest, out, epochs=2, encoder=other, resume=True)
+        with pytest.raises(PixNetInputError) as err:
+            run_pretrain(cfg)
+        assert str(err.value) == (
+            f"{out / 'checkpoint.pt'}: this run pretrains encoder {name!r}, not --encoder "
+            f"{other!r}; resume with --encoder {name} (see config.json), or start a new --out"
+        )
+        assert snapshot(out) == before
+
+
+def test_pretraining_can_start_from_pretrained_weights(
+    other_run: tuple[str, Path], manifest: Path, tmp_path: Path
+) -> None:
+    """``--pretrained`` fills the encoder before the first step (e.g. ImageNet Lite0, or
+    an earlier run's encoder.pt): with a vanishing learning rate the weights stay there."""
+    name, out = other_run
+    start = torch.load(out / "encoder.pt", map_location="cpu", weights_only=True)["state_dict"]
+    cfg = _cfg(manifest, tmp_path / "again", epochs=1, encoder=name, seed=7, lr=1e-12)
+    run_pretrain(replace(cfg, pretrained=str(out / "encoder.pt")))
+    after = torch.load(tmp_path / "again" / "encoder.pt", weights_only=True)["state_dict"]
+    params = {k for k, _ in trunk_of(SimCLRModel(8, name).encoder).named_parameters()}
+    assert params and params <= start.keys()
+    for k in params:  # BatchNorm statistics move in training mode; parameters do not
+        torch.testing.assert_close(after[k], start[k], rtol=0, atol=1e-9)
+    run_pretrain(replace(cfg, out=str(tmp_path / "random")))  # same seed, no --pretrained
+    scratch = torch.load(tmp_path / "random" / "encoder.pt", weights_only=True)["state_dict"]
+    assert not all(torch.allclose(scratch[k], start[k], atol=1e-3) for k in params)
+
+
+def test_crossval_simclr_pretrains_the_crossval_encoder(manifest: Path, tmp_path: Path) -> None:
+    from pixnet.eval.crossval import CrossValConfig, _pretrain_fold
+    from pixnet.io.manifest import load_manifest
+
+    cfg = CrossValConfig(
+        encoder=LITE0,
+        working_mpp=4.0,
+        simclr_epochs=1,
+        simclr_tiles_per_epoch=16,
+        simclr_batch_size=8,
+        simclr_tile_px=32,
+        threads=1,
+    )
+    path, record = _pretrain_fold(cfg, 0, load_manifest(manifest), tmp_path / "pre")
+    assert recorded_encoder_name(path) == LITE0
+    assert json.loads((tmp_path / "pre" / "config.json").read_text())["encoder"] == LITE0
+    assert len(record["pretrain_loss"]) == 1 and record["pretrained_on"] == ["EX1"]
+
+
 def test_cli_registration_parses_config() -> None:
     from pixnet.cli_options import dataclass_from_args
 
@@ -213,7 +356,10 @@ def test_cli_registration_parses_config() -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["pretrain", "--images", "imgs", "--mpp", "0.5", "--tile-px", "64", "--resume"]
+        + ["--encoder", LITE0, "--pretrained", "imagenet"]
     )
     cfg = dataclass_from_args(PretrainConfig, args)
     assert (cfg.images, cfg.mpp, cfg.tile_px, cfg.resume) == ("imgs", 0.5, 64, True)
+    assert (cfg.encoder, cfg.pretrained) == (LITE0, "imagenet")
+    assert PretrainConfig().encoder == "resnet18" and PretrainConfig().pretrained is None
     assert callable(args.func)

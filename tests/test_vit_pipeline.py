@@ -153,13 +153,3 @@ def test_baselines_take_a_vit_encoder_and_its_weights(example: Path) -> None:
 
     m = build_spot_crop_regressor(4, [0.0] * 4, weights, encoder="test-vit-fixture")
     assert m(torch.rand(2, 3, 64, 64)).shape == (2, 4)
-
-
-def test_crossval_refuses_simclr_with_a_vit(example: Path, tmp_path: Path) -> None:
-    from pixnet.eval.crossval import CrossValConfig, run_crossval
-
-    cfg = CrossValConfig(
-        out=str(tmp_path / "cv"), methods=["mean", "pixnet-simclr"], encoder="uni", n_genes=4
-    )
-    with pytest.raises(PixNetInputError, match="pixnet-simclr pretrains a ResNet18, not --encoder"):
-        run_crossval(cfg, load_manifest(example))

@@ -56,7 +56,6 @@ from pixnet.eval.evaluate import json_safe
 from pixnet.eval.metrics import METRICS, evaluate_slides
 from pixnet.io.atomic import atomic_write, atomic_write_text, check_output_folder
 from pixnet.io.sample import Sample
-from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.readout import READOUTS
 from pixnet.train.config import TrainConfig
 
@@ -366,11 +365,13 @@ def _run_pixnet(
 def _pretrain_fold(
     cfg: CrossValConfig, seed: int, train_samples: list[Sample], out: Path
 ) -> tuple[str, dict[str, Any]]:
-    """SimCLR-pretrain an encoder on the fold's training images; its path and a record."""
+    """SimCLR-pretrain the ``--encoder`` on the fold's training images (from random
+    weights); its path and a record."""
     from pixnet.train.pretrain import PretrainConfig, run_pretrain
 
     pcfg = PretrainConfig(
         out=str(out),
+        encoder=cfg.encoder,
         working_mpp=cfg.working_mpp,
         tile_px=cfg.simclr_tile_px,
         batch_size=cfg.simclr_batch_size,
@@ -550,12 +551,6 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
     methods = list(dict.fromkeys(cfg.methods))
     for m in methods:
         parse_method(m, cfg.readout)
-    if SIMCLR_METHOD in methods and get_encoder_spec(cfg.encoder).arch != "resnet18":
-        raise PixNetInputError(
-            "--methods",
-            f"{SIMCLR_METHOD} pretrains a ResNet18, not --encoder {cfg.encoder}",
-            f"drop {SIMCLR_METHOD} or use --encoder resnet18",
-        )
     kind, folds = make_folds(samples, cfg.split)
     note = split_note(kind, folds)
     if cfg.only_folds:

@@ -337,7 +337,7 @@ def load_pretrained(encoder: nn.Module, spec: EncoderSpec, path: str | Path) -> 
     if recorded is not None and recorded != spec.name:
         raise PixNetInputError(
             path,
-            f"pixnet pretrain encoder weights of {recorded!r}, but --encoder is {spec.name!r}",
+            f"holds the {recorded!r} encoder (pixnet pretrain), but --encoder is {spec.name!r}",
             f"pass --encoder {recorded} with this file, or pretrain with --encoder {spec.name}",
         )
     if str(path) == "imagenet":

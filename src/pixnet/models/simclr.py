@@ -38,8 +38,9 @@ class SimCLRModel(nn.Module):
 
     def __init__(self, proj_dim: int = 128, encoder: str | EncoderSpec = DEFAULT_ENCODER) -> None:
         super().__init__()
-        self.encoder_spec = encoder if isinstance(encoder, EncoderSpec) else get_encoder_spec(encoder)
-        self.encoder = build_encoder(self.encoder_spec)
+        spec = encoder if isinstance(encoder, EncoderSpec) else get_encoder_spec(encoder)
+        self.encoder_spec = spec
+        self.encoder = build_encoder(spec)
         width = pooled_dim(self.encoder)
         self.projector = nn.Sequential(
             nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, proj_dim)

@@ -1,18 +1,25 @@
-"""Self-supervised SimCLR pretraining of the ResNet18 encoder (``pixnet pretrain``).
+"""Self-supervised SimCLR pretraining of an encoder (``pixnet pretrain``).
 
 Tiles are drawn from the tissue of any H&E slides (a sample manifest or a folder of
 images; no expression is needed; :mod:`pixnet.data.tiles`). Each tile gives two augmented
 views (random crop-and-resize, flips and quarter turns, HED stain jitter,
-brightness/contrast jitter, Gaussian blur); the encoder's globally pooled F5 features go
-through an MLP projection head (:class:`~pixnet.models.simclr.SimCLRModel`) and the
-NT-Xent loss (:func:`~pixnet.ops.losses.nt_xent`) pulls the two views of a tile together
-and pushes the other tiles of the batch away. The tiles of an epoch and their
-augmentations depend only on ``(seed, epoch)``, so ``--resume`` continues exactly.
+brightness/contrast jitter, Gaussian blur); the pooled embedding of the ``--encoder``
+(:func:`~pixnet.models.registry.pooled_features`: a CNN's F5 or a ViT's final patch
+tokens, averaged) goes through an MLP projection head
+(:class:`~pixnet.models.simclr.SimCLRModel`) and the NT-Xent loss
+(:func:`~pixnet.ops.losses.nt_xent`) pulls the two views of a tile together and pushes
+the other tiles of the batch away. ``--pretrained`` starts from weights ``pixnet train
+--pretrained`` accepts for that encoder (e.g. ``--encoder efficientnet-lite0
+--pretrained imagenet``). The tiles of an epoch and their augmentations depend only on
+``(seed, epoch)``, so ``--resume`` continues exactly; a resume with another
+``--encoder`` is refused before anything is written.
 
 Run folder (:class:`~pixnet.train.runfolder.RunFolder`): ``config.json``, ``log.jsonl``
-(one line per epoch), ``checkpoint.pt`` (model, optimizer, epoch; for ``--resume``) and
-``encoder.pt`` (encoder only, rewritten after every epoch), which ``pixnet train
---pretrained OUT/encoder.pt`` takes.
+(one line per epoch), ``checkpoint.pt`` (model, optimizer, epoch, encoder name; for
+``--resume``) and ``encoder.pt`` (the encoder's trunk in its loader's layout, recording
+the encoder name; rewritten after every epoch;
+:func:`~pixnet.models.registry.save_pretrained`), which ``pixnet train --encoder NAME
+--pretrained OUT/encoder.pt`` takes (another ``--encoder`` is refused).
 """
 
 from __future__ import annotations
@@ -34,8 +41,14 @@ from pixnet.data.tiles import TileSampler, TileSlide, open_tile_slide
 from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
 from pixnet.io.slide import OPENSLIDE_SUFFIXES, PILLOW_SUFFIXES, TIFF_SUFFIXES
+from pixnet.models.registry import (
+    DEFAULT_ENCODER,
+    encoder_names,
+    get_encoder_spec,
+    load_pretrained,
+    save_pretrained,
+)
 from pixnet.models.simclr import SimCLRModel
-from pixnet.models.weights import save_encoder_weights
 from pixnet.ops.losses import check_finite_loss, nt_xent
 from pixnet.train.runfolder import RunFolder, checkpoint_state, restore_state
 
@@ -62,6 +75,20 @@ class PretrainConfig:
     weight_decay: float = field(default=1e-6, metadata=_h("Adam weight decay", ge=0))
     temperature: float = field(default=0.1, metadata=_h("NT-Xent temperature", gt=0))
     proj_dim: int = field(default=128, metadata=_h("projection head output size", ge=1))
+    encoder: str = field(
+        default=DEFAULT_ENCODER,
+        metadata=_h(
+            f"encoder by name: {', '.join(encoder_names())} (pixnet.models.registry); "
+            "pixnet train --encoder takes the same name with --pretrained OUT/encoder.pt"
+        ),
+    )
+    pretrained: str | None = field(
+        default=None,
+        metadata=_h(
+            "start from these encoder weights (any file pixnet train --pretrained takes for "
+            "--encoder, e.g. imagenet for efficientnet-lite0)"
+        ),
+    )
     min_tissue: float = field(
         default=0.5, metadata=_h("least tissue fraction of a tile", ge=0, le=1)
     )
@@ -145,6 +172,19 @@ def _check_config(cfg: PretrainConfig) -> None:
         problems.append(("--temperature", f"{cfg.temperature} <= 0", "use e.g. 0.1"))
     if problems:
         raise PixNetInputError(*problems[0])
+    get_encoder_spec(cfg.encoder)  # an unknown --encoder
+
+
+def check_same_encoder(resumed: dict[str, Any], encoder: str, path: Path) -> None:
+    """A pretraining of another encoder cannot be resumed (a checkpoint without an
+    encoder name is from before ``--encoder``: a ResNet18)."""
+    was = str(resumed.get("encoder", DEFAULT_ENCODER))
+    if was != encoder:
+        raise PixNetInputError(
+            path,
+            f"this run pretrains encoder {was!r}, not --encoder {encoder!r}",
+            f"resume with --encoder {was} (see config.json), or start a new --out",
+        )
 
 
 def tile_sampler(sources: list[tuple[str, Path, float]], cfg: PretrainConfig) -> TileSampler:
@@ -190,8 +230,9 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
             samples); when given, ``cfg.samples`` and ``cfg.images`` are not read.
 
     Raises:
-        PixNetInputError: bad configuration, no tissue tiles, or an existing run
-            without ``--resume`` / ``--overwrite``.
+        PixNetInputError: bad configuration, no tissue tiles, an existing run without
+            ``--resume`` / ``--overwrite``, ``--pretrained`` weights that do not fit the
+            encoder, or a ``--resume`` of another encoder or options.
     """
     check_fields(cfg)
     _check_config(cfg)
@@ -201,25 +242,42 @@ def run_pretrain(cfg: PretrainConfig, samples: list[Sample] | None = None) -> Pa
     sources = list_images(cfg, samples)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    model, opt, start = _start(cfg, run, resumed)
     sampler = tile_sampler(sources, cfg)
     try:
-        return _pretrain(cfg, run, resumed, sampler)
+        return _pretrain(cfg, run, model, opt, start, sampler)
     finally:
         for s in sampler.slides:
             s.slide.close()
 
 
+def _start(
+    cfg: PretrainConfig, run: RunFolder, resumed: dict[str, Any] | None
+) -> tuple[SimCLRModel, torch.optim.Optimizer, int]:
+    """The model and optimizer to train from epoch ``start``: a fresh run's (with the
+    ``--pretrained`` encoder weights) or the checkpoint's."""
+    torch.manual_seed(cfg.seed)
+    model = SimCLRModel(cfg.proj_dim, cfg.encoder)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if resumed is not None:
+        check_same_encoder(resumed, cfg.encoder, run.checkpoint)
+        restore_state(resumed, model, opt, run.checkpoint)
+        return model, opt, int(resumed["epoch"]) + 1
+    if cfg.pretrained:
+        report = load_pretrained(model.encoder, model.encoder_spec, cfg.pretrained)
+        log.info("SimCLR starts from %s (%s)", cfg.pretrained, report["format"])
+    return model, opt, 0
+
+
 def _pretrain(
-    cfg: PretrainConfig, run: RunFolder, resumed: dict[str, Any] | None, sampler: TileSampler
+    cfg: PretrainConfig,
+    run: RunFolder,
+    model: SimCLRModel,
+    opt: torch.optim.Optimizer,
+    start: int,
+    sampler: TileSampler,
 ) -> Path:
     enc_path = run.file("encoder.pt")
-    torch.manual_seed(cfg.seed)
-    model = SimCLRModel(cfg.proj_dim)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    if resumed is not None:
-        restore_state(resumed, model, opt, run.checkpoint)
-        start = int(resumed["epoch"]) + 1
     run.prepare(start)
     save_config(
         cfg,
@@ -230,8 +288,9 @@ def _pretrain(
         },
     )
     log.info(
-        "SimCLR pretraining on %d slides, %d tissue tile positions, %d tiles/epoch of %d px "
-        "at %g um/px",
+        "SimCLR pretraining of %s on %d slides, %d tissue tile positions, %d tiles/epoch of "
+        "%d px at %g um/px",
+        cfg.encoder,
         len(sampler.slides),
         sampler.n_positions,
         cfg.tiles_per_epoch,
@@ -269,8 +328,8 @@ def _pretrain(
         # one consistent epoch: every file is written before any is renamed
         run.commit_epoch(
             record,
-            checkpoint_state(model, opt, epoch),
-            [(enc_path, partial(save_encoder_weights, model.encoder))],
+            checkpoint_state(model, opt, epoch, encoder=cfg.encoder),
+            [(enc_path, partial(save_pretrained, model.encoder, model.encoder_spec))],
         )
         log.info("epoch %d: loss %.4f (%.1fs)", epoch, record["loss"], record["seconds"])
     return enc_path
