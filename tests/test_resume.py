@@ -75,7 +75,7 @@ def test_sigkill_mid_epoch_then_resume(manifest: Path, tmp_path: Path) -> None:
         "--samples",
         str(manifest),
         "--epochs",
-        "4",
+        "3",
         "--n-genes",
         "6",
         "--working-mpp",
@@ -87,7 +87,7 @@ def test_sigkill_mid_epoch_then_resume(manifest: Path, tmp_path: Path) -> None:
         "--lr",
         "1e-3",
         "--crops-per-epoch",
-        "40",
+        "16",
         "--threads",
         "1",
     ]
@@ -114,7 +114,7 @@ def test_sigkill_mid_epoch_then_resume(manifest: Path, tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = log.read_text().count("\n")
-    assert 1 <= done < 4, "the kill must land mid-run"
+    assert 1 <= done < 3, "the kill must land mid-run"
     subprocess.run(
         [sys.executable, "-m", "pixnet", *args, "--out", str(run), "--resume"],
         check=True,
@@ -123,5 +123,5 @@ def test_sigkill_mid_epoch_then_resume(manifest: Path, tmp_path: Path) -> None:
     )
     _assert_same(_state(ref), _state(run))
     epochs = [json.loads(x)["epoch"] for x in log.read_text().splitlines()]
-    assert epochs == [0, 1, 2, 3]  # each epoch logged once
+    assert epochs == [0, 1, 2]  # each epoch logged once
     assert not list(run.glob(".*.tmp")), "no half-written file left behind"

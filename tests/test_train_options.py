@@ -13,6 +13,7 @@ import torch
 from pixnet.data.example import write_example_dataset
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import load_model_file
+from pixnet.ops.losses import map_smoothness
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import lr_factor, train
 
@@ -97,3 +98,43 @@ def test_select_last_keeps_the_last_epoch(manifest: Path, tmp_path: Path) -> Non
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     for k, v in payload["state_dict"].items():
         torch.testing.assert_close(v, ckpt["model"][k], rtol=0, atol=0, msg=k)
+
+
+def test_map_smoothness_values_and_gradient() -> None:
+    flat = torch.full((2, 3, 8, 8), 1.7)
+    assert float(map_smoothness(flat)) == 0.0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[:, :, 1::2, :] = 1.0  # rows alternate 0, 1: every vertical step is 1
+    assert float(map_smoothness(stripes)) == pytest.approx(1.0)
+    assert float(map_smoothness(stripes.transpose(2, 3))) == pytest.approx(1.0)
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    map_smoothness(x).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_smoothness_penalty_flattens_what_spots_do_not_constrain(
+    manifest: Path, tmp_path: Path
+) -> None:
+    from pixnet.predict.tiled import load_predictor
+
+    samples = load_manifest(manifest)
+    roughness = {}
+    for weight in (0.0, 200.0):
+        out = tmp_path / f"w{weight:g}"
+        cfg = TrainConfig(
+            samples=str(manifest),
+            out=str(out),
+            epochs=3,
+            smoothness=weight,
+            select="last",
+            **{**TINY, "crops_per_epoch": 8, "lr": 3e-3},
+        )
+        train(cfg, samples)
+        records = _log(out)
+        assert ("train_penalty" in records[0]) == (weight > 0)
+        pred = load_predictor(out / "model.pt")
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            values = pred.readout_maths.map_values(pred.model(x), 4.0)
+        roughness[weight] = float(map_smoothness(values))
+    assert roughness[200.0] < 0.25 * roughness[0.0], roughness

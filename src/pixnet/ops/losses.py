@@ -47,6 +47,21 @@ def pixnet_loss(
     return loss, {"mse": float(mse.detach()), "pcc": float(pcc.detach())}
 
 
+def map_smoothness(values: Tensor) -> Tensor:
+    """Mean squared difference between adjacent map cells, down and across, summed.
+
+    ``values (B, G, H, W)`` on the targets' scale. Spot supervision constrains only a
+    map's mean over each spot: any pattern inside a spot that averages to zero costs the
+    spot loss nothing, so without a prior the map is free to carry such patterns, and
+    they are error at scales finer than the spots. This penalty prefers the smoothest
+    map that explains the spots; image-driven detail survives where it lowers the spot
+    loss across many spots.
+    """
+    dy = values[:, :, 1:, :] - values[:, :, :-1, :]
+    dx = values[:, :, :, 1:] - values[:, :, :, :-1]
+    return dy.pow(2).mean() + dx.pow(2).mean()
+
+
 def check_finite_loss(loss: Tensor, where: str) -> None:
     """Raise before a non-finite loss (NaN or inf) reaches the optimiser and the weights.
 

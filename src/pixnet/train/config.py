@@ -74,6 +74,14 @@ class TrainConfig:
     )
     weight_decay: float = field(default=1e-4, metadata=_h("Adam weight decay (paper: 1e-4)", ge=0))
     pcc_weight: float = field(default=0.5, metadata=_h("lambda of the PCC loss (paper: 0.5)", ge=0))
+    smoothness: float = field(
+        default=0.0,
+        metadata=_h(
+            "weight of a penalty on squared differences between adjacent map cells (0: "
+            "off, the paper); removes within-spot patterns the spot loss cannot see",
+            ge=0,
+        ),
+    )
     readout: str = field(
         default="mean",
         metadata=_h("spot read-out: mean, density, or the paper's sum", choices=READOUTS),

@@ -43,7 +43,7 @@ from pixnet.io.sample import Sample
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.aggregate import integrate_spots
-from pixnet.ops.losses import check_finite_loss, pearson_per_gene, pixnet_loss
+from pixnet.ops.losses import check_finite_loss, map_smoothness, pearson_per_gene, pixnet_loss
 from pixnet.ops.readout import Readout, get_readout, prepare_map, region_values, spot_values
 from pixnet.runtime import resolve_device
 from pixnet.train.config import TrainConfig
@@ -69,14 +69,21 @@ log = logging.getLogger(__name__)
 
 
 def predict_batch(
-    model: PixNet, batch: CropBatch, readout: str, forward: Any = None
+    model: PixNet,
+    batch: CropBatch,
+    readout: str,
+    forward: Any = None,
+    maps_out: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Spot predictions ``(n, G)`` for the spots of a crop batch.
 
-    ``forward`` runs the network instead of ``model`` (e.g. its DDP wrapper).
+    ``forward`` runs the network instead of ``model`` (e.g. its DDP wrapper); ``maps_out``,
+    when given, receives the crops' maps on the targets' scale (``Readout.map_values``).
     """
     head = (forward or model)(batch.images)
     stride = model.map_stride
+    if maps_out is not None:
+        maps_out.append(get_readout(readout).map_values(head, float(stride * stride)))
     maps = prepare_map(head, readout)
     integ, area = integrate_spots(
         maps, batch.centres / stride, batch.sizes / stride, batch.shape, batch.batch_index
@@ -94,10 +101,15 @@ def optimise_step(
     target: torch.Tensor,
     pcc_weight: float,
     sums: dict[str, float],
+    penalty: torch.Tensor | None = None,
 ) -> float:
-    """One step on the Eq. 10 loss of ``pred`` vs ``target``; adds its parts to ``sums``
-    (keys ``loss``, ``mse``, ``pcc``) and returns the loss."""
+    """One step on the Eq. 10 loss of ``pred`` vs ``target`` plus ``penalty`` (a weighted
+    regulariser, e.g. map smoothness); adds the parts to ``sums`` (keys ``loss``, ``mse``,
+    ``pcc``, and ``penalty`` when given) and returns the loss."""
     loss, parts = pixnet_loss(pred, target, pcc_weight)
+    if penalty is not None:
+        loss = loss + penalty
+        sums["penalty"] = sums.get("penalty", 0.0) + float(penalty.detach())
     check_finite_loss(loss, "training step")
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -342,13 +354,17 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             shares = np.array_split(np.arange(len(items)), parts)
             mine = [shares[info.rank]] if info.active else shares
             preds, targets = [], []
+            maps: list[torch.Tensor] | None = [] if cfg.smoothness > 0 else None
             for idx in mine:
                 batch = collate([items[i] for i in idx], sampler.slides[0].shape).to(device)
-                preds.append(predict_batch(model, batch, cfg.readout, forward))
+                preds.append(predict_batch(model, batch, cfg.readout, forward, maps))
                 targets.append(batch.targets)
             pred = gather_rows(torch.cat(preds), info)
             target = gather_rows(torch.cat(targets), info)
-            loss = optimise_step(opt, pred, target, cfg.pcc_weight, sums)
+            penalty = None
+            if maps:  # each process's own crops; DDP averages the gradients
+                penalty = cfg.smoothness * torch.stack([map_smoothness(m) for m in maps]).mean()
+            loss = optimise_step(opt, pred, target, cfg.pcc_weight, sums, penalty)
             if ema is not None:
                 ema.update_parameters(model)
             n_b += 1
