@@ -103,6 +103,10 @@ class ScalesConfig:
         default_factory=lambda: ["preset"],
         metadata=_h("decoder attention of each PixNet: preset, row, axial (one model each)"),
     )
+    smoothness: list[float] = field(
+        default_factory=lambda: [0.0],
+        metadata=_h("map smoothness penalty weights of each PixNet (pixnet train --smoothness)"),
+    )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     spot_crop_px: int = field(default=0, metadata=_h("spot-crop side, working px (0: auto)"))
     synthetic_share: float = field(
@@ -390,12 +394,16 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
-    for readout, attention in [(r, a) for r in cfg.readouts for a in cfg.attentions]:
+    variants = [(r, a, w) for r in cfg.readouts for a in cfg.attentions for w in cfg.smoothness]
+    for readout, attention, weight in variants:
         t0 = time.perf_counter()
         name = f"pixnet-{readout}" + ("" if attention == "preset" else f"-{attention}")
+        name += f"-sm{weight:g}" if weight else ""
         run = out / name
         model = train(
-            dataclasses.replace(base, out=str(run), readout=readout, attention=attention),
+            dataclasses.replace(
+                base, out=str(run), readout=readout, attention=attention, smoothness=weight
+            ),
             train_samples,
         )
         preds[name] = predict_pixnet(model, test.sample, regions, cfg.tile_px, cfg.margin_px)
@@ -502,6 +510,18 @@ LABELS = {
 }
 
 
+def label(method: str) -> str:
+    """The table label of a method name (``pixnet-mean-axial-sm3``: its parts spelled out)."""
+    if method in LABELS:
+        return LABELS[method]
+    parts = method.split("-")
+    if parts[0] != "pixnet" or len(parts) < 2:
+        return method
+    base = LABELS.get(f"pixnet-{parts[1]}", f"PixNet, {parts[1]}")
+    extra = [f"--smoothness {p[2:]}" if p.startswith("sm") else f"{p} attention" for p in parts[2:]]
+    return ", ".join([base, *extra])
+
+
 def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -524,7 +544,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         "|---|" + "---:|" * (3 * len(names)),
     ]
     for m, per in result["metrics"].items():
-        cells = [LABELS.get(m, m)]
+        cells = [label(m)]
         for n in names:
             s = per[n]
             cells += [_f(s["MSE"]), _f(s["MAE"]), _f(s["PCC@M"])]
@@ -540,20 +560,16 @@ def format_markdown(result: dict[str, Any]) -> str:
     ]
     for m, per in result["metrics"].items():
         pg = per[names[0]]["pcc_per_gene"]
-        lines.append("| " + " | ".join([LABELS.get(m, m), *(_f(pg[g]) for g in genes)]) + " |")
+        lines.append("| " + " | ".join([label(m), *(_f(pg[g]) for g in genes)]) + " |")
     if result.get("best_readout"):
         held = ", ".join(result["held_out_scales"])
         lines += [
             "",
             f"Mean MSE over the scales not trained at ({held}): "
-            + ", ".join(
-                f"{LABELS.get(m, m)} {v:.3f}" for m, v in result["mean_mse_held_out"].items()
-            )
+            + ", ".join(f"{label(m)} {v:.3f}" for m, v in result["mean_mse_held_out"].items())
             + f". **Best read-out across scales: {result['best_readout'].removeprefix('pixnet-')}**"
             + " (lowest mean MSE); mean PCC@M: "
-            + ", ".join(
-                f"{LABELS.get(m, m)} {_f(v)}" for m, v in result["mean_pcc_m_held_out"].items()
-            )
+            + ", ".join(f"{label(m)} {_f(v)}" for m, v in result["mean_pcc_m_held_out"].items())
             + ".",
         ]
     an = result.get("anisotropy") or {}
@@ -570,9 +586,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         for m, per in an.items():
             lines.append(
                 "| "
-                + " | ".join(
-                    [LABELS.get(m, m), *(_f(per[n]["ratio"]) if n in per else "" for n in sq)]
-                )
+                + " | ".join([label(m), *(_f(per[n]["ratio"]) if n in per else "" for n in sq)])
                 + " |"
             )
     lines += ["", f"Wall time: {result['wall_seconds'] / 60:.1f} min."]

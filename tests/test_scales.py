@@ -114,3 +114,39 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     assert json.loads((tmp_path / "scales.json").read_text()) == r
     md = (tmp_path / "scales.md").read_text()
     assert "Best read-out across scales" in md and "| PixNet, density |" in md
+
+
+def test_seeds_are_combined_and_paired_against_the_spot_crop_run(
+    scales: ModuleType, tmp_path: Path
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_scales_seeds", BENCH.with_name("scales_seeds.py")
+    )
+    assert spec is not None and spec.loader is not None
+    seeds_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds_mod)
+
+    def run(seed: int, pix: tuple[float, float], crop: tuple[float, float]) -> dict:
+        m = {"2 um square": {}, "100 um disk": {}}
+        metrics = {
+            "pixnet-mean-sm3": {k: {"MSE": pix[0], "PCC@M": pix[1]} for k in m},
+            "spotcrop": {k: {"MSE": crop[0], "PCC@M": crop[1]} for k in m},
+        }
+        return {"config": {"seed": seed, "epochs": 8}, "metrics": metrics}
+
+    runs = [run(0, (0.10, 0.80), (0.12, 0.78)), run(1, (0.14, 0.70), (0.12, 0.75))]
+    paths = []
+    for k, r in enumerate(runs):
+        paths.append(tmp_path / f"s{k}.json")
+        paths[-1].write_text(json.dumps(r))
+    res = seeds_mod.combine(runs)
+    cell = res["table"]["pixnet-mean-sm3"]["2 um square"]
+    assert cell["dMSE_vs_spotcrop"] == pytest.approx([-0.02, 0.02])
+    assert cell["dPCC@M_vs_spotcrop"] == pytest.approx([0.02, -0.05])
+    assert seeds_mod.main([*map(str, paths), "--out", str(tmp_path / "c.md")]) == 0
+    md = (tmp_path / "c.md").read_text()
+    assert "| PixNet, mean, --smoothness 3 | 0.120 ± 0.028 | 0.750 ± 0.071 |" in md
+    assert "| 1/2 |" in md  # one seed of two beats the spot-crop run in both metrics
+    runs[1]["config"]["epochs"] = 20  # runs that differ in more than the seed are refused
+    paths[1].write_text(json.dumps(runs[1]))
+    assert seeds_mod.main([*map(str, paths)]) == 2
