@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
+    )
+    ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
     ap.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -193,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             freeze_encoder=args.freeze_encoder,
             threads=args.threads,
             seed=args.seed,
+            smoothness=args.smoothness,
+            ensemble=args.ensemble,
             resume=args.resume,
             overwrite=not args.resume,
         )

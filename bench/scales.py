@@ -107,6 +107,10 @@ class ScalesConfig:
         default_factory=lambda: [0.0],
         metadata=_h("map smoothness penalty weights of each PixNet (pixnet train --smoothness)"),
     )
+    ema: float = field(default=0.0, metadata=_h("PixNet weight average (train --ema)"))
+    lr_schedule: str = field(
+        default="constant", metadata=_h("PixNet learning-rate schedule (train --lr-schedule)")
+    )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     spot_crop_px: int = field(default=0, metadata=_h("spot-crop side, working px (0: auto)"))
     synthetic_share: float = field(
@@ -402,7 +406,13 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         run = out / name
         model = train(
             dataclasses.replace(
-                base, out=str(run), readout=readout, attention=attention, smoothness=weight
+                base,
+                out=str(run),
+                readout=readout,
+                attention=attention,
+                smoothness=weight,
+                ema=cfg.ema,
+                lr_schedule=cfg.lr_schedule,
             ),
             train_samples,
         )
