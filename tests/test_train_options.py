@@ -138,3 +138,17 @@ def test_smoothness_penalty_flattens_what_spots_do_not_constrain(
             values = pred.readout_maths.map_values(pred.model(x), 4.0)
         roughness[weight] = float(map_smoothness(values))
     assert roughness[200.0] < 0.25 * roughness[0.0], roughness
+
+
+def test_ema_decay_warms_up() -> None:
+    from pixnet.train.loop import ema_decay
+
+    assert ema_decay(0.99, 0) == pytest.approx(0.1)
+    assert ema_decay(0.99, 10) == pytest.approx(11 / 20)
+    assert ema_decay(0.99, 10_000) == 0.99
+    assert ema_decay(0.5, 100) == 0.5
+    # weight left on the first (near-random) weights after 168 steps: under 1 %
+    share = 1.0
+    for n in range(1, 168):
+        share *= ema_decay(0.99, n)
+    assert share < 0.01
