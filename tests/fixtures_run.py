@@ -5,9 +5,11 @@ the command line."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pixnet.cli import main
 from pixnet.data.preprocess import fit_gene_panel
@@ -45,6 +47,21 @@ def tiny_model_file(manifest: Path, path: Path, n_genes: int = 6) -> Path:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (relative name -> bytes)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def fail_checkpoint_writes(monkeypatch: Any) -> None:
+    """Make every ``checkpoint.pt`` write of a run folder fail as on a full disk (ENOSPC);
+    the other files of an epoch are still written (``monkeypatch``: pytest's fixture)."""
+    import pixnet.train.runfolder as runfolder
+
+    real_save = runfolder.save_torch
+
+    def full_disk(obj: object, path: Path) -> None:
+        if path.name.startswith(".checkpoint.pt."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(runfolder, "save_torch", full_disk)
 
 
 def run_cli(args: Sequence[str]) -> tuple[int, str, str]:

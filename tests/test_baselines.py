@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fixtures_run import snapshot
+from fixtures_run import fail_checkpoint_writes, snapshot
 
 from pixnet.data.crops import validation_masks
 from pixnet.data.example import write_example_dataset
@@ -149,16 +148,7 @@ def test_spot_crop_run_folder_commits_each_epoch_whole_and_resumes(
         train(run, resume=True, crop_px=64)
     assert snapshot(run) == before, "a refused run must not change the run folder"
     # no space for epoch 1's checkpoint: epoch 0's log, checkpoint and weights stay whole
-    import pixnet.train.runfolder as runfolder
-
-    real_save = runfolder.save_torch
-
-    def full_disk(obj: object, path: Path) -> None:
-        if path.name.startswith(".checkpoint.pt."):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, path)
-
-    monkeypatch.setattr(runfolder, "save_torch", full_disk)
+    fail_checkpoint_writes(monkeypatch)
     with pytest.raises(PixNetOutputError, match="no space left writing checkpoint.pt"):
         train(run, resume=True)
     assert snapshot(run) == before

@@ -6,7 +6,6 @@ NT-Xent itself is tested in ``test_losses.py``."""
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_run import snapshot
+from fixtures_run import fail_checkpoint_writes, snapshot
 from PIL import Image
 
 from pixnet.data.example import write_example_dataset
@@ -176,20 +175,12 @@ def test_a_failed_epoch_write_keeps_the_previous_epoch_whole(
 ) -> None:
     """encoder.pt, checkpoint.pt and log.jsonl are committed together: no space for the
     next epoch's checkpoint leaves the last epoch's three files as they were."""
-    import pixnet.train.runfolder as runfolder
 
     cfg = _cfg(manifest, tmp_path / "run", epochs=1)
     run_pretrain(cfg)
     out = Path(cfg.out)
     before = snapshot(out)
-    real_save = runfolder.save_torch
-
-    def full_disk(obj: object, path: Path) -> None:
-        if path.name.startswith(".checkpoint.pt."):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, path)
-
-    monkeypatch.setattr(runfolder, "save_torch", full_disk)
+    fail_checkpoint_writes(monkeypatch)
     with pytest.raises(PixNetOutputError, match="no space left writing checkpoint.pt"):
         run_pretrain(replace(cfg, epochs=2, resume=True))
     after = snapshot(out)
