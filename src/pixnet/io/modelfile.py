@@ -221,6 +221,14 @@ def ensemble_state_dict(members: list[dict[str, torch.Tensor]]) -> dict[str, tor
     }
 
 
+class MemberMismatchError(ValueError):
+    """A member that cannot join an ensemble; ``member`` is its index."""
+
+    def __init__(self, member: int, message: str) -> None:
+        super().__init__(message)
+        self.member = member
+
+
 def ensemble_payload(
     members: list[dict[str, Any]], sources: list[str] | None = None
 ) -> dict[str, Any]:
@@ -232,8 +240,9 @@ def ensemble_payload(
     are recorded beside them.
 
     Raises:
-        ValueError: no members, a member that is itself an ensemble, or members that
-            disagree (the message names the section and the member).
+        ValueError: no members.
+        MemberMismatchError: a member that is itself an ensemble, or members that disagree
+            (the message names the section and the member).
     """
     if not members:
         raise ValueError("an ensemble needs at least one member")
@@ -244,7 +253,9 @@ def ensemble_payload(
 
     for k, m in enumerate(members):
         if m.get("ensemble"):
-            raise ValueError(f"member {k} is already an ensemble; pass single-model files")
+            raise MemberMismatchError(
+                k, f"member {k} is already an ensemble; pass single-model files"
+            )
         for name, get in (
             ("model_config", arch),
             ("panel", lambda d: d["panel"]),
@@ -252,9 +263,10 @@ def ensemble_payload(
             ("readout", lambda d: d["readout"]),
         ):
             if get(m) != get(first):
-                raise ValueError(
+                raise MemberMismatchError(
+                    k,
                     f"member {k} differs from member 0 in its {name}: members of an ensemble "
-                    "must be trained with the same settings and genes (only the seed differs)"
+                    "must be trained with the same settings and genes (only the seed differs)",
                 )
     records = []
     for k, m in enumerate(members):

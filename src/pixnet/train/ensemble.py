@@ -25,7 +25,7 @@ from pathlib import Path
 from pixnet.cli_options import help_meta as _h
 from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import atomic_write, check_writable
-from pixnet.io.modelfile import ensemble_payload, load_model_file, torch_save
+from pixnet.io.modelfile import MemberMismatchError, ensemble_payload, load_model_file, torch_save
 from pixnet.io.sample import Sample
 from pixnet.runtime import process_place
 from pixnet.train.config import TrainConfig
@@ -104,11 +104,11 @@ def combine_model_files(
     members = [load_model_file(p) for p in paths]
     try:
         payload = ensemble_payload(members, sources=[str(p) for p in paths])
-    except ValueError as e:
-        bad = str(e).split()[1] if str(e).startswith("member ") else None
-        where = paths[int(bad)] if bad and bad.isdigit() else "pixnet ensemble"
+    except MemberMismatchError as e:
         raise PixNetInputError(
-            where, str(e), "combine model files from one training command run with other seeds"
+            paths[e.member],
+            str(e),
+            "combine model files from one training command run with other seeds",
         ) from e
     path = atomic_write(out, lambda t: torch_save(payload, t), overwrite=overwrite)
     log.info("ensemble of %d members written to %s", len(members), path)
