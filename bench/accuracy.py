@@ -105,6 +105,41 @@ def budget_text(epochs: int, quick: bool) -> str:
     )
 
 
+def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
+    """Make the finished PixNet runs of one dataset under ``roots`` (``--out`` of runs
+    with seeds S, S + 1000, ...) the members of each fold's ensemble in ``cfg.out``.
+
+    Member ``k`` must be the run ``pixnet train --ensemble`` would have trained (seed of
+    member 0 + 1000 k, finished); anything else is refused before a link is made.
+    """
+    from pixnet.eval.crossval import method_dir
+    from pixnet.train.ensemble import MEMBER_SEED_STEP, finished_member, member_dir
+
+    links = []
+    for fold in folds:
+        if cfg.only_folds and fold.name not in cfg.only_folds:
+            continue
+        runs = [method_dir(root, fold.name, "pixnet") / "run" for root in roots]
+        seeds = []
+        for run in runs:
+            if not finished_member(run / "model.pt"):
+                raise SystemExit(f"error: {run}/model.pt: not a finished run; finish it first")
+            seeds.append(json.loads((run / "config.json").read_text())["seed"])
+        want = [seeds[0] + MEMBER_SEED_STEP * k for k in range(len(runs))]
+        if seeds != want:
+            raise SystemExit(
+                f"error: {fold.name}: the runs have seeds {seeds}, an ensemble's members "
+                f"{want}; pass the --out folders of --seed S, S+{MEMBER_SEED_STEP}, ... in order"
+            )
+        run_dir = method_dir(Path(cfg.out), fold.name, "pixnet") / "run"
+        links += [(member_dir(run_dir, k), run.resolve()) for k, run in enumerate(runs)]
+    for link, target in links:
+        if link.is_symlink() and link.resolve() == target:
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
     from pixnet.io.atomic import atomic_write_text
@@ -147,8 +182,19 @@ def main(argv: list[str] | None = None) -> int:
         "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
     )
     ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
+    ap.add_argument(
+        "--members-from",
+        nargs="*",
+        default=[],
+        help="--out folders of finished runs with --seed S, S+1000, ...: PixNet ensembles "
+        "of those runs' models (linked as members; nothing is retrained), one per fold",
+    )
     ap.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
     args = ap.parse_args(argv)
+    if args.members_from:
+        if args.methods != ["pixnet"] or args.ensemble not in (1, len(args.members_from)):
+            ap.error("--members-from needs --methods pixnet (and --ensemble K: K folders)")
+        args.ensemble, args.resume = len(args.members_from), True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     suffix = "-quick" if args.quick else ""
@@ -215,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             if not args.all_folds:
                 cfg.only_folds = [folds[0].name]
+        if args.members_from:
+            link_members(cfg, folds, [Path(p) / name for p in args.members_from])
         td = time.perf_counter()
         result = run_crossval(cfg, samples)
         result["dataset_wall_seconds"] = round(time.perf_counter() - td, 1)

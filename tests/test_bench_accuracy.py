@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +66,47 @@ def test_quick_run_then_resume_combines_runs(
     d_pcc = got["fold"]["PCC@M"] - rand
     assert f"{d_pcc:.3f}" in rows[1] and f"{int(d_pcc > 0)} of 1" in rows[1]
     assert rows[1].split(" | ")[2:] == rows[2].split(" | ")[2:]  # the same results
+
+
+def test_members_from_seed_runs_and_the_seed_spread_table(
+    accuracy: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs with --seed 0 and 1000 become a 2-member ensemble without retraining (its
+    predictions are the members' mean); seed_spread tabulates the seeds and the ensemble."""
+    torch.set_num_threads(1)
+    common = ["--quick", "--datasets", "example", "--threads", "1", "--methods", "pixnet"]
+    for s in (0, 1000):
+        assert accuracy.main([*common, "--seed", str(s), "--out", str(tmp_path / f"s{s}")]) == 0
+    runs = [tmp_path / f"s{s}" for s in (0, 1000)]
+    with pytest.raises(SystemExit, match=r"seeds \[1000, 0\].*\[1000, 2000\]"):
+        accuracy.main(
+            [*common, "--out", str(tmp_path / "bad"), "--members-from", *map(str, runs[::-1])]
+        )
+    assert not (tmp_path / "bad" / "example" / "EX1" / "pixnet").exists()
+    models = [r / "example" / "EX1" / "pixnet" / "run" / "model.pt" for r in runs]
+    stamps = [m.stat().st_mtime_ns for m in models]
+    ens = tmp_path / "ens"
+    assert accuracy.main([*common, "--out", str(ens), "--members-from", *map(str, runs)]) == 0
+    assert [m.stat().st_mtime_ns for m in models] == stamps  # nothing retrained
+    preds = [np.load(r / "example" / "EX1" / "pixnet" / "pred.npz")["EX1"] for r in runs]
+    got = np.load(ens / "example" / "EX1" / "pixnet" / "pred.npz")["EX1"]
+    np.testing.assert_allclose(got, (preds[0] + preds[1]) / 2, rtol=1e-5, atol=1e-6)
+
+    spread = _load("seed_spread")
+    capsys.readouterr()
+    files = [str(p / "accuracy-quick.json") for p in (*runs, ens)]
+    assert spread.main([*files, "--out", str(tmp_path / "spread.md")]) == 0
+    table = json.loads((tmp_path / "spread.json").read_text())["example"]
+    single, pair = table["single model"]["EX1"], table["ensemble of 2"]["EX1"]
+    assert single["seeds"] == [0, 1000] and pair["seeds"] == [0]
+    fold = [
+        json.loads((p / "accuracy-quick.json").read_text())["datasets"]["example"]["folds"][0]
+        for p in (*runs, ens)
+    ]
+    assert single["PCC@M"] == [f["methods"]["pixnet"]["fold"]["PCC@M"] for f in fold[:2]]
+    md = capsys.readouterr().out
+    row = next(line for line in md.splitlines() if line.startswith("| single model | 2 |"))
+    a = np.array(single["PCC@M"])
+    assert f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" in row
+    with pytest.raises(SystemExit, match="seed 0 appears in two result files"):
+        spread.main([files[0], files[0]])

@@ -184,3 +184,16 @@ def test_crossval_trains_ensembles_when_asked(tmp_path: Path) -> None:
     model = load_model_file(d["model"])
     assert model["ensemble"]["size"] == 2
     assert r["folds"][0]["methods"]["pixnet"]["fold"]["MSE"] >= 0
+
+    # --resume keeps the finished members: only the combined file and predictions are redone
+    run_dir = Path(d["model"]).parent
+    members = [member_dir(run_dir, k) / "model.pt" for k in range(2)]
+    stamps = [p.stat().st_mtime_ns for p in members]
+    for name in ("model.pt", "../method.json", "../pred.npz"):
+        (run_dir / name).unlink()
+    again = run_crossval(dataclasses.replace(cv, resume=True, overwrite=False), samples)
+    assert [p.stat().st_mtime_ns for p in members] == stamps
+    assert (run_dir / "model.pt").is_file()
+    assert again["folds"][0]["methods"]["pixnet"]["fold"]["MSE"] == pytest.approx(
+        r["folds"][0]["methods"]["pixnet"]["fold"]["MSE"], abs=1e-6
+    )

@@ -286,6 +286,11 @@ def _run_log_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def method_dir(out: Path, fold: str, method: str) -> Path:
+    """The folder of one method's results in one fold of a cross-validation in ``out``."""
+    return Path(out) / fold / method
+
+
 def fold_train_config(cfg: CrossValConfig, out: Path, seed: int, **changes: Any) -> TrainConfig:
     """The :class:`TrainConfig` part of ``cfg`` for one fold's training."""
     base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -330,7 +335,9 @@ def _run_pixnet(
     pre: dict[str, Any] = {}
     if simclr:
         tcfg.pretrained, pre = _pretrain_fold(cfg, tcfg.seed, train_samples, mdir / "pretrain")
-    tcfg.resume = cfg.resume and (run_dir / "checkpoint.pt").is_file()
+    # an ensemble resumes from its members' folders (finished ones are kept)
+    progress = run_dir / ("members" if tcfg.ensemble > 1 else "checkpoint.pt")
+    tcfg.resume = cfg.resume and progress.exists()
     model_path = train(tcfg, train_samples)
     model_genes = list(load_model_file(model_path)["panel"]["genes"])
     if model_genes != panel.genes:
@@ -611,7 +618,7 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
         }
         fold_data: dict[str, Any] = {}
         for m in methods:
-            mdir = out / fold.name / m
+            mdir = method_dir(out, fold.name, m)
             cached = _load_method(mdir) if cfg.resume else None
             t0 = time.perf_counter()
             if cached is None:

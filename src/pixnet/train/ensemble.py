@@ -58,7 +58,7 @@ def train_ensemble(cfg: TrainConfig, samples: list[Sample]) -> Path:
     paths = []
     for k in range(cfg.ensemble):
         mdir = member_dir(out, k)
-        done = _finished_member(mdir / "model.pt")
+        done = finished_member(mdir / "model.pt")
         member = dataclasses.replace(
             cfg,
             ensemble=1,
@@ -78,7 +78,8 @@ def train_ensemble(cfg: TrainConfig, samples: list[Sample]) -> Path:
     return model_path
 
 
-def _finished_member(path: Path) -> bool:
+def finished_member(path: Path) -> bool:
+    """Whether ``path`` is the model file of a training that ran to its end."""
     if not path.is_file():
         return False
     try:

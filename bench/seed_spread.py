@@ -1,0 +1,144 @@
+"""Seed spread of the accuracy benchmark: the same folds trained with several seeds.
+
+    .venv/bin/python bench/seed_spread.py runs/bench-seeds/results-s*.json \\
+        runs/bench-seeds/results-ens3-*.json --out bench/results/seed-spread.md
+
+Reads JSON results of ``bench/accuracy.py`` runs that differ in ``--seed`` (and, as
+separate rows, in anything else: ``--ensemble``/``--members-from``, ``--ema``, ...). A file
+may hold several datasets, and one dataset's folds may come from several files (e.g.
+``--only-folds`` runs). For every dataset, variant and fold it lists PCC@M and MSE skill
+as mean ± sample std over seeds with their range, then the mean over folds of the fold
+means and of the fold stds: the "seed std" issue 16 asks to bring down. Writes Markdown
+(``--out``) and JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS = ("PCC@M", "skill")
+# config entries that may differ between runs of one variant
+_SAME_VARIANT = {"seed", "out", "samples", "resume", "overwrite", "only_folds", "threads"}
+
+
+def variant_label(config: dict[str, Any], differs: list[str]) -> str:
+    """A row label: the model count and every setting in ``differs``."""
+    k = int(config.get("ensemble", 1) or 1)
+    parts = ["single model" if k == 1 else f"ensemble of {k}"]
+    parts += [f"{key} {config.get(key)}" for key in differs if key != "ensemble"]
+    return ", ".join(parts)
+
+
+def collect(results: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """dataset -> variant label -> fold -> {"seeds": [...], metric: [...]} (seed order)."""
+    runs = []  # (dataset, config key, config, fold record)
+    for res in results:
+        for ds, r in res["datasets"].items():
+            if method not in r["methods"]:
+                continue
+            cfg = r["config"]
+            key = json.dumps(
+                {k: v for k, v in cfg.items() if k not in _SAME_VARIANT}, sort_keys=True
+            )
+            runs += [(ds, key, cfg, f) for f in r["folds"] if method in f["methods"]]
+    keys_by_ds: dict[str, list[str]] = {}
+    for ds, key, _, _ in runs:
+        keys_by_ds.setdefault(ds, [])
+        if key not in keys_by_ds[ds]:
+            keys_by_ds[ds].append(key)
+    out: dict[str, Any] = {}
+    for ds, keys in keys_by_ds.items():
+        configs = [json.loads(k) for k in keys]
+        differs = sorted(
+            {k for c in configs for k in c if any(c.get(k) != o.get(k) for o in configs)}
+        )
+        labels = {k: variant_label(c, differs) for k, c in zip(keys, configs, strict=True)}
+        table: dict[str, dict[str, dict[str, list[Any]]]] = {labels[k]: {} for k in keys}
+        for d, key, cfg, fold in runs:
+            if d != ds:
+                continue
+            cell = table[labels[key]].setdefault(
+                fold["name"], {"seeds": [], **{m: [] for m in METRICS}}
+            )
+            if cfg["seed"] in cell["seeds"]:
+                raise SystemExit(
+                    f"error: {ds} fold {fold['name']} ({labels[key]}): seed {cfg['seed']} "
+                    "appears in two result files; pass each run once"
+                )
+            cell["seeds"].append(cfg["seed"])
+            for m in METRICS:
+                cell[m].append(float(fold["methods"][method]["fold"][m]))
+        out[ds] = table
+    return out
+
+
+def _cell(values: list[float]) -> str:
+    a = np.asarray(values)
+    if a.size == 1:
+        return f"{a[0]:.3f}"
+    return f"{a.mean():.3f} ± {a.std(ddof=1):.3f} ({a.min():.3f} to {a.max():.3f})"
+
+
+def summary(cells: dict[str, dict[str, list[Any]]], metric: str) -> dict[str, float]:
+    """Mean over folds of the fold means and of the fold seed stds (NaN: one seed)."""
+    means = [float(np.mean(c[metric])) for c in cells.values()]
+    stds = [
+        float(np.std(c[metric], ddof=1)) if len(c[metric]) > 1 else np.nan for c in cells.values()
+    ]
+    return {"mean": float(np.mean(means)), "seed_std": float(np.mean(stds))}
+
+
+def format_markdown(table: dict[str, Any]) -> str:
+    lines = []
+    for ds, variants in table.items():
+        folds = sorted({f for cells in variants.values() for f in cells})
+        for metric in METRICS:
+            lines += [
+                f"{ds}, {metric} per fold: mean ± std over seeds (range)",
+                "",
+                "| variant | seeds per fold | "
+                + " | ".join(folds)
+                + " | mean of fold means | mean of fold stds |",
+                "|---|---:|" + "---:|" * (len(folds) + 2),
+            ]
+            for label, cells in variants.items():
+                n = sorted({len(c["seeds"]) for c in cells.values()})
+                row = [_cell(cells[f][metric]) if f in cells else "" for f in folds]
+                s = summary(cells, metric)
+                std = "n/a" if np.isnan(s["seed_std"]) else f"{s['seed_std']:.3f}"
+                lines.append(
+                    f"| {label} | {'/'.join(map(str, n))} | "
+                    + " | ".join(row)
+                    + f" | {s['mean']:.3f} | {std} |"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", help="JSON results of bench/accuracy.py")
+    ap.add_argument("--method", default="pixnet", help="method of the accuracy benchmark")
+    ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
+    args = ap.parse_args(argv)
+    table = collect([json.loads(Path(p).read_text()) for p in args.results], args.method)
+    if not table:
+        print(f"error: no result holds method {args.method!r}", file=sys.stderr)
+        return 2
+    md = format_markdown(table)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.write_text(md)
+        out.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
