@@ -181,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
     )
+    ap.add_argument("--ema", type=float, default=0.0, help="PixNet weight EMA (train --ema)")
+    ap.add_argument(
+        "--lr-schedule", default="constant", help="constant or cosine (train --lr-schedule)"
+    )
+    ap.add_argument("--warmup-epochs", type=int, default=0, help="train --warmup-epochs")
+    ap.add_argument("--select", default="best", help="best or last epoch (train --select)")
     ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
     ap.add_argument(
         "--members-from",
@@ -244,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             seed=args.seed,
             smoothness=args.smoothness,
+            ema=args.ema,
+            lr_schedule=args.lr_schedule,
+            warmup_epochs=args.warmup_epochs,
+            select=args.select,
             ensemble=args.ensemble,
             resume=args.resume,
             overwrite=not args.resume,
