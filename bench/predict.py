@@ -14,6 +14,8 @@ section's spots, and extrapolates (b) to the bin counts from a timed subset ("~"
 ``.h5ad`` on the same section (disk, write time, peak RSS, 1 mm x 1 mm window reads);
 ``--parts large`` predicts generated 0.25 um/px slides with tissue islands
 (:mod:`pixnet.data.large_slide`) at 2 um bins with ``--dense-map``.
+``--parts ensemble --members 1 3 5 --bins 2`` times ensembles of 1, 3 and 5 members
+(``pixnet train --ensemble``), which predict one member after another.
 Without ``--model`` a randomly initialised ``cpu``-preset model with 250 genes is used:
 speed and memory do not depend on the weights. Prints a Markdown report.
 """
@@ -45,12 +47,12 @@ PIXNET = [
 ]
 
 
-def random_model(path: Path, n_genes: int = 250) -> None:
+def random_model(path: Path, n_genes: int = 250, seed: int = 0) -> None:
     from pixnet.data.preprocess import GenePanel
     from pixnet.io.modelfile import save_model_file
     from pixnet.models.pixnet import PixNet, from_preset
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = from_preset("cpu", n_genes=n_genes)
     model = PixNet(cfg)
     panel = GenePanel(genes=[f"G{i}" for i in range(n_genes)], mean_targets=[1.0] * n_genes)
@@ -68,7 +70,36 @@ def random_model(path: Path, n_genes: int = 250) -> None:
         panel=panel.to_dict(),
         geometry=geometry,
         readout="density",
+        train_config={"seed": seed},
     )
+
+
+def ensemble_part(
+    manifest: str, sample: str, tmp: Path, sizes: list[int], bins: list[float]
+) -> None:
+    """``pixnet predict`` with ensembles of ``sizes`` random members (weights do not change
+    speed or memory), for the section's own spots and each bin size, side by side."""
+    from pixnet.train.ensemble import combine_model_files
+
+    members = []
+    for k in range(max(sizes)):
+        members.append(tmp / f"member{k}.pt")
+        random_model(members[-1], seed=k)
+    rows = []
+    for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
+        for size in sizes:
+            model = members[0]
+            if size > 1:
+                model = combine_model_files(members[:size], tmp / f"ens{size}.pt", overwrite=True)
+            r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b)
+            rows.append((label, size, r["wall_s"], r["peak_rss_mib"]))
+            print(f"{label}, {size} member(s): {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB")
+    print("\n| prediction | members | wall s | per member s | / 1 member | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    single = {label: wall for label, size, wall, _ in rows if size == 1}
+    for label, size, wall, rss in rows:
+        ratio = f"{wall / single[label]:.2f}x" if label in single else ""
+        print(f"| {label} | {size} | {wall:.1f} | {wall / size:.1f} | {ratio} | {rss:.0f} |")
 
 
 def run_predict(model: Path, manifest: str, sample: str, out: Path, bins: list[float]) -> dict:
@@ -283,10 +314,12 @@ def main() -> None:
         "--parts",
         nargs="+",
         default=["speed"],
-        choices=["speed", "dense", "large"],
+        choices=["speed", "dense", "large", "ensemble"],
         help="speed: the table below; dense: dense map vs 2 um .h5ad on --sample; "
-        "large: generated 0.25 um/px slides with tissue islands (--large-slides)",
+        "large: generated 0.25 um/px slides with tissue islands (--large-slides); "
+        "ensemble: ensembles of --members sizes (own spots and --bins)",
     )
+    ap.add_argument("--members", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--dense-genes", nargs="+", default=["G0", "G1", "G2", "G3"])
     ap.add_argument(
         "--large-slides",
@@ -316,6 +349,8 @@ def main() -> None:
     if "large" in args.parts:
         slides = [tuple(int(v) for v in s.split(":")) for s in args.large_slides]
         large_part(model, tmp, slides, args.island_um)  # type: ignore[arg-type]
+    if "ensemble" in args.parts:
+        ensemble_part(args.samples, args.sample, tmp, args.members, args.bins)
     if "speed" not in args.parts:
         shutil.rmtree(tmp, ignore_errors=True)
         return
