@@ -36,6 +36,7 @@ from pixnet.models import (
     pad_to_multiple,
     save_encoder_weights,
 )
+from pixnet.models.decoder import set_attention_window
 
 # torchvision.models.resnet18().state_dict() keys, in order, without fc.weight / fc.bias.
 TORCHVISION_RESNET18_KEYS_WITHOUT_FC = [
@@ -351,6 +352,29 @@ def test_row_attention_mixes_only_within_rows() -> None:
         diff = (attn(x) - attn(y)).abs().sum(dim=(0, 1, 3))
     assert diff[2] > 0
     assert torch.all(diff[[0, 1, 3, 4]] == 0)
+
+
+def test_attention_window_limits_reach_per_stage() -> None:
+    """A window of W px: each position attends to positions at most W/2 px away, counted
+    in each stage's own cells (strides 16, 8, 4, 2); a window longer than the row is the
+    whole row; 0 restores whole rows."""
+    model = PixNet(from_preset("cpu", n_genes=3)).eval()
+    set_attention_window(model, 64)
+    halves = [st.rlab.attn.row.window for st in model.decoder.stages]
+    assert halves == [2, 4, 8, 16]
+    attn = RowAttention(channels=4, attn_dim=3)
+    x = torch.randn(1, 4, 2, 9)
+    with torch.no_grad():
+        full = attn(x)
+        attn.row.window = 8  # reaches every position of a 9-long row
+        torch.testing.assert_close(attn(x), full)
+        attn.row.window = 2
+        y = x.clone()
+        y[..., 8] += torch.randn(4, 2)  # change the last column only
+        diff = (attn(x) - attn(y)).abs().sum(dim=(0, 1, 2))
+    assert torch.all(diff[:6] == 0) and torch.all(diff[6:] > 0)  # reach: 2 positions
+    set_attention_window(model, 0)
+    assert all(st.rlab.attn.row.window is None for st in model.decoder.stages)
 
 
 def test_depth_to_space_stage_shapes() -> None:

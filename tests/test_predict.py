@@ -14,6 +14,7 @@ from pixnet.data.synthetic import synthetic_he_image
 from pixnet.errors import PixNetInputError
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
+from pixnet.models.decoder import set_attention_window
 from pixnet.models.pixnet import PixNet, from_preset
 from pixnet.predict.spotsets import BinGrid, ExplicitSpots, read_spots_csv
 from pixnet.predict.tiled import Predictor, predict_slide
@@ -88,6 +89,28 @@ def test_tiled_close_to_untiled_for_pixnet(slide_png: Path) -> None:
     rel = np.abs(whole - tiled).mean() / (np.abs(whole - whole.mean(0)).mean() + 1e-8)
     assert rel < 0.5, rel
     assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.9
+
+
+def test_attention_window_makes_pixnet_predictions_tile_independent(slide_png: Path) -> None:
+    """Whole rows: a tile's row length changes every value; a window of 128 px (its reach
+    within the margin) leaves only the convolutions' edge effects (8x smaller here)."""
+    torch.manual_seed(0)
+    model = PixNet(from_preset("cpu", n_genes=4)).eval()
+    with torch.no_grad():  # attention that matters: large query/key weights
+        for name, p in model.named_parameters():
+            if ".attn." in name and name.endswith("weight"):
+                p.mul_(20)
+    pred = Predictor(model=model, panel=_panel(4), working_mpp=2.0, readout="mean")
+    diffs = {}
+    with open_slide(slide_png, mpp=2.0) as slide:
+        sets = _spots(2.0)[1:]  # 8 um squares: the finest map detail
+        for window in (0, 128):
+            set_attention_window(model, window)
+            whole = _run(pred, slide, sets, tile_px=512, margin_px=128)[0]
+            tiled = _run(pred, slide, sets, tile_px=256, margin_px=128)[0]
+            diffs[window] = np.abs(whole - tiled).mean() / whole.std()
+    assert diffs[0] > 0.05, diffs  # the tile size shows without a window
+    assert diffs[128] < diffs[0] / 4, diffs
 
 
 def test_bins_cover_tissue_and_skip_background(slide_png: Path) -> None:

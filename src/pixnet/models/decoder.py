@@ -47,6 +47,7 @@ are scaled by ``1 / sqrt(d)`` (the paper's beta; the code does not scale).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -170,6 +171,9 @@ class _AxisAttention(nn.Module):
         self.k = nn.Conv2d(channels, attn_dim, 1, bias=False)
         self.v = nn.Conv2d(channels, attn_dim, 1)
         self.proj = nn.Conv2d(attn_dim, channels, 1)
+        self.window: int | None = None
+        """Positions each side a query attends to (``None``: the whole row or column);
+        set by :func:`set_attention_window`, not a weight."""
 
     def forward(self, x: Tensor) -> Tensor:
         """``x: (B, C, H, W) -> (B, C, H, W)``."""
@@ -180,7 +184,12 @@ class _AxisAttention(nn.Module):
         q = self.q(x).permute(perm)
         k = self.k(x).permute(perm)
         v = self.v(x).permute(perm)
-        out = F.scaled_dot_product_attention(q, k, v)
+        mask = None
+        n = q.shape[2]
+        if self.window is not None and n > self.window + 1:
+            pos = torch.arange(n, device=q.device)
+            mask = (pos[:, None] - pos[None, :]).abs() <= self.window  # True: attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         back = (0, 3, 1, 2) if self.axis == "row" else (0, 3, 2, 1)
         return self.proj(out.permute(back))
 
@@ -278,6 +287,27 @@ class DecoderStage(nn.Module):
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         """``x: (B, in_ch, H, W)``, ``skip: (B, skip_ch, 2H, 2W)`` -> ``(B, 2 skip_ch, 2H, 2W)``."""
         return self.rlab(skip, self.up(x))
+
+
+def set_attention_window(model: nn.Module, window_px: int | None) -> None:
+    """Bound how far the decoder's attention reaches, for every decoder in ``model`` (a
+    PixNet or an ensemble): each map position attends to positions at most
+    ``window_px / 2`` input pixels away along its row (and column), at every stage.
+
+    Training on crops of ``crop_px`` lets attention span at most ``crop_px``; a
+    prediction tile's row is several times longer. ``window_px = crop_px`` gives
+    prediction the training context and makes it independent of the tile size (for a
+    tile margin of at least ``window_px / 2``). ``None`` or 0: whole rows (the default).
+    """
+    for dec in model.modules():
+        if not isinstance(dec, PixNetDecoder):
+            continue
+        for s, stage in enumerate(dec.stages):
+            stride = 2 ** (len(dec.stages) - s)  # the RLAB's resolution: 16, 8, 4, 2
+            half = None if not window_px else max(1, math.ceil(window_px / 2 / stride))
+            for attn in stage.rlab.attn.modules():
+                if isinstance(attn, _AxisAttention):
+                    attn.window = half
 
 
 def _per_stage(value: int | Sequence[int], name: str, n: int = 4) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from pixnet.io.prediction import PredictionInfo, PredictionWriter, SlideRecord, 
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
+from pixnet.models.decoder import set_attention_window
 from pixnet.predict.dense_map import dense_map_writer
 from pixnet.predict.limits import check_output_space, check_prediction_memory
 from pixnet.predict.spotsets import BinGrid, ExplicitSpots, SpotSet, read_spots_csv
@@ -76,6 +77,14 @@ class PredictConfig:
     )
     margin_px: int = field(
         default=64, metadata=_h("context around each tile, working pixels", ge=0, multiple_of=16)
+    )
+    attention_window_px: int = field(
+        default=0,
+        metadata=_h(
+            "how far the decoder's attention reaches, working pixels (0: the whole tile "
+            "row, as before; the model's crop_px gives it the training context)",
+            ge=0,
+        ),
     )
     dtype: str = field(
         default="float32",
@@ -218,6 +227,8 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
         )
     check_output_folder(Path(cfg.out).parent)
     predictor = load_predictor(cfg.model, cfg.device)
+    if cfg.attention_window_px:
+        set_attention_window(predictor.model, cfg.attention_window_px)
     if sample is None and cfg.samples:
         from pixnet.io.manifest import load_manifest
 
