@@ -24,7 +24,16 @@ import numpy as np
 
 METRICS = ("PCC@M", "skill")
 # config entries that may differ between runs of one variant
-_SAME_VARIANT = {"seed", "out", "samples", "resume", "overwrite", "only_folds", "threads"}
+_SAME_VARIANT = {
+    "seed",
+    "out",
+    "samples",
+    "resume",
+    "overwrite",
+    "only_folds",
+    "threads",
+    "methods",
+}
 
 
 def variant_label(config: dict[str, Any], differs: list[str]) -> str:
@@ -37,12 +46,17 @@ def variant_label(config: dict[str, Any], differs: list[str]) -> str:
 
 def collect(results: list[dict[str, Any]], method: str) -> dict[str, Any]:
     """dataset -> variant label -> fold -> {"seeds": [...], metric: [...]} (seed order)."""
+    from dataclasses import asdict
+
+    from pixnet.eval.crossval import CrossValConfig
+
+    defaults = json.loads(json.dumps(asdict(CrossValConfig())))  # settings older runs lack
     runs = []  # (dataset, config key, config, fold record)
     for res in results:
         for ds, r in res["datasets"].items():
             if method not in r["methods"]:
                 continue
-            cfg = r["config"]
+            cfg = {**defaults, **r["config"]}
             key = json.dumps(
                 {k: v for k, v in cfg.items() if k not in _SAME_VARIANT}, sort_keys=True
             )
@@ -123,11 +137,21 @@ def format_markdown(table: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="+", help="JSON results of bench/accuracy.py")
+    ap.add_argument(
+        "results",
+        nargs="+",
+        help="JSON results of bench/accuracy.py (or a crossval results.json in <dataset>/)",
+    )
     ap.add_argument("--method", default="pixnet", help="method of the accuracy benchmark")
     ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
     args = ap.parse_args(argv)
-    table = collect([json.loads(Path(p).read_text()) for p in args.results], args.method)
+    results = []
+    for p in args.results:
+        res = json.loads(Path(p).read_text())
+        if "datasets" not in res:  # one dataset's crossval results.json, in <dataset>/
+            res = {"datasets": {Path(p).parent.name: res}}
+        results.append(res)
+    table = collect(results, args.method)
     if not table:
         print(f"error: no result holds method {args.method!r}", file=sys.stderr)
         return 2
