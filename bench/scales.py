@@ -112,6 +112,16 @@ class ScalesConfig:
         default="constant", metadata=_h("PixNet learning-rate schedule (train --lr-schedule)")
     )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
+    reuse: bool = field(
+        default=False, metadata=_h("reuse finished PixNet runs in --out instead of training")
+    )
+    attention_windows_px: list[int] = field(
+        default_factory=list,
+        metadata=_h(
+            "also predict every PixNet with these attention windows (predict "
+            "--attention-window-px; 0: whole rows), each a row '<method>-w<N>'"
+        ),
+    )
     spot_crop_px: int = field(default=0, metadata=_h("spot-crop side, working px (0: auto)"))
     synthetic_share: float = field(
         default=0.02, metadata=_h("synthetic genes' share of an average spot's mass")
@@ -292,15 +302,21 @@ def eval_regions(sample: Sample, scales_um: list[float], max_bins: int, seed: in
 
 
 def predict_pixnet(
-    model_path: Path, sample: Sample, regions: list[Regions], tile_px: int, margin_px: int
+    model_path: Path,
+    sample: Sample,
+    regions: list[Regions],
+    tile_px: int,
+    margin_px: int,
+    attention_window_px: int | None = None,
 ) -> list[np.ndarray]:
-    """PixNet predictions ``(N_r, G)`` for every region set, in one whole-slide pass."""
+    """PixNet predictions ``(N_r, G)`` for every region set, in one whole-slide pass
+    (``attention_window_px``: as ``pixnet predict``'s; ``None``: its default)."""
     from pixnet.io.slide import open_slide
     from pixnet.io.tissue import tissue_mask
     from pixnet.predict.spotsets import ExplicitSpots
     from pixnet.predict.tiled import load_predictor, predict_slide
 
-    predictor = load_predictor(model_path)
+    predictor = load_predictor(model_path, attention_window_px=attention_window_px)
     sets = [
         ExplicitSpots(
             r.name,
@@ -348,6 +364,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
     from pixnet.train.config import TrainConfig
+    from pixnet.train.ensemble import finished_member
     from pixnet.train.loop import train
 
     t_start = time.perf_counter()
@@ -404,19 +421,25 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         name = f"pixnet-{readout}" + ("" if attention == "preset" else f"-{attention}")
         name += f"-sm{weight:g}" if weight else ""
         run = out / name
-        model = train(
-            dataclasses.replace(
-                base,
-                out=str(run),
-                readout=readout,
-                attention=attention,
-                smoothness=weight,
-                ema=cfg.ema,
-                lr_schedule=cfg.lr_schedule,
-            ),
-            train_samples,
-        )
+        model = run / "model.pt"
+        if not (cfg.reuse and finished_member(model)):
+            model = train(
+                dataclasses.replace(
+                    base,
+                    out=str(run),
+                    readout=readout,
+                    attention=attention,
+                    smoothness=weight,
+                    ema=cfg.ema,
+                    lr_schedule=cfg.lr_schedule,
+                ),
+                train_samples,
+            )
         preds[name] = predict_pixnet(model, test.sample, regions, cfg.tile_px, cfg.margin_px)
+        for w in cfg.attention_windows_px:
+            preds[f"{name}-w{w}"] = predict_pixnet(
+                model, test.sample, regions, cfg.tile_px, cfg.margin_px, attention_window_px=w
+            )
         seconds[name] = round(time.perf_counter() - t0, 1)
         records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
         details[name] = {
@@ -528,7 +551,15 @@ def label(method: str) -> str:
     if parts[0] != "pixnet" or len(parts) < 2:
         return method
     base = LABELS.get(f"pixnet-{parts[1]}", f"PixNet, {parts[1]}")
-    extra = [f"--smoothness {p[2:]}" if p.startswith("sm") else f"{p} attention" for p in parts[2:]]
+
+    def spell(p: str) -> str:
+        if p.startswith("sm"):
+            return f"--smoothness {p[2:]}"
+        if p[0] == "w" and p[1:].isdigit():
+            return "whole-row attention" if p == "w0" else f"attention window {p[1:]} px"
+        return f"{p} attention"
+
+    extra = [spell(p) for p in parts[2:]]
     return ", ".join([base, *extra])
 
 

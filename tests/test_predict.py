@@ -175,3 +175,20 @@ def test_atomic_outputs_get_normal_permissions_and_vanish_on_error(tmp_path: Pat
     with pytest.raises(PixNetInputError, match="output exists"):
         atomic_write_text(tmp_path / "a.txt", "again", overwrite=False)
     assert (tmp_path / "a.txt").read_text() == "hello"
+
+
+def test_load_predictor_gives_attention_the_training_crop_by_default(tmp_path: Path) -> None:
+    from fixtures_run import tiny_model_file
+
+    from pixnet.data.example import write_example_dataset
+    from pixnet.predict.tiled import load_predictor
+
+    manifest = write_example_dataset(tmp_path / "ex", n_sections=1, size_px=(256, 256))
+    model = tiny_model_file(manifest, tmp_path / "model.pt")  # crop_px 64
+
+    def halves(pred: Predictor) -> list:
+        return [st.rlab.attn.row.window for st in pred.model.decoder.stages]
+
+    assert halves(load_predictor(model)) == [2, 4, 8, 16]  # 32 px each side
+    assert halves(load_predictor(model, attention_window_px=0)) == [None] * 4
+    assert halves(load_predictor(model, attention_window_px=256)) == [8, 16, 32, 64]

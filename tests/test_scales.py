@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -114,6 +115,20 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     assert json.loads((tmp_path / "scales.json").read_text()) == r
     md = (tmp_path / "scales.md").read_text()
     assert "Best read-out across scales" in md and "| PixNet, density |" in md
+
+    # --reuse re-predicts the finished runs (here with whole rows too) without training
+    model = tmp_path / "runs" / "pixnet-mean" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    again = scales.run_scales(
+        dataclasses.replace(
+            cfg, readouts=["mean"], spotcrop=False, reuse=True, attention_windows_px=[0]
+        ),
+        samples,
+    )
+    assert model.stat().st_mtime_ns == stamp
+    assert list(again["metrics"]) == ["pixnet-mean", "pixnet-mean-w0", "mean"]
+    assert again["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]
+    assert scales.label("pixnet-mean-w0").endswith("whole-row attention")
 
 
 def test_seeds_are_combined_and_paired_against_the_spot_crop_run(

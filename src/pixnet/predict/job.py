@@ -34,7 +34,6 @@ from pixnet.io.prediction import PredictionInfo, PredictionWriter, SlideRecord, 
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
-from pixnet.models.decoder import set_attention_window
 from pixnet.predict.dense_map import dense_map_writer
 from pixnet.predict.limits import check_output_space, check_prediction_memory
 from pixnet.predict.spotsets import BinGrid, ExplicitSpots, SpotSet, read_spots_csv
@@ -78,11 +77,12 @@ class PredictConfig:
     margin_px: int = field(
         default=64, metadata=_h("context around each tile, working pixels", ge=0, multiple_of=16)
     )
-    attention_window_px: int = field(
-        default=0,
+    attention_window_px: int | None = field(
+        default=None,
         metadata=_h(
-            "how far the decoder's attention reaches, working pixels (0: the whole tile "
-            "row, as before; the model's crop_px gives it the training context)",
+            "how far the decoder's attention reaches, working pixels: each map cell "
+            "attends to cells at most half of it away (default: the model's training "
+            "crop_px, the context it was trained with; 0: the whole tile row)",
             ge=0,
         ),
     )
@@ -226,9 +226,7 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
             cfg.out, "--out is a folder", "give the .h5ad file name, e.g. pred/NAME.h5ad"
         )
     check_output_folder(Path(cfg.out).parent)
-    predictor = load_predictor(cfg.model, cfg.device)
-    if cfg.attention_window_px:
-        set_attention_window(predictor.model, cfg.attention_window_px)
+    predictor = load_predictor(cfg.model, cfg.device, cfg.attention_window_px)
     if sample is None and cfg.samples:
         from pixnet.io.manifest import load_manifest
 

@@ -34,6 +34,7 @@ from pixnet.errors import PixNetInputError
 from pixnet.io.modelfile import describe_status, load_model_file, member_state_dicts
 from pixnet.io.slide import Slide
 from pixnet.io.tissue import tissue_fraction_in_rect
+from pixnet.models.decoder import set_attention_window
 from pixnet.models.ensemble import PixNetEnsemble, model_integrand
 from pixnet.models.pixnet import PixNet, PixNetConfig, model_device
 from pixnet.ops.aggregate import integrate_spots
@@ -101,9 +102,17 @@ def network_from_payload(payload: dict[str, Any]) -> PixNet | PixNetEnsemble:
     return (PixNetEnsemble(members) if ensemble else members[0]).eval()
 
 
-def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
+def load_predictor(
+    path: str | Path, device: str = "cpu", attention_window_px: int | None = None
+) -> Predictor:
     """Load ``model.pt`` (weights_only) into an eval-mode :class:`Predictor` on ``device``
-    (``"auto"``: this process's GPU when CUDA is available, see :func:`resolve_device`)."""
+    (``"auto"``: this process's GPU when CUDA is available, see :func:`resolve_device`).
+
+    ``attention_window_px`` bounds the decoder attention's reach
+    (:func:`~pixnet.models.decoder.set_attention_window`): ``None`` gives it the context
+    of training, the model's ``crop_px`` (whole rows for a file without one); ``0``
+    lets every position attend to its whole tile row.
+    """
     payload = load_model_file(path)
     status = payload.get("training") or None
     if status and not status.get("finished", True):
@@ -111,6 +120,9 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     model = network_from_payload(payload)
     model.to(resolve_device(device))
     geo, readout = payload["geometry"], str(payload["readout"].get("name"))
+    if attention_window_px is None:
+        attention_window_px = int(geo.get("crop_px") or 0)
+    set_attention_window(model, attention_window_px)
     if readout not in READOUTS:
         raise PixNetInputError(
             path,
