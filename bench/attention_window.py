@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
+
 TILES = (512, 256)
 
 
@@ -134,12 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             results[ds, fold, str(run)] = measure(run, fold, args.windows, Path(tmp))
             print(ds, fold, run, results[ds, fold, str(run)]["windows"], flush=True)
     md = format_markdown(results, args.windows)
-    print(md)
-    if args.out:
-        out = Path(args.out)
-        out.write_text(md)
-        flat = [{"dataset": d, "fold": f, "run": r, **v} for (d, f, r), v in results.items()]
-        out.with_suffix(".json").write_text(json.dumps(flat, indent=1) + "\n")
+    flat = [{"dataset": d, "fold": f, "run": r, **v} for (d, f, r), v in results.items()]
+    emit(md, flat, args.out)
     return 0
 
 

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
+
 REFERENCE = "spotcrop"
 
 
@@ -99,16 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(k != keys[0] for k in keys):
         print("error: the runs differ in more than their seed and paths", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scales import label
 
     res = combine(runs)
     md = format_markdown(res, label)
-    print(md)
-    if args.out:
-        out = Path(args.out)
-        out.write_text(md)
-        out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    emit(md, res, args.out)
     return 0
 
 

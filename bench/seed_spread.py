@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
+
 METRICS = ("PCC@M", "skill")
 # config entries that may differ between runs of one variant
 _SAME_VARIANT = {
@@ -156,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no result holds method {args.method!r}", file=sys.stderr)
         return 2
     md = format_markdown(table)
-    print(md)
-    if args.out:
-        out = Path(args.out)
-        out.write_text(md)
-        out.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    emit(md, table, args.out)
     return 0
 
 
