@@ -7,7 +7,9 @@ For each method and evaluation scale: MSE and PCC@M as mean ± sample std over t
 and, for every PixNet variant against the spot-crop regressor of the *same* run (same
 seed, same test bins), the paired difference in MSE and PCC@M (mean ± std over seeds) and
 how many seeds it wins. A difference larger than its seed spread is the bar a change
-must clear (issue 15). Writes Markdown (``--out``) and JSON beside it.
+must clear (issue 15). ``--spotcrop-from`` takes the regressor's rows from other runs of
+the same seeds and test bins (PixNet re-predicted with ``bench/scales.py --reuse
+--no-spotcrop``). Writes Markdown (``--out``) and JSON beside it.
 """
 
 from __future__ import annotations
@@ -94,8 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", help="JSON results of bench/scales.py, one per seed")
     ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
+    ap.add_argument(
+        "--spotcrop-from",
+        nargs="*",
+        default=[],
+        help="take the spot-crop rows from these runs, one per result in the same order "
+        "(same seed and test regions), e.g. for PixNet re-predicted with --reuse --no-spotcrop",
+    )
     args = ap.parse_args(argv)
     runs = [json.loads(Path(p).read_text()) for p in args.results]
+    if args.spotcrop_from:
+        if len(args.spotcrop_from) != len(runs):
+            ap.error("--spotcrop-from needs one file per result")
+        for path, run in zip(args.spotcrop_from, runs, strict=True):
+            ref = json.loads(Path(path).read_text())
+            same = (
+                ref["config"]["seed"] == run["config"]["seed"] and ref["regions"] == run["regions"]
+            )
+            if not same or REFERENCE not in ref["metrics"]:
+                print(
+                    f"error: {path}: not a spot-crop run of the same seed and regions",
+                    file=sys.stderr,
+                )
+                return 2
+            run["metrics"] = {**run["metrics"], REFERENCE: ref["metrics"][REFERENCE]}
     keys = [
         {k: v for k, v in r["config"].items() if k not in ("seed", "out", "results")} for r in runs
     ]

@@ -162,6 +162,21 @@ def test_seeds_are_combined_and_paired_against_the_spot_crop_run(
     md = (tmp_path / "c.md").read_text()
     assert "| PixNet, mean, --smoothness 3 | 0.120 ± 0.028 | 0.750 ± 0.071 |" in md
     assert "| 1/2 |" in md  # one seed of two beats the spot-crop run in both metrics
+
+    # spot-crop rows taken from other runs of the same seeds and regions
+    pix_only = []
+    for k, r in enumerate(runs):
+        r = dict(r, regions={"2 um square": {"n": 5}})
+        paths[k].write_text(json.dumps(r))
+        bare = dict(r, metrics={"pixnet-mean-sm3": r["metrics"]["pixnet-mean-sm3"]})
+        pix_only.append(tmp_path / f"pix{k}.json")
+        pix_only[-1].write_text(json.dumps(bare))
+    out2 = tmp_path / "c2.md"
+    argv = [*map(str, pix_only), "--spotcrop-from", *map(str, paths), "--out", str(out2)]
+    assert seeds_mod.main(argv) == 0
+    assert out2.read_text() == md
+    assert seeds_mod.main([*map(str, pix_only), "--spotcrop-from", *map(str, paths[::-1])]) == 2
+
     runs[1]["config"]["epochs"] = 20  # runs that differ in more than the seed are refused
     paths[1].write_text(json.dumps(runs[1]))
     assert seeds_mod.main([*map(str, paths)]) == 2
