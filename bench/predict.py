@@ -74,6 +74,24 @@ def random_model(path: Path, n_genes: int = 250, seed: int = 0) -> None:
     )
 
 
+def window_part(model: Path, manifest: str, sample: str, tmp: Path, bins: list[float]) -> None:
+    """``pixnet predict`` with whole-row attention and with the default window (the
+    model's crop_px), side by side: the banded attention mask's cost."""
+    print("\n| prediction | attention | wall s | / whole rows | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|")
+    for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
+        walls = {}
+        for name, extra in (("whole rows", ("--attention-window-px", "0")), ("window", ())):
+            r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b, extra)
+            walls[name] = r["wall_s"]
+            ratio = r["wall_s"] / walls["whole rows"]
+            print(
+                f"| {label} | {name} | {r['wall_s']:.1f} | {ratio:.2f}x | "
+                f"{r['peak_rss_mib']:.0f} |",
+                flush=True,
+            )
+
+
 def ensemble_part(
     manifest: str, sample: str, tmp: Path, sizes: list[int], bins: list[float]
 ) -> None:
@@ -102,8 +120,16 @@ def ensemble_part(
         print(f"| {label} | {size} | {wall:.1f} | {wall / size:.1f} | {ratio} | {rss:.0f} |")
 
 
-def run_predict(model: Path, manifest: str, sample: str, out: Path, bins: list[float]) -> dict:
-    """One ``pixnet predict`` in a child process: wall seconds, peak RSS, rows written."""
+def run_predict(
+    model: Path,
+    manifest: str,
+    sample: str,
+    out: Path,
+    bins: list[float],
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """One ``pixnet predict`` (plus ``extra`` flags) in a child process: wall seconds,
+    peak RSS, rows written."""
     cmd = [
         *PIXNET,
         "predict",
@@ -120,6 +146,7 @@ def run_predict(model: Path, manifest: str, sample: str, out: Path, bins: list[f
     ]
     if bins:
         cmd += ["--bins-um", *[f"{b:g}" for b in bins]]
+    cmd += list(extra)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t
@@ -314,10 +341,11 @@ def main() -> None:
         "--parts",
         nargs="+",
         default=["speed"],
-        choices=["speed", "dense", "large", "ensemble"],
+        choices=["speed", "dense", "large", "ensemble", "window"],
         help="speed: the table below; dense: dense map vs 2 um .h5ad on --sample; "
         "large: generated 0.25 um/px slides with tissue islands (--large-slides); "
-        "ensemble: ensembles of --members sizes (own spots and --bins)",
+        "ensemble: ensembles of --members sizes (own spots and --bins); "
+        "window: whole-row attention against the default window (own spots and --bins)",
     )
     ap.add_argument("--members", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--dense-genes", nargs="+", default=["G0", "G1", "G2", "G3"])
@@ -349,6 +377,8 @@ def main() -> None:
     if "large" in args.parts:
         slides = [tuple(int(v) for v in s.split(":")) for s in args.large_slides]
         large_part(model, tmp, slides, args.island_um)  # type: ignore[arg-type]
+    if "window" in args.parts:
+        window_part(model, args.samples, args.sample, tmp, args.bins)
     if "ensemble" in args.parts:
         ensemble_part(args.samples, args.sample, tmp, args.members, args.bins)
     if "speed" not in args.parts:
