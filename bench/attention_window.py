@@ -31,8 +31,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit  # noqa: E402
 
-TILES = (512, 256)
-
 
 def finished_runs(root: Path) -> list[tuple[str, str, Path]]:
     """(dataset, fold, run folder) of every finished PixNet run of an accuracy ``--out``."""
@@ -55,7 +53,9 @@ def predict_spots(model: Path, sample: Any, genes: list[str], tmp: Path, **cfg: 
     return align_predictions(p.values(), p.spot_ids(), p.genes, sample.spot_ids, genes)
 
 
-def measure(run: Path, fold: str, windows: list[int], tmp: Path) -> dict[str, Any]:
+def measure(
+    run: Path, fold: str, windows: list[int], tmp: Path, tiles: list[int]
+) -> dict[str, Any]:
     from pixnet.data.preprocess import GenePanel
     from pixnet.eval.metrics import summarise
     from pixnet.io.manifest import load_manifest
@@ -72,10 +72,12 @@ def measure(run: Path, fold: str, windows: list[int], tmp: Path) -> dict[str, An
             t: predict_spots(
                 run / "model.pt", sample, panel.genes, tmp, tile_px=t, attention_window_px=w
             )
-            for t in TILES
+            for t in tiles
         }
-        s = summarise(preds[TILES[0]], truth, train_mean)
-        moved = np.abs(preds[TILES[0]] - preds[TILES[1]]).mean() / preds[TILES[0]].std()
+        s = summarise(preds[tiles[0]], truth, train_mean)
+        moved = float("nan")
+        if len(tiles) > 1:
+            moved = np.abs(preds[tiles[0]] - preds[tiles[1]]).mean() / preds[tiles[0]].std()
         rec["windows"][str(w)] = {
             "PCC@M": s["PCC@M"],
             "skill": s["skill"],
@@ -122,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("roots", nargs="+", help="--out folders of bench/accuracy.py runs")
     ap.add_argument("--windows", type=int, nargs="+", default=[0, 128, 256])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--tiles",
+        type=int,
+        nargs="+",
+        default=[512, 256],
+        help="tile sizes: the first is scored; the spot values' change to the second is "
+        "the tile dependence (one size: not measured)",
+    )
     ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
     args = ap.parse_args(argv)
     import torch
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str, str], Any] = {}
     with tempfile.TemporaryDirectory(prefix="pixnet-window-") as tmp:
         for ds, fold, run in runs:
-            results[ds, fold, str(run)] = measure(run, fold, args.windows, Path(tmp))
+            results[ds, fold, str(run)] = measure(run, fold, args.windows, Path(tmp), args.tiles)
             print(ds, fold, run, results[ds, fold, str(run)]["windows"], flush=True)
     md = format_markdown(results, args.windows)
     flat = [{"dataset": d, "fold": f, "run": r, **v} for (d, f, r), v in results.items()]

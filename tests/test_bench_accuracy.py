@@ -110,3 +110,16 @@ def test_members_from_seed_runs_and_the_seed_spread_table(
     assert f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" in row
     with pytest.raises(SystemExit, match="seed 0 appears in two result files"):
         spread.main([files[0], files[0]])
+
+    # the same trained model re-predicted with whole rows and with the training crop
+    window = _load("attention_window")
+    out = tmp_path / "window.md"
+    assert (
+        window.main([str(runs[0]), "--windows", "0", "64", "--tiles", "512", "--out", str(out)])
+        == 0
+    )
+    (rec,) = json.loads(out.with_suffix(".json").read_text())
+    assert (rec["dataset"], rec["fold"], rec["crop_px"]) == ("example", "EX1", 64)
+    scored = fold[0]["methods"]["pixnet"]["fold"]  # the benchmark predicts with the default
+    assert rec["windows"]["64"]["PCC@M"] == pytest.approx(scored["PCC@M"], abs=1e-6)
+    assert rec["windows"]["0"]["PCC@M"] != rec["windows"]["64"]["PCC@M"]
