@@ -76,7 +76,28 @@ def random_model(path: Path, n_genes: int = 250, seed: int = 0) -> None:
 
 def window_part(model: Path, manifest: str, sample: str, tmp: Path, bins: list[float]) -> None:
     """``pixnet predict`` with whole-row attention and with the default window (the
-    model's crop_px), side by side: the banded attention mask's cost."""
+    model's crop_px), side by side: the banded attention mask's cost. Then the model's
+    forward pass alone on two 640 px tiles, the settings interleaved (median of 3)."""
+    from pixnet.predict.tiled import load_predictor
+
+    x = torch.rand(2, 3, 640, 640)
+    nets = {
+        name: load_predictor(model, attention_window_px=w)
+        for name, w in (("whole", 0), ("window", None))
+    }
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    with torch.no_grad():
+        for _ in range(3):
+            for name, net in nets.items():
+                t = time.perf_counter()
+                net.model(x)
+                times[name].append(time.perf_counter() - t)
+    whole, win = (float(np.median(times[k])) for k in ("whole", "window"))
+    info = nets["window"].payload_info or {}
+    print(
+        f"forward, 2 x 640 px tiles, {torch.get_num_threads()} threads: whole rows {whole:.2f} s, "
+        f"window {info.get('geometry', {}).get('crop_px')} px {win:.2f} s ({win / whole:.2f}x)"
+    )
     print("\n| prediction | attention | wall s | / whole rows | peak RSS MiB |")
     print("|---|---|---:|---:|---:|")
     for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
