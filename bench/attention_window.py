@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("roots", nargs="+", help="--out folders of bench/accuracy.py runs")
     ap.add_argument("--windows", type=int, nargs="+", default=[0, 128, 256])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", default=[], help="only these DATASET/FOLD, e.g. mob/MOB2")
     ap.add_argument(
         "--tiles",
         type=int,
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     runs = [r for root in args.roots for r in finished_runs(Path(root))]
+    if args.only:
+        runs = [r for r in runs if f"{r[0]}/{r[1]}" in args.only]
     if not runs:
         print(f"error: no finished PixNet run under {args.roots}", file=sys.stderr)
         return 2
