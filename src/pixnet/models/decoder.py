@@ -297,7 +297,8 @@ def set_attention_window(model: nn.Module, window_px: int | None) -> None:
     Training on crops of ``crop_px`` lets attention span at most ``crop_px``; a
     prediction tile's row is several times longer. ``window_px = crop_px`` gives
     prediction the training context and makes it independent of the tile size (for a
-    tile margin of at least ``window_px / 2``). ``None`` or 0: whole rows (the default).
+    tile margin of at least ``window_px / 2``). ``None`` or 0: whole rows (a newly built
+    model; :func:`~pixnet.predict.tiled.load_predictor` applies the crop by default).
     """
     for dec in model.modules():
         if not isinstance(dec, PixNetDecoder):
