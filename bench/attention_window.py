@@ -42,21 +42,11 @@ def finished_runs(root: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
-def predict_spots(model: Path, sample: Any, genes: list[str], tmp: Path, **cfg: Any) -> np.ndarray:
-    from pixnet.eval.crossval import align_predictions
-    from pixnet.io.prediction import PredictionFile
-    from pixnet.predict.job import PredictConfig, run_predict
-
-    path = tmp / f"{sample.sample_id}.h5ad"
-    run_predict(PredictConfig(model=str(model), out=str(path), overwrite=True, **cfg), sample)
-    p = PredictionFile(path, sample.sample_id, require_spots=False)
-    return align_predictions(p.values(), p.spot_ids(), p.genes, sample.spot_ids, genes)
-
-
 def measure(
     run: Path, fold: str, windows: list[int], tmp: Path, tiles: list[int]
 ) -> dict[str, Any]:
     from pixnet.data.preprocess import GenePanel
+    from pixnet.eval.crossval import predict_own_spots
     from pixnet.eval.metrics import summarise
     from pixnet.io.manifest import load_manifest
     from pixnet.io.modelfile import load_model_file
@@ -69,7 +59,7 @@ def measure(
     rec: dict[str, Any] = {"seed": config["seed"], "crop_px": config["crop_px"], "windows": {}}
     for w in windows:
         preds = {
-            t: predict_spots(
+            t: predict_own_spots(
                 run / "model.pt", sample, panel.genes, tmp, tile_px=t, attention_window_px=w
             )
             for t in tiles

@@ -317,6 +317,23 @@ def align_predictions(
     return out
 
 
+def predict_own_spots(
+    model_path: Path, sample: Sample, genes: list[str], folder: Path, **predict: Any
+) -> np.ndarray:
+    """``pixnet predict`` of ``sample``'s own spots into ``folder/<sample>.h5ad``
+    (``predict``: more :class:`~pixnet.predict.job.PredictConfig` fields), read back as
+    ``(n_spots, len(genes))`` in the sample's spot order (:func:`align_predictions`)."""
+    from pixnet.io.prediction import PredictionFile
+    from pixnet.predict.job import PredictConfig, run_predict
+
+    path = Path(folder) / f"{sample.sample_id}.h5ad"
+    run_predict(
+        PredictConfig(model=str(model_path), out=str(path), overwrite=True, **predict), sample
+    )
+    p = PredictionFile(path, sample.sample_id, require_spots=False)
+    return align_predictions(p.values(), p.spot_ids(), p.genes, sample.spot_ids, genes)
+
+
 def _run_pixnet(
     cfg: CrossValConfig,
     tcfg: TrainConfig,
@@ -327,8 +344,6 @@ def _run_pixnet(
     simclr: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from pixnet.io.modelfile import load_model_file
-    from pixnet.io.prediction import PredictionFile
-    from pixnet.predict.job import PredictConfig, run_predict
     from pixnet.train.loop import train
 
     run_dir = Path(tcfg.out)
@@ -342,23 +357,12 @@ def _run_pixnet(
     model_genes = list(load_model_file(model_path)["panel"]["genes"])
     if model_genes != panel.genes:
         raise RuntimeError("PixNet's gene panel differs from the fold's panel")
-    preds = {}
-    for s in test_samples:
-        path = mdir / f"{s.sample_id}.h5ad"
-        run_predict(
-            PredictConfig(
-                model=str(model_path),
-                out=str(path),
-                tile_px=cfg.tile_px,
-                margin_px=cfg.margin_px,
-                overwrite=True,
-            ),
-            sample=s,
+    preds = {
+        s.sample_id: predict_own_spots(
+            model_path, s, panel.genes, mdir, tile_px=cfg.tile_px, margin_px=cfg.margin_px
         )
-        p = PredictionFile(path, s.sample_id, require_spots=False)
-        preds[s.sample_id] = align_predictions(
-            p.values(), p.spot_ids(), p.genes, s.spot_ids, panel.genes
-        )
+        for s in test_samples
+    }
     details = {"model": str(model_path), "readout": tcfg.readout, **_run_log_summary(run_dir)}
     if tcfg.ensemble > 1:  # one summary per member, in member order
         from pixnet.train.ensemble import member_dir
