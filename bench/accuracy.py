@@ -187,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--warmup-epochs", type=int, default=0, help="train --warmup-epochs")
     ap.add_argument("--select", default="best", help="best or last epoch (train --select)")
+    ap.add_argument(
+        "--precise-bn-batches",
+        type=int,
+        default=0,
+        help="BatchNorm statistics recomputed before validation (train --precise-bn-batches)",
+    )
     ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
     ap.add_argument(
         "--members-from",
@@ -254,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             lr_schedule=args.lr_schedule,
             warmup_epochs=args.warmup_epochs,
             select=args.select,
+            precise_bn_batches=args.precise_bn_batches,
             ensemble=args.ensemble,
             resume=args.resume,
             overwrite=not args.resume,

@@ -65,6 +65,15 @@ class TrainConfig:
             lt=1,
         ),
     )
+    precise_bn_batches: int = field(
+        default=0,
+        metadata=_h(
+            "before each validation, recompute BatchNorm statistics of the weights being "
+            "validated and saved from this many batches of unaugmented training crops "
+            "(forward only); 0: keep the running averages from training",
+            ge=0,
+        ),
+    )
     select: str = field(
         default="best",
         metadata=_h(

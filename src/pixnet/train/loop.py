@@ -54,6 +54,7 @@ from pixnet.train.distributed import (
     init_distributed,
     shutdown,
 )
+from pixnet.train.precise_bn import recalibrate_batchnorm
 from pixnet.train.runfolder import (
     RunFolder,
     check_same_genes,
@@ -66,6 +67,9 @@ from pixnet.train.runfolder import (
 )
 
 log = logging.getLogger(__name__)
+
+# offset of the seed of the crops that recompute BatchNorm statistics (--precise-bn-batches)
+PRECISE_BN_SEED = 104_729
 
 
 def predict_batch(
@@ -275,6 +279,15 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     )
     device = resolve_device(cfg.device)
     model = build_pixnet(mcfg).to(device)
+    bn_sampler = None
+    if cfg.precise_bn_batches:  # its own stream: the training crops do not change
+        bn_sampler = CropSampler(
+            slides,
+            cfg.crop_px,
+            seed=cfg.seed + PRECISE_BN_SEED,
+            augment=False,
+            crops_per_epoch=cfg.precise_bn_batches * cfg.batch_size,
+        )
     _init_head(model, panel, get_readout(cfg.readout), spot_area_wpx=_spot_area(slides[0]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = _weight_average(model, cfg.ema)
@@ -377,8 +390,14 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             "epoch": epoch,
             "lr": lr,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
-            **validate(kept, slides, val_masks, cfg),
         }
+        if bn_sampler is not None:
+            images = (
+                collate(items, bn_sampler.slides[0].shape).images.to(device)
+                for items in bn_sampler.epoch_items(epoch, cfg.batch_size)
+            )
+            record["precise_bn_passes"] = recalibrate_batchnorm(kept, images, parts)
+        record.update(validate(kept, slides, val_masks, cfg))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         # without validation spots the last epoch is kept
         writes = []

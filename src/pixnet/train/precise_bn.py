@@ -1,0 +1,68 @@
+"""BatchNorm statistics recomputed for the weights that get validated and saved.
+
+During training each BatchNorm layer keeps running averages of its batch statistics
+(momentum 0.1, i.e. about the last ten batches). With batches of eight 128 px crops those
+batches are small and the weights move between them, so the averages can be far from
+the statistics of the current weights; the network in eval mode (validation, ``pixnet
+predict``) then sees badly normalised activations. On the accuracy protocol this shows
+as validation MSE jumping 2-1000x for one epoch while the training loss is steady, and
+which epoch is picked (and how good it is) depends on the seed.
+
+:func:`recalibrate_batchnorm` replaces the running averages by the plain mean of the
+statistics of ``n`` training batches under the current weights (forward only, in the
+same micro-batch parts as training), as "precise BN" does (Wu & Johnson 2021,
+"Rethinking 'Batch' in BatchNorm"). ``pixnet train --precise-bn-batches N``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def training_batchnorms(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model`` that update their statistics in training mode
+    (a frozen encoder's stay in eval mode and are left alone)."""
+    was_training = model.training
+    model.train()
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training]
+    model.train(was_training)
+    return [m for m in layers if m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], parts: int = 1) -> int:
+    """Set the running mean and variance of ``model``'s training BatchNorm layers to the
+    mean over ``batches`` (each ``(B, 3, H, W)``, forwarded in ``parts`` chunks as training
+    does with ``--micro-batches``) of their batch statistics. Returns the number of
+    forward passes; with none, or no BatchNorm layer, nothing changes. The model is left
+    in the mode it was in; gradients are not touched."""
+    layers = training_batchnorms(model)
+    if not layers:
+        return 0
+    was_training = model.training
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in layers]
+    counts = [m.num_batches_tracked.clone() for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: every pass weighs the same
+    model.train()
+    n = 0
+    try:
+        for images in batches:
+            for idx in np.array_split(np.arange(len(images)), max(1, min(parts, len(images)))):
+                model(images[idx])
+                n += 1
+    finally:
+        for m, (momentum, mean, var), count in zip(layers, saved, counts, strict=True):
+            m.momentum = momentum
+            if n == 0:  # nothing seen: keep the old statistics
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+        model.train(was_training)
+    return n
