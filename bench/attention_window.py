@@ -42,6 +42,15 @@ def finished_runs(root: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
+def run_manifest(config: dict[str, Any]) -> str:
+    """The sample manifest a run's ``config.json`` names; when that path is gone (a run
+    made from a since-removed worktree), the manifest of the same name in this checkout's
+    ``configs/``."""
+    path = Path(config["samples"])
+    here = Path(__file__).resolve().parents[1] / "configs" / path.name
+    return str(here if not path.is_file() and here.is_file() else path)
+
+
 def measure(
     run: Path, fold: str, windows: list[int], tmp: Path, tiles: list[int]
 ) -> dict[str, Any]:
@@ -52,7 +61,7 @@ def measure(
     from pixnet.io.modelfile import load_model_file
 
     config = json.loads((run / "config.json").read_text())
-    (sample,) = load_manifest(config["samples"], [fold])
+    (sample,) = load_manifest(run_manifest(config), [fold])
     panel = GenePanel.from_dict(dict(load_model_file(run / "model.pt")["panel"]))
     truth = panel.transform(sample)
     train_mean = np.asarray(panel.mean_targets, dtype=np.float64)

@@ -111,6 +111,10 @@ class ScalesConfig:
     lr_schedule: str = field(
         default="constant", metadata=_h("PixNet learning-rate schedule (train --lr-schedule)")
     )
+    precise_bn_batches: int = field(
+        default=0,
+        metadata=_h("PixNet BatchNorm statistics recomputed (train --precise-bn-batches)"),
+    )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     reuse: bool = field(
         default=False, metadata=_h("reuse finished PixNet runs in --out instead of training")
@@ -432,6 +436,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     smoothness=weight,
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
+                    precise_bn_batches=cfg.precise_bn_batches,
                 ),
                 train_samples,
             )
