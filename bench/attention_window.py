@@ -22,38 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit  # noqa: E402
+from _rescore import Results, rescore_main, run_manifest  # noqa: E402
 
 
-def finished_runs(root: Path) -> list[tuple[str, str, Path]]:
-    """(dataset, fold, run folder) of every finished PixNet run of an accuracy ``--out``."""
-    out = []
-    for method_json in sorted(root.glob("*/*/pixnet/method.json")):
-        run = method_json.parent / "run"
-        if (run / "model.pt").is_file():
-            out.append((method_json.parents[2].name, method_json.parents[1].name, run))
-    return out
-
-
-def run_manifest(config: dict[str, Any]) -> str:
-    """The sample manifest a run's ``config.json`` names; when that path is gone (a run
-    made from a since-removed worktree), the manifest of the same name in this checkout's
-    ``configs/``."""
-    path = Path(config["samples"])
-    here = Path(__file__).resolve().parents[1] / "configs" / path.name
-    return str(here if not path.is_file() and here.is_file() else path)
-
-
-def measure(
-    run: Path, fold: str, windows: list[int], tmp: Path, tiles: list[int]
-) -> dict[str, Any]:
+def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    windows, tiles = args.windows, args.tiles
     from pixnet.data.preprocess import GenePanel
     from pixnet.eval.crossval import predict_own_spots
     from pixnet.eval.metrics import summarise
@@ -86,7 +65,8 @@ def measure(
     return rec
 
 
-def format_markdown(results: dict[str, Any], windows: list[int]) -> str:
+def format_markdown(results: Results, args: argparse.Namespace) -> str:
+    windows = args.windows
     name = {w: "whole row" if w == 0 else f"{w} px" for w in windows}
     lines = [
         "| dataset | fold | seed | "
@@ -118,12 +98,8 @@ def format_markdown(results: dict[str, Any], windows: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("roots", nargs="+", help="--out folders of bench/accuracy.py runs")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--windows", type=int, nargs="+", default=[0, 128, 256])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", nargs="*", default=[], help="only these DATASET/FOLD, e.g. mob/MOB2")
     ap.add_argument(
         "--tiles",
         type=int,
@@ -132,26 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         help="tile sizes: the first is scored; the spot values' change to the second is "
         "the tile dependence (one size: not measured)",
     )
-    ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
-    args = ap.parse_args(argv)
-    import torch
 
-    torch.set_num_threads(args.threads)
-    runs = [r for root in args.roots for r in finished_runs(Path(root))]
-    if args.only:
-        runs = [r for r in runs if f"{r[0]}/{r[1]}" in args.only]
-    if not runs:
-        print(f"error: no finished PixNet run under {args.roots}", file=sys.stderr)
-        return 2
-    results: dict[tuple[str, str, str], Any] = {}
-    with tempfile.TemporaryDirectory(prefix="pixnet-window-") as tmp:
-        for ds, fold, run in runs:
-            results[ds, fold, str(run)] = measure(run, fold, args.windows, Path(tmp), args.tiles)
-            print(ds, fold, run, results[ds, fold, str(run)]["windows"], flush=True)
-    md = format_markdown(results, args.windows)
-    flat = [{"dataset": d, "fold": f, "run": r, **v} for (d, f, r), v in results.items()]
-    emit(md, flat, args.out)
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    return rescore_main(argv, __doc__ or "", add_arguments, measure, format_markdown)
 
 
 if __name__ == "__main__":

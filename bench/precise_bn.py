@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -29,8 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit  # noqa: E402
-from attention_window import finished_runs, run_manifest  # noqa: E402
+from _rescore import Results, rescore_main, run_manifest  # noqa: E402
 
 
 def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, float]:
@@ -77,7 +75,8 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
     return dest, seconds
 
 
-def measure(run: Path, fold: str, n_batches: int, tmp: Path) -> dict[str, Any]:
+def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    n_batches = args.batches
     from pixnet.data.preprocess import GenePanel
     from pixnet.eval.crossval import predict_own_spots
     from pixnet.eval.metrics import summarise
@@ -97,7 +96,8 @@ def measure(run: Path, fold: str, n_batches: int, tmp: Path) -> dict[str, Any]:
     return rec
 
 
-def format_markdown(results: dict[tuple[str, str, str], Any], n_batches: int) -> str:
+def format_markdown(results: Results, args: argparse.Namespace) -> str:
+    n_batches = args.batches
     lines = [
         f"BatchNorm statistics as trained against recomputed from {n_batches} batches of "
         "unaugmented training crops; same weights.",
@@ -135,32 +135,12 @@ def format_markdown(results: dict[tuple[str, str, str], Any], n_batches: int) ->
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("roots", nargs="+", help="--out folders of bench/accuracy.py runs")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batches", type=int, default=16, help="batches of training crops")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", nargs="*", default=[], help="only these DATASET/FOLD, e.g. mob/MOB2")
-    ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
-    args = ap.parse_args(argv)
-    import torch
 
-    torch.set_num_threads(args.threads)
-    runs = [r for root in args.roots for r in finished_runs(Path(root))]
-    if args.only:
-        runs = [r for r in runs if f"{r[0]}/{r[1]}" in args.only]
-    if not runs:
-        print(f"error: no finished PixNet run under {args.roots}", file=sys.stderr)
-        return 2
-    results: dict[tuple[str, str, str], Any] = {}
-    with tempfile.TemporaryDirectory(prefix="pixnet-precise-bn-") as tmp:
-        for ds, fold, run in runs:
-            results[ds, fold, str(run)] = measure(run, fold, args.batches, Path(tmp))
-            print(ds, fold, run, results[ds, fold, str(run)], flush=True)
-    md = format_markdown(results, args.batches)
-    flat = [{"dataset": d, "fold": f, "run": r, **v} for (d, f, r), v in results.items()]
-    emit(md, flat, args.out)
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    return rescore_main(argv, __doc__ or "", add_arguments, measure, format_markdown)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,12 @@ def test_members_from_seed_runs_and_the_seed_spread_table(
     scored = fold[0]["methods"]["pixnet"]["fold"]  # the benchmark predicts with the default
     assert rec["windows"]["64"]["PCC@M"] == pytest.approx(scored["PCC@M"], abs=1e-6)
     assert rec["windows"]["0"]["PCC@M"] != rec["windows"]["64"]["PCC@M"]
+
+    # the same trained model with its BatchNorm statistics recomputed
+    precise = _load("precise_bn")
+    out = tmp_path / "precise.md"
+    assert precise.main([str(runs[0]), "--batches", "2", "--out", str(out)]) == 0
+    (rec,) = json.loads(out.with_suffix(".json").read_text())
+    assert rec["as trained"]["PCC@M"] == pytest.approx(scored["PCC@M"], abs=1e-6)
+    assert rec["recomputed"]["MSE"] != rec["as trained"]["MSE"]
+    assert "recomputed minus as trained" in out.read_text()
