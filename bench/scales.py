@@ -113,7 +113,9 @@ class ScalesConfig:
     )
     precise_bn_batches: int = field(
         default=0,
-        metadata=_h("PixNet BatchNorm statistics recomputed (train --precise-bn-batches)"),
+        metadata=_h(
+            "BatchNorm statistics recomputed, PixNet and spot-crop (train --precise-bn-batches)"
+        ),
     )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     reuse: bool = field(
@@ -414,6 +416,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         val_fraction=cfg.val_fraction,
         seed=cfg.seed,
         threads=cfg.threads,
+        precise_bn_batches=cfg.precise_bn_batches,
         overwrite=True,
     )
     preds: dict[str, list[np.ndarray]] = {}
@@ -436,7 +439,6 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     smoothness=weight,
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
-                    precise_bn_batches=cfg.precise_bn_batches,
                 ),
                 train_samples,
             )

@@ -190,3 +190,20 @@ def test_ridge_baseline_on_fold(fold: B.FoldData) -> None:
     p = r.predict(fold.slides[0])
     assert p.shape == (len(fold.slides[0].centres_wpx), fold.panel.n_genes)
     assert np.isfinite(p).all()
+
+
+def test_spot_crop_precise_bn_changes_statistics_not_weights(fold: B.FoldData) -> None:
+    """--precise-bn-batches applies to the spot-crop regressor as to PixNet: the same
+    training stream (identical weights), BatchNorm statistics recomputed before validation."""
+    cfg = _cfg(epochs=2, lr=1e-3, crops_per_epoch=0)
+    plain = B.train_spot_crop(cfg, fold, crop_px=32, batch_size=8)
+    precise = B.train_spot_crop(replace(cfg, precise_bn_batches=2), fold, crop_px=32, batch_size=8)
+    assert [r["precise_bn_passes"] for r in precise.history] == [2, 2]
+    assert [r["train_loss"] for r in precise.history] == [r["train_loss"] for r in plain.history]
+    a, b = plain.model.state_dict(), precise.model.state_dict()
+    stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
+    assert stats and any(not torch.equal(a[k], b[k]) for k in stats)
+    if plain.best_epoch == precise.best_epoch:
+        for k in a:
+            if k not in stats and not k.endswith("num_batches_tracked"):
+                assert torch.equal(a[k], b[k]), k

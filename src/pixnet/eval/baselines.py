@@ -68,7 +68,13 @@ from pixnet.models.registry import (
 )
 from pixnet.models.spotcrop import SpotCropRegressor, build_spot_crop_regressor
 from pixnet.train.config import TrainConfig
-from pixnet.train.loop import optimise_step, prepare_training_slides, validation_metrics
+from pixnet.train.loop import (
+    PRECISE_BN_SEED,
+    optimise_step,
+    prepare_training_slides,
+    validation_metrics,
+)
+from pixnet.train.precise_bn import recalibrate_batchnorm
 from pixnet.train.runfolder import (
     CHECKPOINT_KEYS,
     RunFolder,
@@ -270,7 +276,8 @@ def train_spot_crop(
 
     Args:
         cfg: ``epochs``, ``lr``, ``weight_decay``, ``pcc_weight``, ``augment``,
-            ``pretrained``, ``seed``, ``crops_per_epoch`` and ``crop_px`` (for the
+            ``pretrained``, ``seed``, ``precise_bn_batches`` (batches of ``batch_size``
+            unaugmented spot crops), ``crops_per_epoch`` and ``crop_px`` (for the
             budget) are used, as by PixNet's training; with ``out``, also ``resume``
             and ``overwrite``.
         data: the fold's training slides and validation band (:func:`prepare_fold_data`).
@@ -359,8 +366,22 @@ def train_spot_crop(
         record: dict[str, Any] = {
             "epoch": epoch,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
-            **validate_spot_crop(model, data, crop_px, cfg.pcc_weight),
         }
+        if cfg.precise_bn_batches:  # as PixNet's training: its own stream, unaugmented
+            bn_rng = np.random.default_rng([cfg.seed + PRECISE_BN_SEED, epoch])
+            n_bn = cfg.precise_bn_batches * batch_size
+            bn_pick = bn_rng.choice(len(anchors), size=n_bn, replace=n_bn > len(anchors))
+            bn_images = (
+                torch.cat(
+                    [
+                        spot_crops(slides[i], np.array([j]), crop_px)[0]
+                        for i, j in anchors[bn_pick[b : b + batch_size]]
+                    ]
+                )
+                for b in range(0, n_bn, batch_size)
+            )
+            record["precise_bn_passes"] = recalibrate_batchnorm(model, bn_images)
+        record.update(validate_spot_crop(model, data, crop_px, cfg.pcc_weight))
         outputs = []
         if "val_loss" not in record or record["val_loss"] < best_loss:
             best_loss, best_epoch = record.get("val_loss", float("inf")), epoch
