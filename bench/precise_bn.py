@@ -5,14 +5,16 @@
 
 Takes the finished PixNet runs of ``bench/accuracy.py`` (``ROOT/<dataset>/<fold>/pixnet/
 run/model.pt``, any number of roots, e.g. one per seed). For each, predicts the fold's
-held-out section at its own spots twice: with ``model.pt`` as trained (BatchNorm running
-averages from training), and after :func:`pixnet.train.precise_bn.recalibrate_batchnorm`
+held-out section at its own spots with ``model.pt`` as trained (BatchNorm running
+averages from training) and after :func:`pixnet.train.precise_bn.recalibrate_batchnorm`
 on ``--batches`` batches of unaugmented crops of the run's own training sections (the
-stream ``pixnet train --precise-bn-batches`` uses at its last epoch). Scores both with the
-benchmark's metrics. No training: the same weights in both columns; only the epoch that
-was picked on the validation band stays what the run picked (a run trained with
-``--precise-bn-batches`` also picks its epoch with recomputed statistics). Writes Markdown
-(``--out``) and JSON beside it.
+stream ``pixnet train --precise-bn-batches`` uses at its last epoch), and scores them
+with the benchmark's metrics. ``--sources test`` adds a column whose statistics come
+from unlabelled crops centred on the held-out section's own spots (adaptation to a new
+slide, "AdaBN"; no expression is read). No training: the same weights in every column,
+and the epoch stays the one the run picked (a run trained with ``--precise-bn-batches``
+also picks its epoch with recomputed statistics). Writes Markdown (``--out``) and JSON
+beside it.
 """
 
 from __future__ import annotations
@@ -30,13 +32,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _rescore import Results, rescore_main, run_manifest  # noqa: E402
 
+COLUMNS = {"train": "recomputed", "test": "recomputed on test"}
 
-def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, float]:
+
+def recalibrated_model(
+    run: Path, n_batches: int, dest: Path, test_sample: Any = None
+) -> tuple[Path, float]:
     """``run/model.pt`` with BatchNorm statistics recomputed from ``n_batches`` batches of
-    the run's training crops, written to ``dest``; also the seconds the passes took."""
+    the run's training crops (with ``test_sample``: of unlabelled crops centred on that
+    sample's spots, drawn at random), written to ``dest``; also the seconds the passes
+    took."""
     import torch
 
-    from pixnet.data.crops import CropSampler, collate, validation_masks
+    from pixnet.data.crops import (
+        CropSampler,
+        centred_crops,
+        collate,
+        load_slide_spots,
+        validation_masks,
+    )
     from pixnet.io.manifest import load_manifest
     from pixnet.io.modelfile import load_model_file
     from pixnet.predict.tiled import network_from_payload
@@ -47,27 +61,33 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
 
     raw = json.loads((run / "config.json").read_text())
     cfg = TrainConfig(**{f.name: raw[f.name] for f in fields(TrainConfig) if f.name in raw})
-    samples = load_manifest(run_manifest(raw), raw["train_samples"])
-    _, slides = prepare_training_slides(cfg, samples)
-    validation_masks(slides, cfg.val_fraction, cfg.seed)  # crops anchor on trained spots
     payload = load_model_file(run / "model.pt")
     if payload.get("ensemble"):
         raise SystemExit(f"{run}: an ensemble; pass the runs of its members")
     model = network_from_payload(payload)
-    sampler = CropSampler(
-        slides,
-        cfg.crop_px,
-        seed=cfg.seed + PRECISE_BN_SEED,
-        augment=False,
-        crops_per_epoch=n_batches * cfg.batch_size,
-    )
     epoch = int(payload.get("training", {}).get("best_epoch", cfg.epochs - 1))
+    n_crops = n_batches * cfg.batch_size
+    if test_sample is None:
+        samples = load_manifest(run_manifest(raw), raw["train_samples"])
+        _, slides = prepare_training_slides(cfg, samples)
+        validation_masks(slides, cfg.val_fraction, cfg.seed)  # crops anchor on trained spots
+        sampler = CropSampler(
+            slides,
+            cfg.crop_px,
+            seed=cfg.seed + PRECISE_BN_SEED,
+            augment=False,
+            crops_per_epoch=n_crops,
+        )
+        items = sampler.epoch_items(epoch, cfg.batch_size)
+        batches = (collate(it, slides[0].shape).images for it in items)
+    else:  # no targets are read: the crops' images only
+        slide = load_slide_spots(test_sample, cfg.working_mpp, None)
+        rng = np.random.default_rng([cfg.seed + PRECISE_BN_SEED, epoch])
+        n = len(slide.centres_wpx)
+        pick = rng.choice(n, size=n_crops, replace=n_crops > n)
+        batches = (b.images for _, b in centred_crops(slide, pick, cfg.crop_px, cfg.batch_size))
     t = time.perf_counter()
-    recalibrate_batchnorm(
-        model,
-        (collate(it, slides[0].shape).images for it in sampler.epoch_items(epoch, cfg.batch_size)),
-        cfg.micro_batches,
-    )
+    recalibrate_batchnorm(model, batches, cfg.micro_batches)
     seconds = time.perf_counter() - t
     payload["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     save_torch(payload, dest)
@@ -76,7 +96,6 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
 
 
 def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    n_batches = args.batches
     from pixnet.data.preprocess import GenePanel
     from pixnet.eval.crossval import predict_own_spots
     from pixnet.eval.metrics import summarise
@@ -88,55 +107,65 @@ def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[s
     panel = GenePanel.from_dict(dict(load_model_file(run / "model.pt")["panel"]))
     truth = panel.transform(sample)
     train_mean = np.asarray(panel.mean_targets, dtype=np.float64)
-    recal, seconds = recalibrated_model(run, n_batches, tmp / "recalibrated.pt")
-    rec: dict[str, Any] = {"seed": config["seed"], "recalibration_s": round(seconds, 1)}
-    for name, model in (("as trained", run / "model.pt"), ("recomputed", recal)):
+    rec: dict[str, Any] = {"seed": config["seed"]}
+    models = {"as trained": run / "model.pt"}
+    for source in args.sources:
+        models[COLUMNS[source]], rec[f"{source}_recalibration_s"] = recalibrated_model(
+            run, args.batches, tmp / f"{source}.pt", sample if source == "test" else None
+        )
+    for name, model in models.items():
         s = summarise(predict_own_spots(model, sample, panel.genes, tmp), truth, train_mean)
         rec[name] = {k: float(s[k]) for k in ("PCC@M", "skill", "MSE")}
     return rec
 
 
 def format_markdown(results: Results, args: argparse.Namespace) -> str:
-    n_batches = args.batches
+    cols = ["as trained", *(COLUMNS[s] for s in args.sources)]
     lines = [
-        f"BatchNorm statistics as trained against recomputed from {n_batches} batches of "
-        "unaugmented training crops; same weights.",
+        f"BatchNorm statistics as trained against recomputed from {args.batches} batches of "
+        "unaugmented crops (recomputed: of the run's training sections; on test: centred on "
+        "the held-out section's spots, images only); same weights.",
         "",
-        "| dataset | fold | seed | PCC@M as trained | PCC@M recomputed | skill as trained "
-        "| skill recomputed | MSE as trained | MSE recomputed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | fold | seed | "
+        + " | ".join(f"{k} {c}" for k in ("PCC@M", "skill", "MSE") for c in cols)
+        + " |",
+        "|---|---|---:|" + "---:|" * (3 * len(cols)),
     ]
     for (ds, fold, _), r in results.items():
-        a, b = r["as trained"], r["recomputed"]
-        cells = [f"{x[k]:.3f}" for k in ("PCC@M", "skill", "MSE") for x in (a, b)]
+        cells = [f"{r[c][k]:.3f}" for k in ("PCC@M", "skill", "MSE") for c in cols]
         lines.append(f"| {ds} | {fold} | {r['seed']} | " + " | ".join(cells) + " |")
     lines.append("")
-    for k in ("PCC@M", "skill", "MSE"):
-        d = np.array([r["recomputed"][k] - r["as trained"][k] for r in results.values()])
-        sd = d.std(ddof=1) if d.size > 1 else 0.0
-        lines.append(
-            f"- {k}, recomputed minus as trained: {d.mean():+.4f} ± {sd:.4f} over {d.size} "
-            f"fold runs, higher in {(d > 0).sum()} of {d.size}"
-        )
+    for c in cols[1:]:
+        for k in ("PCC@M", "skill", "MSE"):
+            d = np.array([r[c][k] - r["as trained"][k] for r in results.values()])
+            sd = d.std(ddof=1) if d.size > 1 else 0.0
+            lines.append(
+                f"- {k}, {c} minus as trained: {d.mean():+.4f} ± {sd:.4f} over {d.size} "
+                f"fold runs, higher in {(d > 0).sum()} of {d.size}"
+            )
     by_fold: dict[tuple[str, str], dict[str, list[float]]] = {}
     for (ds, fold, _), r in results.items():
-        for name in ("as trained", "recomputed"):
-            by_fold.setdefault((ds, fold), {}).setdefault(name, []).append(r[name]["PCC@M"])
+        for c in cols:
+            by_fold.setdefault((ds, fold), {}).setdefault(c, []).append(r[c]["PCC@M"])
     if any(len(v["as trained"]) > 1 for v in by_fold.values()):
-        lines += ["", "Seed std of PCC@M per fold: as trained / recomputed", ""]
+        lines += ["", f"PCC@M per fold over seeds, mean ± std: {' / '.join(cols)}", ""]
         for (ds, fold), v in by_fold.items():
-            n = len(v["as trained"])
-            if n > 1:
-                lines.append(
-                    f"- {ds} {fold} ({n} seeds): {np.std(v['as trained'], ddof=1):.3f} / "
-                    f"{np.std(v['recomputed'], ddof=1):.3f}; mean "
-                    f"{np.mean(v['as trained']):.3f} / {np.mean(v['recomputed']):.3f}"
-                )
+            if len(v["as trained"]) > 1:
+                cells = [f"{np.mean(v[c]):.3f} ± {np.std(v[c], ddof=1):.3f}" for c in cols]
+                lines.append(f"- {ds} {fold} ({len(v['as trained'])} seeds): " + " / ".join(cells))
     return "\n".join(lines) + "\n"
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--batches", type=int, default=16, help="batches of training crops")
+    ap.add_argument("--batches", type=int, default=16, help="batches of crops")
+    ap.add_argument(
+        "--sources",
+        nargs="+",
+        choices=sorted(COLUMNS),
+        default=["train"],
+        help="where the crops come from: the run's training sections, or the held-out "
+        "section itself (images only: adaptation to a new slide)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
