@@ -193,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="BatchNorm statistics recomputed before validation (train --precise-bn-batches)",
     )
+    ap.add_argument(
+        "--adapt-bn-batches",
+        type=int,
+        default=0,
+        help="PixNet prediction: BatchNorm statistics from the test section's images "
+        "(predict --adapt-bn-batches)",
+    )
     ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
     ap.add_argument(
         "--members-from",
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup_epochs=args.warmup_epochs,
             select=args.select,
             precise_bn_batches=args.precise_bn_batches,
+            adapt_bn_batches=args.adapt_bn_batches,
             ensemble=args.ensemble,
             resume=args.resume,
             overwrite=not args.resume,

@@ -9,12 +9,12 @@ held-out section at its own spots with ``model.pt`` as trained (BatchNorm runnin
 averages from training) and after :func:`pixnet.train.precise_bn.recalibrate_batchnorm`
 on ``--batches`` batches of unaugmented crops of the run's own training sections (the
 stream ``pixnet train --precise-bn-batches`` uses at its last epoch), and scores them
-with the benchmark's metrics. ``--sources test`` adds a column whose statistics come
-from unlabelled crops centred on the held-out section's own spots (adaptation to a new
-slide, "AdaBN"; no expression is read). No training: the same weights in every column,
-and the epoch stays the one the run picked (a run trained with ``--precise-bn-batches``
-also picks its epoch with recomputed statistics). Writes Markdown (``--out``) and JSON
-beside it.
+with the benchmark's metrics. ``--sources test`` adds a column predicted with ``pixnet
+predict --adapt-bn-batches`` (statistics from crops of the held-out section's own
+tissue: adaptation to a new slide, "AdaBN"; no expression is read). No training: the
+same weights in every column, and the epoch stays the one the run picked (a run trained
+with ``--precise-bn-batches`` also picks its epoch with recomputed statistics). Writes
+Markdown (``--out``) and JSON beside it.
 """
 
 from __future__ import annotations
@@ -32,25 +32,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _rescore import Results, rescore_main, run_manifest  # noqa: E402
 
-COLUMNS = {"train": "recomputed", "test": "recomputed on test"}
+COLUMNS = {"train": "recomputed", "test": "adapted to the test slide"}
 
 
-def recalibrated_model(
-    run: Path, n_batches: int, dest: Path, test_sample: Any = None
-) -> tuple[Path, float]:
+def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, float]:
     """``run/model.pt`` with BatchNorm statistics recomputed from ``n_batches`` batches of
-    the run's training crops (with ``test_sample``: of unlabelled crops centred on that
-    sample's spots, drawn at random), written to ``dest``; also the seconds the passes
-    took."""
+    the run's training crops, written to ``dest``; also the seconds the passes took."""
     import torch
 
-    from pixnet.data.crops import (
-        CropSampler,
-        centred_crops,
-        collate,
-        load_slide_spots,
-        validation_masks,
-    )
+    from pixnet.data.crops import CropSampler, collate, validation_masks
     from pixnet.io.manifest import load_manifest
     from pixnet.io.modelfile import load_model_file
     from pixnet.predict.tiled import network_from_payload
@@ -66,28 +56,21 @@ def recalibrated_model(
         raise SystemExit(f"{run}: an ensemble; pass the runs of its members")
     model = network_from_payload(payload)
     epoch = int(payload.get("training", {}).get("best_epoch", cfg.epochs - 1))
-    n_crops = n_batches * cfg.batch_size
-    if test_sample is None:
-        samples = load_manifest(run_manifest(raw), raw["train_samples"])
-        _, slides = prepare_training_slides(cfg, samples)
-        validation_masks(slides, cfg.val_fraction, cfg.seed)  # crops anchor on trained spots
-        sampler = CropSampler(
-            slides,
-            cfg.crop_px,
-            seed=cfg.seed + PRECISE_BN_SEED,
-            augment=False,
-            crops_per_epoch=n_crops,
-        )
-        items = sampler.epoch_items(epoch, cfg.batch_size)
-        batches = (collate(it, slides[0].shape).images for it in items)
-    else:  # no targets are read: the crops' images only
-        slide = load_slide_spots(test_sample, cfg.working_mpp, None)
-        rng = np.random.default_rng([cfg.seed + PRECISE_BN_SEED, epoch])
-        n = len(slide.centres_wpx)
-        pick = rng.choice(n, size=n_crops, replace=n_crops > n)
-        batches = (b.images for _, b in centred_crops(slide, pick, cfg.crop_px, cfg.batch_size))
+    samples = load_manifest(run_manifest(raw), raw["train_samples"])
+    _, slides = prepare_training_slides(cfg, samples)
+    validation_masks(slides, cfg.val_fraction, cfg.seed)  # crops anchor on trained spots
+    sampler = CropSampler(
+        slides,
+        cfg.crop_px,
+        seed=cfg.seed + PRECISE_BN_SEED,
+        augment=False,
+        crops_per_epoch=n_batches * cfg.batch_size,
+    )
+    items = sampler.epoch_items(epoch, cfg.batch_size)
     t = time.perf_counter()
-    recalibrate_batchnorm(model, batches, cfg.micro_batches)
+    recalibrate_batchnorm(
+        model, (collate(it, slides[0].shape).images for it in items), cfg.micro_batches
+    )
     seconds = time.perf_counter() - t
     payload["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     save_torch(payload, dest)
@@ -108,13 +91,15 @@ def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[s
     truth = panel.transform(sample)
     train_mean = np.asarray(panel.mean_targets, dtype=np.float64)
     rec: dict[str, Any] = {"seed": config["seed"]}
-    models = {"as trained": run / "model.pt"}
-    for source in args.sources:
-        models[COLUMNS[source]], rec[f"{source}_recalibration_s"] = recalibrated_model(
-            run, args.batches, tmp / f"{source}.pt", sample if source == "test" else None
-        )
-    for name, model in models.items():
-        s = summarise(predict_own_spots(model, sample, panel.genes, tmp), truth, train_mean)
+    runs: dict[str, tuple[Path, dict[str, Any]]] = {"as trained": (run / "model.pt", {})}
+    if "train" in args.sources:
+        path, rec["train_recalibration_s"] = recalibrated_model(run, args.batches, tmp / "r.pt")
+        runs[COLUMNS["train"]] = (path, {})
+    if "test" in args.sources:  # what pixnet predict --adapt-bn-batches does
+        runs[COLUMNS["test"]] = (run / "model.pt", {"adapt_bn_batches": args.batches})
+    for name, (model, extra) in runs.items():
+        pred = predict_own_spots(model, sample, panel.genes, tmp, **extra)
+        s = summarise(pred, truth, train_mean)
         rec[name] = {k: float(s[k]) for k in ("PCC@M", "skill", "MSE")}
     return rec
 
@@ -123,8 +108,9 @@ def format_markdown(results: Results, args: argparse.Namespace) -> str:
     cols = ["as trained", *(COLUMNS[s] for s in args.sources)]
     lines = [
         f"BatchNorm statistics as trained against recomputed from {args.batches} batches of "
-        "unaugmented crops (recomputed: of the run's training sections; on test: centred on "
-        "the held-out section's spots, images only); same weights.",
+        "unaugmented crops (recomputed: of the run's training sections; adapted: of the "
+        "held-out section's tissue, images only, as pixnet predict --adapt-bn-batches); "
+        "same weights.",
         "",
         "| dataset | fold | seed | "
         + " | ".join(f"{k} {c}" for k in ("PCC@M", "skill", "MSE") for c in cols)

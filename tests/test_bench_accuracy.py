@@ -131,6 +131,6 @@ def test_members_from_seed_runs_and_the_seed_spread_table(
     assert precise.main(argv) == 0
     (rec,) = json.loads(out.with_suffix(".json").read_text())
     assert rec["as trained"]["PCC@M"] == pytest.approx(scored["PCC@M"], abs=1e-6)
-    mse = {rec[c]["MSE"] for c in ("as trained", "recomputed", "recomputed on test")}
+    mse = {rec[c]["MSE"] for c in ("as trained", "recomputed", "adapted to the test slide")}
     assert len(mse) == 3
     assert "recomputed minus as trained" in out.read_text()

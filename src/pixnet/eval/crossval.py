@@ -158,6 +158,14 @@ class CrossValConfig(TrainConfig):
     margin_px: int = field(
         default=64, metadata=_h("PixNet prediction tile context, working px", ge=0, multiple_of=16)
     )
+    adapt_bn_batches: int = field(
+        default=0,
+        metadata=_h(
+            "PixNet prediction: BatchNorm statistics from this many batches of crops of the "
+            "test section's own images (predict --adapt-bn-batches; no expression is read)",
+            ge=0,
+        ),
+    )
     title: str = field(default="", metadata=_h("dataset name for the report"))
 
 
@@ -359,11 +367,22 @@ def _run_pixnet(
         raise RuntimeError("PixNet's gene panel differs from the fold's panel")
     preds = {
         s.sample_id: predict_own_spots(
-            model_path, s, panel.genes, mdir, tile_px=cfg.tile_px, margin_px=cfg.margin_px
+            model_path,
+            s,
+            panel.genes,
+            mdir,
+            tile_px=cfg.tile_px,
+            margin_px=cfg.margin_px,
+            adapt_bn_batches=cfg.adapt_bn_batches,
         )
         for s in test_samples
     }
-    details = {"model": str(model_path), "readout": tcfg.readout, **_run_log_summary(run_dir)}
+    details = {
+        "model": str(model_path),
+        "readout": tcfg.readout,
+        "adapt_bn_batches": cfg.adapt_bn_batches,
+        **_run_log_summary(run_dir),
+    }
     if tcfg.ensemble > 1:  # one summary per member, in member order
         from pixnet.train.ensemble import member_dir
 
@@ -624,6 +643,16 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
         for m in methods:
             mdir = method_dir(out, fold.name, m)
             cached = _load_method(mdir) if cfg.resume else None
+            if cached is not None and "model" in cached[1]:  # PixNet: predicted as asked?
+                adapted = int(cached[1].get("adapt_bn_batches", 0))
+                if adapted != cfg.adapt_bn_batches:
+                    log.info(
+                        "fold %s: %s was predicted with --adapt-bn-batches %d; re-predicting",
+                        fold.name,
+                        m,
+                        adapted,
+                    )
+                    cached = None
             t0 = time.perf_counter()
             if cached is None:
                 if mdir.exists() and not cfg.resume:

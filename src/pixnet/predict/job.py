@@ -34,6 +34,7 @@ from pixnet.io.prediction import PredictionInfo, PredictionWriter, SlideRecord, 
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
+from pixnet.predict.adapt import adapt_batchnorm
 from pixnet.predict.dense_map import dense_map_writer
 from pixnet.predict.limits import check_output_space, check_prediction_memory
 from pixnet.predict.spotsets import BinGrid, ExplicitSpots, SpotSet, read_spots_csv
@@ -83,6 +84,15 @@ class PredictConfig:
             "how far the decoder's attention reaches, working pixels: each map cell "
             "attends to cells at most half of it away (default: the model's training "
             "crop_px, the context it was trained with; 0: the whole tile row)",
+            ge=0,
+        ),
+    )
+    adapt_bn_batches: int = field(
+        default=0,
+        metadata=_h(
+            "recompute the network's BatchNorm statistics from this many batches of "
+            "training-sized crops of this slide's tissue before predicting (images only; "
+            "for a section from another lab, stain or scanner); 0: the training statistics",
             ge=0,
         ),
     )
@@ -279,6 +289,9 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
             np.dtype(cfg.dtype).itemsize,
             extra_bytes_per_file=int(np.asarray(hires).nbytes),
         )
+        adapted = None
+        if cfg.adapt_bn_batches:
+            adapted = adapt_batchnorm(predictor, slide, (mask, thumb_mpp), cfg.adapt_bn_batches)
         dense = dense_map_writer(cfg, predictor, slide)
         dense_paths: list[Path] = []
         writers: list[PredictionWriter] = []
@@ -301,6 +314,8 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
                 tissue=(mask, thumb_mpp) if cfg.skip_background else None,
                 map_sink=dense,
             )
+            if adapted is not None:
+                stats["adapt_bn"] = adapted
             target = TargetScale(target_sum=predictor.panel.target_sum)
             for (ss, path), w in zip(sets, writers, strict=True):
                 slide_record = SlideRecord(

@@ -139,6 +139,7 @@ def load_predictor(
             "geometry": dict(geo),
             "readout": dict(payload["readout"]),
             "model_config": dict(payload["model_config"]),
+            "train_config": dict(payload.get("train_config") or {}),
         },
     )
 
