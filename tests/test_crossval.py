@@ -245,3 +245,29 @@ def test_cli_registration_builds_the_config() -> None:
     assert cfg.epochs == 3 and cfg.split == "section" and cfg.only_folds == ["C2"]
     assert cfg.ridge_alphas == [1.0, 10.0] and cfg.out == "runs/crossval"
     assert args.func.__name__ == "_cmd_crossval"
+
+
+def test_resume_repredicts_pixnet_asked_to_adapt(
+    cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
+) -> None:
+    """Cached PixNet predictions made without --adapt-bn-batches are not reused for a run
+    that asks for it: the finished model is predicted again (not retrained)."""
+    import shutil
+
+    first, src = cv
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    model = out / "patient-EX1" / "pixnet" / "run" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    kw = dict(resume=True, overwrite=False, methods=["pixnet"], only_folds=["patient-EX1"])
+    again = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
+    assert "patient-EX1/pixnet" not in again["reused"]
+    assert model.stat().st_mtime_ns == stamp
+    details = again["folds"][0]["methods"]["pixnet"]["details"]
+    assert details["adapt_bn_batches"] == 1
+    assert (
+        again["folds"][0]["methods"]["pixnet"]["fold"]
+        != first["folds"][0]["methods"]["pixnet"]["fold"]
+    )
+    same = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
+    assert "patient-EX1/pixnet" in same["reused"]
