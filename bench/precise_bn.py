@@ -72,8 +72,10 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
         model, (collate(it, slides[0].shape).images for it in items), cfg.micro_batches
     )
     seconds = time.perf_counter() - t
-    payload["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    save_torch(payload, dest)
+    # the file as it was written (an older version stays that version), new statistics
+    written = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    written["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_torch(written, dest)
     torch.set_grad_enabled(True)
     return dest, seconds
 
