@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
+    from pixnet.train.config import TrainConfig
 
     ap = argparse.ArgumentParser(
         description="Cross-validated accuracy of PixNet and baselines (Table 2 layout). "
@@ -190,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precise-bn-batches",
         type=int,
-        default=0,
-        help="BatchNorm statistics recomputed before validation (train --precise-bn-batches)",
+        default=TrainConfig().precise_bn_batches,
+        help="BatchNorm statistics recomputed before validation (train --precise-bn-batches; "
+        "0: the running averages, as runs before 2026-11-29)",
     )
     ap.add_argument(
         "--adapt-bn-batches",

@@ -61,6 +61,7 @@ import torch
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel, fit_gene_panel
 from pixnet.data.synthetic import SYNTHETIC_GENES, synthetic_field
 from pixnet.io.sample import Sample
+from pixnet.train.config import TrainConfig
 
 log = logging.getLogger("bench.scales")
 
@@ -112,7 +113,7 @@ class ScalesConfig:
         default="constant", metadata=_h("PixNet learning-rate schedule (train --lr-schedule)")
     )
     precise_bn_batches: int = field(
-        default=0,
+        default=TrainConfig().precise_bn_batches,
         metadata=_h(
             "BatchNorm statistics recomputed, PixNet and spot-crop (train --precise-bn-batches)"
         ),
@@ -369,7 +370,6 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     from pixnet.eval.metrics import grid_anisotropy, summarise
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
-    from pixnet.train.config import TrainConfig
     from pixnet.train.ensemble import finished_member
     from pixnet.train.loop import train
 

@@ -195,8 +195,9 @@ def test_ridge_baseline_on_fold(fold: B.FoldData) -> None:
 def test_spot_crop_precise_bn_changes_statistics_not_weights(fold: B.FoldData) -> None:
     """--precise-bn-batches applies to the spot-crop regressor as to PixNet: the same
     training stream (identical weights), BatchNorm statistics recomputed before validation."""
-    cfg = _cfg(epochs=2, lr=1e-3, crops_per_epoch=0)
+    cfg = _cfg(epochs=2, lr=1e-3, crops_per_epoch=0, precise_bn_batches=0)
     plain = B.train_spot_crop(cfg, fold, crop_px=32, batch_size=8)
+    assert all("precise_bn_passes" not in r for r in plain.history)
     precise = B.train_spot_crop(replace(cfg, precise_bn_batches=2), fold, crop_px=32, batch_size=8)
     assert [r["precise_bn_passes"] for r in precise.history] == [2, 2]
     assert [r["train_loss"] for r in precise.history] == [r["train_loss"] for r in plain.history]

@@ -18,7 +18,11 @@ from pixnet.models.pixnet import PixNet, from_preset
 from pixnet.predict.tiled import network_from_payload
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import PRECISE_BN_SEED, prepare_training_slides, train
-from pixnet.train.precise_bn import recalibrate_batchnorm, training_batchnorms
+from pixnet.train.precise_bn import (
+    batches_per_recalibration,
+    recalibrate_batchnorm,
+    training_batchnorms,
+)
 
 TINY = dict(n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=4, lr=1e-3)
 
@@ -51,6 +55,12 @@ def test_statistics_are_the_mean_over_batches_and_the_rest_is_restored() -> None
         [net[0](b[i : i + 1]).mean(dim=(0, 2, 3)) for b in batches for i in range(3)]
     )
     torch.testing.assert_close(bn.running_mean, want_mean.mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_batches_per_recalibration() -> None:
+    assert batches_per_recalibration(16, 21) == 16
+    assert batches_per_recalibration(16, 12) == 12  # at most one epoch's worth
+    assert batches_per_recalibration(0, 12) == 0
 
 
 def test_no_batches_changes_nothing() -> None:
@@ -91,10 +101,16 @@ def test_training_recomputes_what_it_validates_and_saves(manifest: Path, tmp_pat
     samples = load_manifest(manifest)
     base = dict(samples=str(manifest), epochs=2, select="last", **TINY)
     cfg = TrainConfig(out=str(tmp_path / "p"), precise_bn_batches=3, **base)  # type: ignore[arg-type]
+    assert TrainConfig().precise_bn_batches == 16  # on by default
     train(cfg, samples)
-    train(TrainConfig(out=str(tmp_path / "plain"), **base), samples)  # type: ignore[arg-type]
+    plain = TrainConfig(out=str(tmp_path / "plain"), precise_bn_batches=0, **base)  # type: ignore[arg-type]
+    train(plain, samples)
     log = [json.loads(x) for x in (tmp_path / "p" / "log.jsonl").read_text().splitlines()]
-    assert [r["precise_bn_passes"] for r in log] == [3, 3]
+    # 3 asked, at most an epoch's worth: 4 crops per epoch in batches of 2
+    assert [r["precise_bn_passes"] for r in log] == [2, 2]
+    assert "precise_bn_passes" not in json.loads(
+        (tmp_path / "plain" / "log.jsonl").read_text().splitlines()[0]
+    )
     saved = load_model_file(tmp_path / "p" / "model.pt")
     plain = load_model_file(tmp_path / "plain" / "model.pt")["state_dict"]
     # the training stream is untouched: the same weights, other statistics
@@ -111,7 +127,7 @@ def test_training_recomputes_what_it_validates_and_saves(manifest: Path, tmp_pat
     _, slides = prepare_training_slides(cfg, samples)
     validation_masks(slides, cfg.val_fraction, cfg.seed)
     sampler = CropSampler(
-        slides, cfg.crop_px, seed=cfg.seed + PRECISE_BN_SEED, augment=False, crops_per_epoch=6
+        slides, cfg.crop_px, seed=cfg.seed + PRECISE_BN_SEED, augment=False, crops_per_epoch=4
     )
     model = network_from_payload(saved)
     for m in training_batchnorms(model):

@@ -74,7 +74,7 @@ from pixnet.train.loop import (
     prepare_training_slides,
     validation_metrics,
 )
-from pixnet.train.precise_bn import recalibrate_batchnorm
+from pixnet.train.precise_bn import batches_per_recalibration, recalibrate_batchnorm
 from pixnet.train.runfolder import (
     CHECKPOINT_KEYS,
     RunFolder,
@@ -367,9 +367,10 @@ def train_spot_crop(
             "epoch": epoch,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
         }
-        if cfg.precise_bn_batches:  # as PixNet's training: its own stream, unaugmented
+        n_bn = batches_per_recalibration(cfg.precise_bn_batches, -(-per_epoch // batch_size))
+        if n_bn:  # as PixNet's training: its own stream, unaugmented
             bn_rng = np.random.default_rng([cfg.seed + PRECISE_BN_SEED, epoch])
-            n_bn = cfg.precise_bn_batches * batch_size
+            n_bn *= batch_size
             bn_pick = bn_rng.choice(len(anchors), size=n_bn, replace=n_bn > len(anchors))
             bn_images = (
                 torch.cat(

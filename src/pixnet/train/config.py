@@ -66,11 +66,12 @@ class TrainConfig:
         ),
     )
     precise_bn_batches: int = field(
-        default=0,
+        default=16,
         metadata=_h(
             "before each validation, recompute BatchNorm statistics of the weights being "
             "validated and saved from this many batches of unaugmented training crops "
-            "(forward only); 0: keep the running averages from training",
+            "(forward only; at most one epoch's worth); 0: keep the running averages from "
+            "training (what runs before 2026-11-29 did)",
             ge=0,
         ),
     )

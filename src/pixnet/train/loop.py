@@ -54,7 +54,7 @@ from pixnet.train.distributed import (
     init_distributed,
     shutdown,
 )
-from pixnet.train.precise_bn import recalibrate_batchnorm
+from pixnet.train.precise_bn import batches_per_recalibration, recalibrate_batchnorm
 from pixnet.train.runfolder import (
     RunFolder,
     check_same_genes,
@@ -280,13 +280,14 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     device = resolve_device(cfg.device)
     model = build_pixnet(mcfg).to(device)
     bn_sampler = None
-    if cfg.precise_bn_batches:  # its own stream: the training crops do not change
+    n_bn = batches_per_recalibration(cfg.precise_bn_batches, sampler.n_batches(cfg.batch_size))
+    if n_bn:  # its own stream: the training crops do not change
         bn_sampler = CropSampler(
             slides,
             cfg.crop_px,
             seed=cfg.seed + PRECISE_BN_SEED,
             augment=False,
-            crops_per_epoch=cfg.precise_bn_batches * cfg.batch_size,
+            crops_per_epoch=n_bn * cfg.batch_size,
         )
     _init_head(model, panel, get_readout(cfg.readout), spot_area_wpx=_spot_area(slides[0]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

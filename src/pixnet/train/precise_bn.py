@@ -34,6 +34,13 @@ def training_batchnorms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in layers if m.track_running_stats]
 
 
+def batches_per_recalibration(asked: int, epoch_batches: int) -> int:
+    """``--precise-bn-batches`` as run: the batches asked for, at most one epoch's worth
+    (a short epoch, as in a small example or a test, is not outweighed by its
+    recalibration)."""
+    return max(0, min(int(asked), int(epoch_batches)))
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], parts: int = 1) -> int:
     """Set the running mean and variance of ``model``'s training BatchNorm layers to the
