@@ -40,13 +40,13 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
     the run's training crops, written to ``dest``; also the seconds the passes took."""
     import torch
 
-    from pixnet.data.crops import CropSampler, collate, validation_masks
+    from pixnet.data.crops import collate, validation_masks
     from pixnet.io.manifest import load_manifest
     from pixnet.io.modelfile import load_model_file
     from pixnet.predict.tiled import network_from_payload
     from pixnet.train.config import TrainConfig
-    from pixnet.train.loop import PRECISE_BN_SEED, prepare_training_slides
-    from pixnet.train.precise_bn import recalibrate_batchnorm
+    from pixnet.train.loop import prepare_training_slides
+    from pixnet.train.precise_bn import recalibrate_batchnorm, recalibration_crops
     from pixnet.train.runfolder import save_torch
 
     raw = json.loads((run / "config.json").read_text())
@@ -59,13 +59,7 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
     samples = load_manifest(run_manifest(raw), raw["train_samples"])
     _, slides = prepare_training_slides(cfg, samples)
     validation_masks(slides, cfg.val_fraction, cfg.seed)  # crops anchor on trained spots
-    sampler = CropSampler(
-        slides,
-        cfg.crop_px,
-        seed=cfg.seed + PRECISE_BN_SEED,
-        augment=False,
-        crops_per_epoch=n_batches * cfg.batch_size,
-    )
+    sampler = recalibration_crops(slides, cfg.crop_px, cfg.seed, n_batches, cfg.batch_size)
     items = sampler.epoch_items(epoch, cfg.batch_size)
     t = time.perf_counter()
     recalibrate_batchnorm(

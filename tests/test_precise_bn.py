@@ -10,17 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from pixnet.data.crops import CropSampler, collate, validation_masks
+from pixnet.data.crops import collate, validation_masks
 from pixnet.data.example import write_example_dataset
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import load_model_file
 from pixnet.models.pixnet import PixNet, from_preset
 from pixnet.predict.tiled import network_from_payload
 from pixnet.train.config import TrainConfig
-from pixnet.train.loop import PRECISE_BN_SEED, prepare_training_slides, train
+from pixnet.train.loop import prepare_training_slides, train
 from pixnet.train.precise_bn import (
     batches_per_recalibration,
     recalibrate_batchnorm,
+    recalibration_crops,
     training_batchnorms,
 )
 
@@ -126,9 +127,7 @@ def test_training_recomputes_what_it_validates_and_saves(manifest: Path, tmp_pat
     # and the statistics are those of the last epoch's stream on the saved weights
     _, slides = prepare_training_slides(cfg, samples)
     validation_masks(slides, cfg.val_fraction, cfg.seed)
-    sampler = CropSampler(
-        slides, cfg.crop_px, seed=cfg.seed + PRECISE_BN_SEED, augment=False, crops_per_epoch=4
-    )
+    sampler = recalibration_crops(slides, cfg.crop_px, cfg.seed, n_batches=2, batch_size=2)
     model = network_from_payload(saved)
     for m in training_batchnorms(model):
         m.running_mean.fill_(float("nan"))

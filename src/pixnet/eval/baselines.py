@@ -69,12 +69,15 @@ from pixnet.models.registry import (
 from pixnet.models.spotcrop import SpotCropRegressor, build_spot_crop_regressor
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import (
-    PRECISE_BN_SEED,
     optimise_step,
     prepare_training_slides,
     validation_metrics,
 )
-from pixnet.train.precise_bn import batches_per_recalibration, recalibrate_batchnorm
+from pixnet.train.precise_bn import (
+    PRECISE_BN_SEED,
+    batches_per_recalibration,
+    recalibrate_batchnorm,
+)
 from pixnet.train.runfolder import (
     CHECKPOINT_KEYS,
     RunFolder,

@@ -54,7 +54,11 @@ from pixnet.train.distributed import (
     init_distributed,
     shutdown,
 )
-from pixnet.train.precise_bn import batches_per_recalibration, recalibrate_batchnorm
+from pixnet.train.precise_bn import (
+    batches_per_recalibration,
+    recalibrate_batchnorm,
+    recalibration_crops,
+)
 from pixnet.train.runfolder import (
     RunFolder,
     check_same_genes,
@@ -67,9 +71,6 @@ from pixnet.train.runfolder import (
 )
 
 log = logging.getLogger(__name__)
-
-# offset of the seed of the crops that recompute BatchNorm statistics (--precise-bn-batches)
-PRECISE_BN_SEED = 104_729
 
 
 def predict_batch(
@@ -282,13 +283,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     bn_sampler = None
     n_bn = batches_per_recalibration(cfg.precise_bn_batches, sampler.n_batches(cfg.batch_size))
     if n_bn:  # its own stream: the training crops do not change
-        bn_sampler = CropSampler(
-            slides,
-            cfg.crop_px,
-            seed=cfg.seed + PRECISE_BN_SEED,
-            augment=False,
-            crops_per_epoch=n_bn * cfg.batch_size,
-        )
+        bn_sampler = recalibration_crops(slides, cfg.crop_px, cfg.seed, n_bn, cfg.batch_size)
     _init_head(model, panel, get_readout(cfg.readout), spot_area_wpx=_spot_area(slides[0]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = _weight_average(model, cfg.ema)

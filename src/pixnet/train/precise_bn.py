@@ -16,12 +16,32 @@ same micro-batch parts as training), as "precise BN" does (Wu & Johnson 2021,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from pixnet.data.crops import CropSampler, SlideSpots
+
+# offset of the seed of the crops that recompute the statistics: a stream of their own,
+# so the training crops (hence the weights) are those of a run without recalibration
+PRECISE_BN_SEED = 104_729
+
+
+def recalibration_crops(
+    slides: Sequence[SlideSpots], crop_px: int, seed: int, n_batches: int, batch_size: int
+) -> CropSampler:
+    """The unaugmented crop stream of the recalibration: ``n_batches`` batches of
+    ``batch_size`` crops per epoch (:meth:`CropSampler.epoch_items`)."""
+    return CropSampler(
+        list(slides),
+        crop_px,
+        seed=seed + PRECISE_BN_SEED,
+        augment=False,
+        crops_per_epoch=n_batches * batch_size,
+    )
 
 
 def training_batchnorms(model: nn.Module) -> list[_BatchNorm]:
