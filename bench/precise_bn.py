@@ -40,13 +40,13 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
     the run's training crops, written to ``dest``; also the seconds the passes took."""
     import torch
 
-    from pixnet.data.crops import collate, validation_masks
+    from pixnet.data.crops import validation_masks
     from pixnet.io.manifest import load_manifest
     from pixnet.io.modelfile import load_model_file
     from pixnet.predict.tiled import network_from_payload
     from pixnet.train.config import TrainConfig
     from pixnet.train.loop import prepare_training_slides
-    from pixnet.train.precise_bn import recalibrate_batchnorm, recalibration_crops
+    from pixnet.train.precise_bn import recalibrate_on_crops, recalibration_crops
     from pixnet.train.runfolder import save_torch
 
     raw = json.loads((run / "config.json").read_text())
@@ -60,17 +60,13 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
     _, slides = prepare_training_slides(cfg, samples)
     validation_masks(slides, cfg.val_fraction, cfg.seed)  # crops anchor on trained spots
     sampler = recalibration_crops(slides, cfg.crop_px, cfg.seed, n_batches, cfg.batch_size)
-    items = sampler.epoch_items(epoch, cfg.batch_size)
     t = time.perf_counter()
-    recalibrate_batchnorm(
-        model, (collate(it, slides[0].shape).images for it in items), cfg.micro_batches
-    )
+    recalibrate_on_crops(model, sampler, epoch, cfg.batch_size, cfg.micro_batches)
     seconds = time.perf_counter() - t
     # the file as it was written (an older version stays that version), new statistics
     written = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     written["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     save_torch(written, dest)
-    torch.set_grad_enabled(True)
     return dest, seconds
 
 

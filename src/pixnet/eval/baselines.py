@@ -68,11 +68,7 @@ from pixnet.models.registry import (
 )
 from pixnet.models.spotcrop import SpotCropRegressor, build_spot_crop_regressor
 from pixnet.train.config import TrainConfig
-from pixnet.train.loop import (
-    optimise_step,
-    prepare_training_slides,
-    validation_metrics,
-)
+from pixnet.train.loop import optimise_step, prepare_training_slides, validation_metrics
 from pixnet.train.precise_bn import (
     PRECISE_BN_SEED,
     batches_per_recalibration,

@@ -56,7 +56,7 @@ from pixnet.train.distributed import (
 )
 from pixnet.train.precise_bn import (
     batches_per_recalibration,
-    recalibrate_batchnorm,
+    recalibrate_on_crops,
     recalibration_crops,
 )
 from pixnet.train.runfolder import (
@@ -388,11 +388,9 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
         }
         if bn_sampler is not None:
-            images = (
-                collate(items, bn_sampler.slides[0].shape).images.to(device)
-                for items in bn_sampler.epoch_items(epoch, cfg.batch_size)
+            record["precise_bn_passes"] = recalibrate_on_crops(
+                kept, bn_sampler, epoch, cfg.batch_size, parts, device
             )
-            record["precise_bn_passes"] = recalibrate_batchnorm(kept, images, parts)
         record.update(validate(kept, slides, val_masks, cfg))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         # without validation spots the last epoch is kept

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pixnet.data.crops import CropSampler, SlideSpots
+from pixnet.data.crops import CropSampler, SlideSpots, collate
 
 # offset of the seed of the crops that recompute the statistics: a stream of their own,
 # so the training crops (hence the weights) are those of a run without recalibration
@@ -44,6 +44,24 @@ def recalibration_crops(
     )
 
 
+def recalibrate_on_crops(
+    model: nn.Module,
+    sampler: CropSampler,
+    epoch: int,
+    batch_size: int,
+    parts: int = 1,
+    device: torch.device | str = "cpu",
+) -> int:
+    """:func:`recalibrate_batchnorm` on epoch ``epoch`` of ``sampler`` (a
+    :func:`recalibration_crops` stream), in batches of ``batch_size`` crops moved to
+    ``device``. Returns the number of forward passes."""
+    shape = sampler.slides[0].shape
+    images = (
+        collate(items, shape).images.to(device) for items in sampler.epoch_items(epoch, batch_size)
+    )
+    return recalibrate_batchnorm(model, images, parts)
+
+
 def training_batchnorms(model: nn.Module) -> list[_BatchNorm]:
     """The BatchNorm layers of ``model`` that update their statistics in training mode
     (a frozen encoder's stay in eval mode and are left alone)."""
@@ -52,6 +70,13 @@ def training_batchnorms(model: nn.Module) -> list[_BatchNorm]:
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training]
     model.train(was_training)
     return [m for m in layers if m.track_running_stats]
+
+
+def _statistics(m: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Running mean, running variance and batch counter of a layer that tracks them."""
+    mean, var, count = m.running_mean, m.running_var, m.num_batches_tracked
+    assert mean is not None and var is not None and count is not None
+    return mean, var, count
 
 
 def batches_per_recalibration(asked: int, epoch_batches: int) -> int:
@@ -72,8 +97,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], par
     if not layers:
         return 0
     was_training = model.training
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in layers]
-    counts = [m.num_batches_tracked.clone() for m in layers]
+    saved = [(m.momentum, [b.clone() for b in _statistics(m)]) for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative average: every pass weighs the same
@@ -85,11 +109,12 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], par
                 model(images[idx])
                 n += 1
     finally:
-        for m, (momentum, mean, var), count in zip(layers, saved, counts, strict=True):
+        for m, (momentum, old) in zip(layers, saved, strict=True):
             m.momentum = momentum
+            mean, var, count = _statistics(m)
             if n == 0:  # nothing seen: keep the old statistics
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
+                mean.copy_(old[0])
+                var.copy_(old[1])
+            count.copy_(old[2])
         model.train(was_training)
     return n
