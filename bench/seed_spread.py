@@ -8,8 +8,11 @@ separate rows, in anything else: ``--ensemble``/``--members-from``, ``--ema``, .
 may hold several datasets, and one dataset's folds may come from several files (e.g.
 ``--only-folds`` runs). For every dataset, variant and fold it lists PCC@M and MSE skill
 as mean ± sample std over seeds with their range, then the mean over folds of the fold
-means and of the fold stds: the "seed std" issue 16 asks to bring down. Writes Markdown
-(``--out``) and JSON beside it.
+means and of the fold stds: the "seed std" issue 16 asks to bring down. With several
+``--method`` (e.g. ``pixnet spotcrop ridge``), each method gets its rows, and
+``--paired-against pixnet`` adds each method's difference from that one, paired over the
+(fold, seed) runs both have: mean ± std and in how many the reference is higher. Writes
+Markdown (``--out``) and JSON beside it.
 """
 
 from __future__ import annotations
@@ -39,16 +42,21 @@ _SAME_VARIANT = {
 }
 
 
-def variant_label(config: dict[str, Any], differs: list[str]) -> str:
-    """A row label: the model count and every setting in ``differs``."""
+def variant_label(config: dict[str, Any], differs: list[str], method: str = "") -> str:
+    """A row label: the method (when given), the model count and every setting in
+    ``differs``."""
     k = int(config.get("ensemble", 1) or 1)
-    parts = ["single model" if k == 1 else f"ensemble of {k}"]
+    parts = [method] if method else []
+    parts += ["single model" if k == 1 else f"ensemble of {k}"]
     parts += [f"{key} {config.get(key)}" for key in differs if key != "ensemble"]
     return ", ".join(parts)
 
 
-def collect(results: list[dict[str, Any]], method: str) -> dict[str, Any]:
-    """dataset -> variant label -> fold -> {"seeds": [...], metric: [...]} (seed order)."""
+def collect(
+    results: list[dict[str, Any]], method: str, name_method: bool = False
+) -> dict[str, Any]:
+    """dataset -> variant label -> fold -> {"seeds": [...], metric: [...]} (seed order);
+    labels start with the method's name when ``name_method``."""
     from dataclasses import asdict
 
     from pixnet.eval.crossval import CrossValConfig
@@ -75,7 +83,8 @@ def collect(results: list[dict[str, Any]], method: str) -> dict[str, Any]:
         differs = sorted(
             {k for c in configs for k in c if any(c.get(k) != o.get(k) for o in configs)}
         )
-        labels = {k: variant_label(c, differs) for k, c in zip(keys, configs, strict=True)}
+        tag = method if name_method else ""
+        labels = {k: variant_label(c, differs, tag) for k, c in zip(keys, configs, strict=True)}
         table: dict[str, dict[str, dict[str, list[Any]]]] = {labels[k]: {} for k in keys}
         for d, key, cfg, fold in runs:
             if d != ds:
@@ -90,13 +99,16 @@ def collect(results: list[dict[str, Any]], method: str) -> dict[str, Any]:
                 )
             cell["seeds"].append(cfg["seed"])
             for m in METRICS:
-                cell[m].append(float(fold["methods"][method]["fold"][m]))
+                v = fold["methods"][method]["fold"][m]  # None: undefined (training mean's PCC)
+                cell[m].append(float("nan") if v is None else float(v))
         out[ds] = table
     return out
 
 
 def _cell(values: list[float]) -> str:
     a = np.asarray(values)
+    if np.isnan(a).all():
+        return "n/a"
     if a.size == 1:
         return f"{a[0]:.3f}"
     return f"{a.mean():.3f} ± {a.std(ddof=1):.3f} ({a.min():.3f} to {a.max():.3f})"
@@ -129,12 +141,87 @@ def format_markdown(table: dict[str, Any]) -> str:
                 row = [_cell(cells[f][metric]) if f in cells else "" for f in folds]
                 s = summary(cells, metric)
                 std = "n/a" if np.isnan(s["seed_std"]) else f"{s['seed_std']:.3f}"
+                mean = "n/a" if np.isnan(s["mean"]) else f"{s['mean']:.3f}"
                 lines.append(
                     f"| {label} | {'/'.join(map(str, n))} | "
                     + " | ".join(row)
-                    + f" | {s['mean']:.3f} | {std} |"
+                    + f" | {mean} | {std} |"
                 )
             lines.append("")
+    return "\n".join(lines)
+
+
+def _method_rows(ds: str, variants: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """The one variant of ``method`` (labels start with the method's name), or None."""
+    mine = [v for label, v in variants.items() if label.split(",")[0] == method]
+    if len(mine) > 1:
+        raise SystemExit(
+            f"error: {ds}: method {method} has {len(mine)} variants; pair one variant "
+            "(pass only its result files)"
+        )
+    return mine[0] if mine else None
+
+
+def paired(
+    table: dict[str, Any], reference: str, others: list[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """dataset -> method -> metric -> differences (reference minus method) over the
+    (fold, seed) runs both have, with their count and how many favour the reference.
+    Each method must have one variant per dataset (else the pairing would be ambiguous)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for ds, variants in table.items():
+        ref = _method_rows(ds, variants, reference)
+        if ref is None:
+            continue
+        for m in others:
+            cells = _method_rows(ds, variants, m)
+            if cells is None:
+                continue
+            rec: dict[str, Any] = {}
+            for metric in METRICS:
+                d = []
+                for fold, c in cells.items():
+                    if fold not in ref:
+                        continue
+                    r = dict(zip(ref[fold]["seeds"], ref[fold][metric], strict=True))
+                    d += [
+                        r[seed] - v
+                        for seed, v in zip(c["seeds"], c[metric], strict=True)
+                        if seed in r
+                    ]
+                a = np.asarray(d)
+                a = a[np.isfinite(a)]  # the training mean has no PCC
+                rec[metric] = {
+                    "n": int(a.size),
+                    "mean": float(a.mean()) if a.size else float("nan"),
+                    "std": float(a.std(ddof=1)) if a.size > 1 else float("nan"),
+                    "reference_higher": int((a > 0).sum()),
+                }
+            out.setdefault(ds, {})[m] = rec
+    return out
+
+
+def format_paired(pairs: dict[str, Any], reference: str) -> str:
+    lines = []
+    for ds, methods in pairs.items():
+        lines += [
+            f"{ds}: {reference} minus each method, paired over the (fold, seed) runs both have",
+            "",
+            "| method | runs | ΔPCC@M | higher PCC@M | Δskill | higher skill |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for m, rec in methods.items():
+            cells = []
+            for metric in METRICS:
+                r = rec[metric]
+                if not r["n"]:
+                    cells += ["n/a", "n/a"]
+                    continue
+                std = f" ± {r['std']:.3f}" if r["n"] > 1 else ""
+                cells += [f"{r['mean']:+.3f}{std}", f"{r['reference_higher']} of {r['n']}"]
+            runs = max(rec[metric]["n"] for metric in METRICS)
+            lines.append(f"| {m} | {runs} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -145,7 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="JSON results of bench/accuracy.py (or a crossval results.json in <dataset>/)",
     )
-    ap.add_argument("--method", default="pixnet", help="method of the accuracy benchmark")
+    ap.add_argument(
+        "--method",
+        nargs="+",
+        default=["pixnet"],
+        help="method(s) of the accuracy benchmark; several: rows per method",
+    )
+    ap.add_argument(
+        "--paired-against",
+        default="",
+        help="with several --method: this method minus each other one, paired per fold and seed",
+    )
     ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
     args = ap.parse_args(argv)
     results = []
@@ -154,12 +251,24 @@ def main(argv: list[str] | None = None) -> int:
         if "datasets" not in res:  # one dataset's crossval results.json, in <dataset>/
             res = {"datasets": {Path(p).parent.name: res}}
         results.append(res)
-    table = collect(results, args.method)
+    if args.paired_against and args.paired_against not in args.method:
+        ap.error(f"--paired-against {args.paired_against} must be one of --method")
+    several = len(args.method) > 1
+    table: dict[str, Any] = {}
+    for method in args.method:
+        for ds, variants in collect(results, method, name_method=several).items():
+            table.setdefault(ds, {}).update(variants)
     if not table:
-        print(f"error: no result holds method {args.method!r}", file=sys.stderr)
+        print(f"error: no result holds method(s) {' '.join(args.method)}", file=sys.stderr)
         return 2
     md = format_markdown(table)
-    emit(md, table, args.out)
+    record: dict[str, Any] = table
+    if args.paired_against:
+        others = [m for m in args.method if m != args.paired_against]
+        pairs = paired(table, args.paired_against, others)
+        md += "\n" + format_paired(pairs, args.paired_against)
+        record = {"table": table, "paired": {"reference": args.paired_against, **pairs}}
+    emit(md, record, args.out)
     return 0
 
 

@@ -134,3 +134,65 @@ def test_members_from_seed_runs_and_the_seed_spread_table(
     mse = {rec[c]["MSE"] for c in ("as trained", "recomputed", "adapted to the test slide")}
     assert len(mse) == 3
     assert "recomputed minus as trained" in out.read_text()
+
+
+def _result_file(path: Path, seed: int, scores: dict[str, dict[str, tuple]]) -> str:
+    """A minimal bench/accuracy.py JSON: one dataset, ``scores[method][fold] = (PCC@M,
+    skill)`` for one seed."""
+    methods = list(scores)
+    folds = sorted({f for per in scores.values() for f in per})
+    fold_records = [
+        {
+            "name": f,
+            "methods": {
+                m: {"fold": {"PCC@M": scores[m][f][0], "skill": scores[m][f][1]}}
+                for m in methods
+                if f in scores[m]
+            },
+        }
+        for f in folds
+    ]
+    res = {
+        "datasets": {"mob": {"config": {"seed": seed}, "methods": methods, "folds": fold_records}}
+    }
+    path.write_text(json.dumps(res))
+    return str(path)
+
+
+def test_seed_spread_pairs_methods_per_fold_and_seed(tmp_path: Path) -> None:
+    """Several methods get their own rows; the paired table is the reference minus each
+    method over the (fold, seed) runs both have, skipping the training mean's missing PCC."""
+    spread = _load("seed_spread")
+    files = [
+        _result_file(
+            tmp_path / "s0.json",
+            0,
+            {
+                "pixnet": {"A": (0.30, 0.10), "B": (0.20, 0.00)},
+                "spotcrop": {"A": (0.25, 0.05), "B": (0.22, 0.02)},
+                "mean": {"A": (None, 0.0), "B": (None, 0.0)},
+            },
+        ),
+        _result_file(
+            tmp_path / "s1000.json",
+            1000,
+            {"pixnet": {"A": (0.34, 0.20)}, "spotcrop": {"A": (0.24, 0.10)}, "mean": {}},
+        ),
+    ]
+    out = tmp_path / "spread.md"
+    argv = [*files, "--method", "pixnet", "spotcrop", "mean", "--paired-against", "pixnet"]
+    assert spread.main([*argv, "--out", str(out)]) == 0
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["table"]["mob"]["pixnet, single model"]["A"]["seeds"] == [0, 1000]
+    pair = rec["paired"]["mob"]["spotcrop"]
+    d = np.array([0.05, -0.02, 0.10])  # A s0, B s0, A s1000
+    assert pair["PCC@M"]["n"] == 3 and pair["PCC@M"]["reference_higher"] == 2
+    assert pair["PCC@M"]["mean"] == pytest.approx(d.mean())
+    assert pair["PCC@M"]["std"] == pytest.approx(d.std(ddof=1))
+    assert rec["paired"]["mob"]["mean"]["PCC@M"]["n"] == 0
+    assert rec["paired"]["mob"]["mean"]["skill"]["n"] == 2
+    md = out.read_text()
+    assert f"| spotcrop | 3 | {d.mean():+.3f} ± {d.std(ddof=1):.3f} | 2 of 3 |" in md
+    assert "| mean | 2 | n/a | n/a |" in md
+    with pytest.raises(SystemExit):  # the reference must be one of the methods
+        spread.main([*files, "--method", "pixnet", "--paired-against", "ridge"])
