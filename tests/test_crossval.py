@@ -21,6 +21,7 @@ from pixnet.eval.crossval import (
     format_markdown,
     make_folds,
     parse_method,
+    prediction_options_differ,
     register,
     run_crossval,
 )
@@ -271,3 +272,15 @@ def test_resume_repredicts_pixnet_asked_to_adapt(
     )
     same = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
     assert "patient-EX1/pixnet" in same["reused"]
+
+
+def test_prediction_options_of_a_cached_fold_are_compared_with_the_run() -> None:
+    """A cached PixNet fold is reused only if it was predicted with this run's tile,
+    margin and adaptation; caches from before those were recorded count as the defaults."""
+    cfg = CrossValConfig(samples="x.csv", out="o")
+    assert prediction_options_differ({"model": "m.pt"}, cfg) == ""
+    same = {"model": "m.pt", "tile_px": 512, "margin_px": 64, "adapt_bn_batches": 0}
+    assert prediction_options_differ(same, cfg) == ""
+    wider = dataclasses.replace(cfg, margin_px=128, adapt_bn_batches=4)
+    assert prediction_options_differ(same, wider) == "--margin-px 64, --adapt-bn-batches 0"
+    assert prediction_options_differ({"tile_px": 256}, cfg) == "--tile-px 256"

@@ -380,7 +380,7 @@ def _run_pixnet(
     details = {
         "model": str(model_path),
         "readout": tcfg.readout,
-        "adapt_bn_batches": cfg.adapt_bn_batches,
+        **{key: getattr(cfg, key) for key in PREDICT_OPTIONS},
         **_run_log_summary(run_dir),
     }
     if tcfg.ensemble > 1:  # one summary per member, in member order
@@ -390,6 +390,22 @@ def _run_pixnet(
         details.update({k: [m[k] for m in per] for k in per[0]}, ensemble=tcfg.ensemble)
     details.update(pre)
     return preds, details
+
+
+# prediction options of a PixNet fold, with the value of caches written before they were
+# recorded: a resumed run re-predicts (without retraining) a fold predicted otherwise
+PREDICT_OPTIONS = {"tile_px": 512, "margin_px": 64, "adapt_bn_batches": 0}
+
+
+def prediction_options_differ(details: dict[str, Any], cfg: CrossValConfig) -> str:
+    """The prediction options of a cached PixNet fold that differ from ``cfg``, as flags
+    with their cached values ('' when none does)."""
+    differ = [
+        f"--{key.replace('_', '-')} {details.get(key, default)}"
+        for key, default in PREDICT_OPTIONS.items()
+        if int(details.get(key, default)) != int(getattr(cfg, key))
+    ]
+    return ", ".join(differ)
 
 
 def _pretrain_fold(
@@ -644,13 +660,10 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
             mdir = method_dir(out, fold.name, m)
             cached = _load_method(mdir) if cfg.resume else None
             if cached is not None and "model" in cached[1]:  # PixNet: predicted as asked?
-                adapted = int(cached[1].get("adapt_bn_batches", 0))
-                if adapted != cfg.adapt_bn_batches:
+                differ = prediction_options_differ(cached[1], cfg)
+                if differ:
                     log.info(
-                        "fold %s: %s was predicted with --adapt-bn-batches %d; re-predicting",
-                        fold.name,
-                        m,
-                        adapted,
+                        "fold %s: %s was predicted with %s; re-predicting", fold.name, m, differ
                     )
                     cached = None
             t0 = time.perf_counter()
