@@ -151,30 +151,30 @@ def format_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _method_rows(ds: str, variants: dict[str, Any], method: str) -> dict[str, Any] | None:
-    """The one variant of ``method`` (labels start with the method's name), or None."""
-    mine = [v for label, v in variants.items() if label.split(",")[0] == method]
-    if len(mine) > 1:
+def _one_variant(ds: str, variants: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """The cells of ``method``'s one variant in ``ds`` (None: the method has none there)."""
+    if len(variants) > 1:
         raise SystemExit(
-            f"error: {ds}: method {method} has {len(mine)} variants; pair one variant "
+            f"error: {ds}: method {method} has {len(variants)} variants; pair one variant "
             "(pass only its result files)"
         )
-    return mine[0] if mine else None
+    return next(iter(variants.values()), None)
 
 
 def paired(
-    table: dict[str, Any], reference: str, others: list[str]
+    by_method: dict[str, dict[str, Any]], reference: str, others: list[str]
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """dataset -> method -> metric -> differences (reference minus method) over the
     (fold, seed) runs both have, with their count and how many favour the reference.
-    Each method must have one variant per dataset (else the pairing would be ambiguous)."""
+    ``by_method``: method -> :func:`collect`'s table. Each method must have one variant
+    per dataset (else the pairing would be ambiguous)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for ds, variants in table.items():
-        ref = _method_rows(ds, variants, reference)
+    for ds, variants in by_method[reference].items():
+        ref = _one_variant(ds, variants, reference)
         if ref is None:
             continue
         for m in others:
-            cells = _method_rows(ds, variants, m)
+            cells = _one_variant(ds, by_method[m].get(ds, {}), m)
             if cells is None:
                 continue
             rec: dict[str, Any] = {}
@@ -254,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.paired_against and args.paired_against not in args.method:
         ap.error(f"--paired-against {args.paired_against} must be one of --method")
     several = len(args.method) > 1
+    by_method = {m: collect(results, m, name_method=several) for m in args.method}
     table: dict[str, Any] = {}
-    for method in args.method:
-        for ds, variants in collect(results, method, name_method=several).items():
+    for per_dataset in by_method.values():
+        for ds, variants in per_dataset.items():
             table.setdefault(ds, {}).update(variants)
     if not table:
         print(f"error: no result holds method(s) {' '.join(args.method)}", file=sys.stderr)
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = table
     if args.paired_against:
         others = [m for m in args.method if m != args.paired_against]
-        pairs = paired(table, args.paired_against, others)
+        pairs = paired(by_method, args.paired_against, others)
         md += "\n" + format_paired(pairs, args.paired_against)
         record = {"table": table, "paired": {"reference": args.paired_against, **pairs}}
     emit(md, record, args.out)
