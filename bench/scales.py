@@ -58,6 +58,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from pixnet.cli_options import help_meta
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel, fit_gene_panel
 from pixnet.data.synthetic import SYNTHETIC_GENES, synthetic_field
 from pixnet.io.sample import Sample
@@ -107,6 +108,15 @@ class ScalesConfig:
     smoothness: list[float] = field(
         default_factory=lambda: [0.0],
         metadata=_h("map smoothness penalty weights of each PixNet (pixnet train --smoothness)"),
+    )
+    heads: list[str] = field(
+        default_factory=lambda: ["stride2"],
+        metadata=help_meta(
+            "decoder heads of each PixNet: strideS (train --context-stride S) or "
+            "strideS-local (also --local-path), S in 2, 4, 8, 16 (one model each)",
+            pattern=r"stride(2|4|8|16)(-local)?",
+            pattern_hint="e.g. stride2, stride8, stride8-local",
+        ),
     )
     ema: float = field(default=0.0, metadata=_h("PixNet weight average (train --ema)"))
     lr_schedule: str = field(
@@ -422,11 +432,18 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
-    variants = [(r, a, w) for r in cfg.readouts for a in cfg.attentions for w in cfg.smoothness]
-    for readout, attention, weight in variants:
+    variants = [
+        (r, a, w, h)
+        for r in cfg.readouts
+        for a in cfg.attentions
+        for w in cfg.smoothness
+        for h in cfg.heads
+    ]
+    for readout, attention, weight, head in variants:
         t0 = time.perf_counter()
         name = f"pixnet-{readout}" + ("" if attention == "preset" else f"-{attention}")
         name += f"-sm{weight:g}" if weight else ""
+        name += "" if head == "stride2" else f"-{head}"
         run = out / name
         model = run / "model.pt"
         if not (cfg.reuse and finished_member(model)):
@@ -437,6 +454,8 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     readout=readout,
                     attention=attention,
                     smoothness=weight,
+                    context_stride=int(head.split("-")[0].removeprefix("stride")),
+                    local_path=head.endswith("-local"),
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
                 ),
@@ -564,6 +583,10 @@ def label(method: str) -> str:
             return f"--smoothness {p[2:]}"
         if p[0] == "w" and p[1:].isdigit():
             return "whole-row attention" if p == "w0" else f"attention window {p[1:]} px"
+        if p.startswith("stride"):
+            return f"--context-stride {p[6:]}"
+        if p == "local":
+            return "--local-path"
         return f"{p} attention"
 
     extra = [spell(p) for p in parts[2:]]

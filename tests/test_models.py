@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pixnet.errors import PixNetInputError
@@ -675,3 +676,71 @@ def test_resolve_device_auto_picks_this_ranks_gpu_or_cpu(monkeypatch: pytest.Mon
     assert resolve_device("auto") == torch.device("cuda", 0)
     monkeypatch.setenv("LOCAL_RANK", "3")  # torchrun's rank 3 on this node
     assert resolve_device("auto") == torch.device("cuda", 3)
+
+
+@pytest.mark.parametrize(("context_stride", "stages"), [(2, 4), (4, 3), (8, 2), (16, 1)])
+def test_context_stride_builds_the_stages_it_needs(context_stride: int, stages: int) -> None:
+    """The map keeps stride 2 whatever the context stride; only the stages down to it are
+    built (no unused weights), and the attention window counts each built stage's own
+    cells (strides 16, 8, ...)."""
+    model = PixNet(from_preset("cpu", n_genes=5, context_stride=context_stride)).eval()
+    assert len(model.decoder.stages) == stages
+    with torch.no_grad():
+        g = model(torch.rand(1, 3, 64, 96))
+    assert g.shape == (1, 5, 32, 48)
+    set_attention_window(model, 64)
+    assert [st.rlab.attn.row.window for st in model.decoder.stages] == [2, 4, 8, 16][:stages]
+
+
+def test_default_decoder_keeps_the_paper_state_dict() -> None:
+    """The options add weights only when set: a default model has the same names as
+    before (torchvision-style encoder, decoder stages, head on D1's 128 channels)."""
+    names = set(PixNet(from_preset("cpu", n_genes=5)).state_dict())
+    assert not any(k.startswith(("decoder.context_proj", "decoder.local")) for k in names)
+    assert PixNet(from_preset("cpu", n_genes=5)).decoder.head.in_channels == 128
+    both = PixNet(from_preset("cpu", n_genes=5, context_stride=8, local_path=True))
+    assert both.decoder.head.in_channels == 64 + 32
+    extra = set(both.state_dict()) - names
+    assert {k.split(".")[1] for k in extra} == {"context_proj", "local"}
+
+
+def test_context_stride_gives_a_map_smooth_below_its_stride() -> None:
+    """With context stride 8 and no local path every gene's map is the bilinear
+    upsampling of a stride-8 field (``U L U^T``, ``U`` the 1-D linear interpolation
+    operator): it has no detail below 8 px. The paper's decoder (stride 2) is not."""
+    n_map, n_low = 64, 16  # a 128 px crop: 64 map cells, 16 cells at stride 8
+    eye = torch.eye(n_low, dtype=torch.float64)[:, None, :]
+    u = F.interpolate(eye, size=n_map, mode="linear", align_corners=False)[:, 0, :].T
+    proj = u @ torch.linalg.pinv(u)  # projector onto upsampled 1-D signals
+
+    def residual(context_stride: int) -> float:
+        torch.manual_seed(0)
+        model = PixNet(from_preset("cpu", n_genes=4, context_stride=context_stride)).eval()
+        with torch.no_grad():
+            g = model(torch.rand(1, 3, 128, 128))[0].double()
+        g = g - g.mean(dim=(1, 2), keepdim=True)
+        fitted = proj @ g @ proj.T
+        return float((g - fitted).norm() / g.norm())
+
+    assert residual(8) < 1e-4
+    assert residual(2) > 0.1
+
+
+def test_local_path_reaches_only_its_receptive_field() -> None:
+    """Without the context channels of the head, a map cell depends only on the image
+    within the first conv's reach (7 x 7 px around the cell's 2 x 2 pixels); with them
+    a change spreads over the whole crop."""
+    torch.manual_seed(0)
+    model = PixNet(from_preset("cpu", n_genes=3, context_stride=8, local_path=True)).eval()
+    x = torch.rand(1, 3, 96, 96)
+    y = x.clone()
+    y[0, :, 40, 40] += 1.0  # one pixel; map cell (20, 20) holds pixels 40-41
+    with torch.no_grad():
+        spread = (model(x) - model(y)).abs().sum(dim=(0, 1))
+        model.decoder.head.weight[:, :64] = 0  # the context's channels come first
+        local = (model(x) - model(y)).abs().sum(dim=(0, 1))
+    changed = torch.nonzero(local > 0)
+    assert len(changed) > 0
+    # cell i covers pixels 2i, 2i+1; the 7 x 7 conv (stride 2, padding 3) sees 2i-3..2i+3
+    assert changed.min() >= 19 and changed.max() <= 21, changed
+    assert int((spread > 0).sum()) > 100  # the context reaches far

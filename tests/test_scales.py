@@ -17,6 +17,7 @@ from pixnet.data.example import write_example_dataset
 from pixnet.data.preprocess import fit_gene_panel
 from pixnet.data.synthetic import SYNTHETIC_GENES
 from pixnet.io.manifest import load_manifest
+from pixnet.io.modelfile import load_model_file
 from pixnet.io.sample import Sample
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "scales.py"
@@ -129,6 +130,21 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     assert list(again["metrics"]) == ["pixnet-mean", "pixnet-mean-w0", "mean"]
     assert again["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]
     assert scales.label("pixnet-mean-w0").endswith("whole-row attention")
+    assert scales.label("pixnet-mean-sm3-stride8-local") == (
+        "PixNet, mean, --smoothness 3, --context-stride 8, --local-path"
+    )
+
+    # a head variant is its own model, trained with the decoder options it names
+    heads = scales.run_scales(
+        dataclasses.replace(
+            cfg, readouts=["mean"], spotcrop=False, reuse=True, heads=["stride2", "stride8-local"]
+        ),
+        samples,
+    )
+    assert list(heads["metrics"]) == ["pixnet-mean", "pixnet-mean-stride8-local", "mean"]
+    assert heads["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]  # reused
+    mc = load_model_file(tmp_path / "runs" / "pixnet-mean-stride8-local" / "model.pt")
+    assert mc["model_config"]["context_stride"] == 8 and mc["model_config"]["local_path"]
 
 
 def test_seeds_are_combined_and_paired_against_the_spot_crop_run(

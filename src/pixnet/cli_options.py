@@ -37,7 +37,7 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 def help_meta(
     text: str,
     *,
-    choices: Sequence[str] | None = None,
+    choices: Sequence[str] | Sequence[int] | None = None,
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,

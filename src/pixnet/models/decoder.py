@@ -59,6 +59,15 @@ from pixnet.errors import PixNetInputError
 LEAKY_SLOPE: float = 0.3
 """Negative slope of every LeakyReLU in the decoder (Keras default, as in MCADS)."""
 
+STAGE_STRIDES: tuple[int, ...] = (16, 8, 4, 2)
+"""Input pixels per cell of each decoder stage's output, deep stage first."""
+
+CONTEXT_DIM: int = 64
+"""Channels the context is projected to before it is upsampled (``context_stride > 2``)."""
+
+LOCAL_DIM: int = 32
+"""Channels of the :class:`LocalPath`."""
+
 
 class CompositeBlock(nn.Module):
     """CB: depthwise 3x3 -> BN -> LeakyReLU -> pointwise 1x1 -> BN -> LeakyReLU.
@@ -253,6 +262,31 @@ class RLAB(nn.Module):
         return fu + self.attn(self.cb(fu))
 
 
+class LocalPath(nn.Module):
+    """Pointwise path from the encoder's stride-2 features into the head.
+
+    Two 1x1 convs (no bias) -> BN -> LeakyReLU on ``F1``: no spatial mixing beyond
+    ``F1``'s own receptive field (7 input pixels for ResNet18's first conv), so what it
+    adds to a map cell depends only on the image around that cell. A spot loss cannot
+    make it draw patterns that average out inside spots: its output is one function of
+    the local image everywhere.
+
+    Shapes: ``(B, in_ch, H/2, W/2) -> (B, out_ch, H/2, W/2)``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.pw1 = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.pw2 = nn.Conv2d(out_ch, out_ch, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.act = nn.LeakyReLU(LEAKY_SLOPE)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: (B, in_ch, H, W) -> (B, out_ch, H, W)``."""
+        return self.act(self.bn2(self.pw2(self.act(self.bn1(self.pw1(x))))))
+
+
 class DecoderStage(nn.Module):
     """One decoder stage: upsample ``D_l`` to the skip's resolution, then RLAB.
 
@@ -304,7 +338,7 @@ def set_attention_window(model: nn.Module, window_px: int | None) -> None:
         if not isinstance(dec, PixNetDecoder):
             continue
         for s, stage in enumerate(dec.stages):
-            stride = 2 ** (len(dec.stages) - s)  # the RLAB's resolution: 16, 8, 4, 2
+            stride = STAGE_STRIDES[s]  # the RLAB's resolution
             half = None if not window_px else max(1, math.ceil(window_px / 2 / stride))
             for attn in stage.rlab.attn.modules():
                 if isinstance(attn, _AxisAttention):
@@ -335,9 +369,16 @@ class PixNetDecoder(nn.Module):
         attn_dim: attention dimension ``d`` (``None``: width of each stage's ``Fu``).
         n_genes: number of genes ``M`` (output channels of G).
         axial: row + column attention instead of row attention only.
+        context_stride: the stride whose stage output carries the context into the
+            head: 2 runs every stage (the paper); 4, 8 or 16 stop at that stage, project
+            its output to :data:`CONTEXT_DIM` channels and upsample it bilinearly to
+            stride 2, so the context part of the map is smooth below that scale.
+        local_path: concatenate a :class:`LocalPath` of ``F1`` to the head's input.
 
     Attributes:
-        out_channels: channels of D4, D3, D2, D1 (``2 x`` the skip's channels).
+        out_channels: channels of the built stages' outputs (D4, D3, D2, D1 with
+            ``context_stride`` 2; ``2 x`` the skip's channels).
+        head_channels: channels the head reads (:meth:`decode`'s output).
         map_stride: 2, input pixels per map cell along each axis.
     """
 
@@ -350,9 +391,17 @@ class PixNetDecoder(nn.Module):
         attn_dim: int | None = None,
         n_genes: int = 250,
         axial: bool = False,
+        context_stride: int = 2,
+        local_path: bool = False,
     ) -> None:
         super().__init__()
         enc = tuple(int(c) for c in encoder_channels)
+        if context_stride not in STAGE_STRIDES:
+            raise PixNetInputError(
+                "PixNetDecoder(context_stride=...)",
+                f"context_stride={context_stride}",
+                f"pass one of {sorted(STAGE_STRIDES)}",
+            )
         if len(enc) != 5:
             raise PixNetInputError(
                 "PixNetDecoder(encoder_channels=...)",
@@ -372,16 +421,24 @@ class PixNetDecoder(nn.Module):
         self.hidden = _per_stage(hidden, "hidden")
         self.encoder_channels = enc
         self.n_genes = n_genes
+        self.context_stride = context_stride
         stages = []
         in_ch = enc[4]
-        for s in range(4):
+        for s in range(STAGE_STRIDES.index(context_stride) + 1):
             skip_ch = enc[3 - s]
             stage = DecoderStage(in_ch, skip_ch, self.hidden[s], attn_dim, s < 2, axial)
             stages.append(stage)
             in_ch = stage.out_channels
         self.stages = nn.ModuleList(stages)
         self.out_channels = tuple(st.out_channels for st in stages)
-        self.head = nn.Conv2d(in_ch, n_genes, 1)
+        # Built only when asked, so a default decoder keeps the paper's state-dict names.
+        self.context_proj: nn.Module | None = None
+        if context_stride > self.map_stride:
+            self.context_proj = nn.Conv2d(in_ch, CONTEXT_DIM, 1)
+            in_ch = CONTEXT_DIM
+        self.local: LocalPath | None = LocalPath(enc[0], LOCAL_DIM) if local_path else None
+        self.head_channels = in_ch + (LOCAL_DIM if local_path else 0)
+        self.head = nn.Conv2d(self.head_channels, n_genes, 1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """Decode the pyramid.
@@ -401,7 +458,8 @@ class PixNetDecoder(nn.Module):
             features: ``[F1, ..., F5]`` as in :meth:`forward`.
 
         Returns:
-            ``D1: (B, out_channels[-1], H/2, W/2)``.
+            ``(B, head_channels, H/2, W/2)``: D1 (the paper), or the upsampled context
+            projection, with the local path's channels after it when there is one.
         """
         if len(features) != 5:
             raise PixNetInputError(
@@ -412,6 +470,15 @@ class PixNetDecoder(nn.Module):
         d = features[4]
         for s, stage in enumerate(self.stages):
             d = stage(d, features[3 - s])
+        if self.context_proj is not None:
+            d = F.interpolate(
+                self.context_proj(d),
+                size=features[0].shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            )
+        if self.local is not None:
+            d = torch.cat([d, self.local(features[0])], dim=1)
         return d
 
     @torch.no_grad()

@@ -70,6 +70,10 @@ class PixNetConfig:
         freeze_encoder: the encoder's pretrained trunk gets no gradient (a ViT's
             transformer runs under ``no_grad``; a ResNet is frozen whole, BatchNorm in
             eval mode); a ViT's stem and pyramid neck still train.
+        context_stride: decoder stride whose output carries the context into the head
+            (2: every stage, the paper; 4, 8, 16: stop there and upsample bilinearly).
+        local_path: add a pointwise path from ``F1`` into the head
+            (:class:`~pixnet.models.decoder.LocalPath`).
     """
 
     preset: str = "cpu"
@@ -83,6 +87,8 @@ class PixNetConfig:
     encoder_spec: dict[str, Any] | None = None
     vit_pyramid: str = "dpt"
     freeze_encoder: bool = False
+    context_stride: int = 2
+    local_path: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict of the fields (tuples become lists)."""
@@ -234,6 +240,8 @@ class PixNet(nn.Module):
             attn_dim=c.attn_dim,
             n_genes=c.n_genes,
             axial=c.axial,
+            context_stride=c.context_stride,
+            local_path=c.local_path,
         )
         self.encoder_weights_report: dict[str, Any] | None = None
 
@@ -269,25 +277,26 @@ class PixNet(nn.Module):
         return self.decoder(self.encoder(images))
 
     def features(self, images: Tensor) -> Tensor:
-        """Decoder output D1 before the 1x1 head.
+        """Decoder output before the 1x1 head (D1 for the paper's decoder).
 
         The head is linear and pointwise, so for a linear aggregation ``A`` (sum or mean
         over a spot's cells) ``A(head(D1)) == head(A(D1))``: training can aggregate the
-        ``(B, 128, H/2, W/2)`` features and apply :attr:`head` to the ``(N, 128)`` spot
+        ``(B, C, H/2, W/2)`` features and apply :attr:`head` to the ``(N, C)`` spot
         features, never building the full ``(B, n_genes, H/2, W/2)`` map.
 
         Args:
             images: as in :meth:`forward`.
 
         Returns:
-            ``(B, C_D1, H/2, W/2)`` with ``C_D1 = decoder.out_channels[-1]`` (128).
+            ``(B, C, H/2, W/2)`` with ``C = decoder.head_channels`` (128 for the presets).
         """
         check_input(images)
         return self.decoder.decode(self.encoder(images))
 
     @property
     def head(self) -> nn.Conv2d:
-        """The 1x1 conv from D1 to genes (``weight: (n_genes, C_D1, 1, 1)``)."""
+        """The 1x1 conv from the decoder's output to genes
+        (``weight: (n_genes, decoder.head_channels, 1, 1)``)."""
         return self.decoder.head
 
 

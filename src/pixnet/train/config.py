@@ -14,6 +14,7 @@ from pixnet.ops.readout import READOUTS
 ATTENTIONS: tuple[str, ...] = ("preset", "row", "axial")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 SELECTIONS: tuple[str, ...] = ("best", "last")
+CONTEXT_STRIDES: tuple[int, ...] = (2, 4, 8, 16)
 
 
 @dataclass
@@ -122,6 +123,18 @@ class TrainConfig:
             "itself), axial (rows and columns)",
             choices=ATTENTIONS,
         ),
+    )
+    context_stride: int = field(
+        default=2,
+        metadata=_h(
+            "decoder stride that carries context into the map: 2 (every stage, the paper) or "
+            "4, 8, 16 (stop there and upsample bilinearly: smooth below that scale)",
+            choices=CONTEXT_STRIDES,
+        ),
+    )
+    local_path: bool = field(
+        default=False,
+        metadata=_h("add a pointwise path from the encoder's stride-2 features into the head"),
     )
     augment: bool = field(default=True, metadata=_h("flips, rotations, stain jitter"))
     pretrained: str | None = field(

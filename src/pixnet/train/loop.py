@@ -276,6 +276,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         encoder=cfg.encoder,
         vit_pyramid=cfg.vit_pyramid,
         freeze_encoder=cfg.freeze_encoder,
+        context_stride=cfg.context_stride,
+        local_path=cfg.local_path,
         **({} if cfg.attention == "preset" else {"axial": cfg.attention == "axial"}),
     )
     device = resolve_device(cfg.device)
