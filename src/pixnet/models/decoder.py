@@ -340,7 +340,7 @@ def set_attention_window(model: nn.Module, window_px: int | None) -> None:
         for s, stage in enumerate(dec.stages):
             stride = STAGE_STRIDES[s]  # the RLAB's resolution
             half = None if not window_px else max(1, math.ceil(window_px / 2 / stride))
-            for attn in stage.rlab.attn.modules():
+            for attn in stage.modules():  # the stage's RLAB attention (rows, columns)
                 if isinstance(attn, _AxisAttention):
                     attn.window = half
 
