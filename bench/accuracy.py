@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
-    from pixnet.train.config import TrainConfig
+    from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
 
     ap = argparse.ArgumentParser(
         description="Cross-validated accuracy of PixNet and baselines (Table 2 layout). "
@@ -181,6 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
+    )
+    ap.add_argument(
+        "--context-stride",
+        type=int,
+        default=TrainConfig().context_stride,
+        choices=CONTEXT_STRIDES,
+        help="PixNet decoder stride carrying context into the map (train --context-stride)",
+    )
+    ap.add_argument(
+        "--local-path",
+        action="store_true",
+        help="PixNet local path into the head (train --local-path)",
     )
     ap.add_argument("--ema", type=float, default=0.0, help="PixNet weight EMA (train --ema)")
     ap.add_argument(
@@ -265,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             seed=args.seed,
             smoothness=args.smoothness,
+            context_stride=args.context_stride,
+            local_path=args.local_path,
             ema=args.ema,
             lr_schedule=args.lr_schedule,
             warmup_epochs=args.warmup_epochs,

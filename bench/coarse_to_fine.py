@@ -156,6 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--resume", action="store_true", help="reuse finished (fold, method) results")
+    ap.add_argument(
+        "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
+    )
+    ap.add_argument(
+        "--context-stride",
+        type=int,
+        default=2,
+        choices=(2, 4, 8, 16),
+        help="PixNet decoder stride carrying context into the map (train --context-stride)",
+    )
+    ap.add_argument(
+        "--local-path",
+        action="store_true",
+        help="PixNet local path into the head (train --local-path)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -204,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                     threads=args.threads,
                     seed=seed,
                     coarsen=k,
+                    smoothness=args.smoothness,
+                    context_stride=args.context_stride,
+                    local_path=args.local_path,
                     only_folds=only,
                     resume=args.resume,
                     overwrite=not args.resume,

@@ -130,6 +130,8 @@ class TrainConfig:
             "decoder stride that carries context into the map: 2 (every stage, the paper) or "
             "4, 8, 16 (stop there and upsample bilinearly: smooth below that scale)",
             choices=CONTEXT_STRIDES,
+            ge=2,
+            le=16,
         ),
     )
     local_path: bool = field(
