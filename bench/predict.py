@@ -16,6 +16,9 @@ section's spots, and extrapolates (b) to the bin counts from a timed subset ("~"
 (:mod:`pixnet.data.large_slide`) at 2 um bins with ``--dense-map``.
 ``--parts ensemble --members 1 3 5 --bins 2`` times ensembles of 1, 3 and 5 members
 (``pixnet train --ensemble``), which predict one member after another.
+``--parts heads --heads stride2 stride8 stride8-local --bins 2`` times random models of
+each decoder head (``--context-stride``, ``--local-path``) and their forward passes
+against the encoder alone.
 Without ``--model`` a randomly initialised ``cpu``-preset model with 250 genes is used:
 speed and memory do not depend on the weights. Prints a Markdown report.
 """
@@ -47,13 +50,13 @@ PIXNET = [
 ]
 
 
-def random_model(path: Path, n_genes: int = 250, seed: int = 0) -> None:
+def random_model(path: Path, n_genes: int = 250, seed: int = 0, **overrides: object) -> None:
     from pixnet.data.preprocess import GenePanel
     from pixnet.io.modelfile import save_model_file
     from pixnet.models.pixnet import PixNet, from_preset
 
     torch.manual_seed(seed)
-    cfg = from_preset("cpu", n_genes=n_genes)
+    cfg = from_preset("cpu", n_genes=n_genes, **overrides)
     model = PixNet(cfg)
     panel = GenePanel(genes=[f"G{i}" for i in range(n_genes)], mean_targets=[1.0] * n_genes)
     geometry = {
@@ -139,6 +142,66 @@ def ensemble_part(
     for label, size, wall, rss in rows:
         ratio = f"{wall / single[label]:.2f}x" if label in single else ""
         print(f"| {label} | {size} | {wall:.1f} | {wall / size:.1f} | {ratio} | {rss:.0f} |")
+
+
+def head_options(head: str) -> dict[str, object]:
+    """``strideS`` or ``strideS-local`` -> the PixNetConfig fields it names."""
+    stride, _, local = head.partition("-")
+    if not stride.startswith("stride") or local not in ("", "local"):
+        raise SystemExit(f"--heads: {head!r} is not strideS or strideS-local")
+    return {"context_stride": int(stride[6:]), "local_path": local == "local"}
+
+
+def heads_part(manifest: str, sample: str, tmp: Path, heads: list[str], bins: list[float]) -> None:
+    """``pixnet predict`` with random models of each decoder head (``--context-stride``,
+    ``--local-path``), side by side, for the section's own spots and each bin size; then
+    the forward pass of each over the same tissue tiles against the encoder alone."""
+    from pixnet.io.manifest import load_manifest
+    from pixnet.io.slide import open_slide
+    from pixnet.io.tissue import tissue_mask
+    from pixnet.predict.tiled import load_predictor
+
+    models = {}
+    for head in heads:
+        models[head] = tmp / f"{head}.pt"
+        random_model(models[head], **head_options(head))
+    rows = []
+    for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
+        for head, model in models.items():
+            r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b)
+            rows.append((label, head, r["wall_s"], r["peak_rss_mib"]))
+            print(f"{label}, {head}: {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
+    (smp,) = load_manifest(ROOT / manifest, [sample])
+    torch.set_grad_enabled(False)
+    forward: dict[str, float] = {}
+    with open_slide(smp.image_path, mpp=smp.mpp) as slide:
+        thumb, tmpp = slide.thumbnail(1024)
+        mask = tissue_mask(thumb)
+        first = load_predictor(models[heads[0]])
+        locs, side = tissue_tiles(slide, mask, tmpp, first.working_mpp, 512, 64)
+        imgs = [slide.read_rect(loc, (side, side), first.working_mpp) for loc in locs]
+        nets = {"encoder alone": first.model.encoder.eval()}
+        nets.update({h: load_predictor(m).model.eval() for h, m in models.items()})
+        for name, net in nets.items():
+            t = time.perf_counter()
+            for i in range(0, len(imgs), 2):
+                x = torch.from_numpy(np.stack(imgs[i : i + 2])).permute(0, 3, 1, 2).float() / 255
+                net(x)
+            forward[name] = time.perf_counter() - t
+    enc = forward["encoder alone"]
+    print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes:\n")
+    print("| network | forward s | / encoder alone |")
+    print("|---|---:|---:|")
+    for name, sec in forward.items():
+        print(f"| {name} | {sec:.1f} | {sec / enc:.1f}x |")
+    print("\n| prediction | head | wall s | / encoder alone | / stride2 | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|")
+    base = {label: wall for label, head, wall, _ in rows if head == heads[0]}
+    for label, head, wall, rss in rows:
+        print(
+            f"| {label} | {head} | {wall:.1f} | {wall / enc:.1f}x | "
+            f"{wall / base[label]:.2f}x | {rss:.0f} |"
+        )
 
 
 def run_predict(
@@ -362,11 +425,19 @@ def main() -> None:
         "--parts",
         nargs="+",
         default=["speed"],
-        choices=["speed", "dense", "large", "ensemble", "window"],
+        choices=["speed", "dense", "large", "ensemble", "window", "heads"],
         help="speed: the table below; dense: dense map vs 2 um .h5ad on --sample; "
         "large: generated 0.25 um/px slides with tissue islands (--large-slides); "
         "ensemble: ensembles of --members sizes (own spots and --bins); "
-        "window: whole-row attention against the default window (own spots and --bins)",
+        "window: whole-row attention against the default window (own spots and --bins); "
+        "heads: models of each --heads decoder head (own spots and --bins)",
+    )
+    ap.add_argument(
+        "--heads",
+        nargs="+",
+        default=["stride2", "stride8", "stride8-local"],
+        help="decoder heads for --parts heads: strideS or strideS-local (train "
+        "--context-stride S, --local-path); the first is the reference",
     )
     ap.add_argument("--members", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--dense-genes", nargs="+", default=["G0", "G1", "G2", "G3"])
@@ -402,6 +473,8 @@ def main() -> None:
         window_part(model, args.samples, args.sample, tmp, args.bins)
     if "ensemble" in args.parts:
         ensemble_part(args.samples, args.sample, tmp, args.members, args.bins)
+    if "heads" in args.parts:
+        heads_part(args.samples, args.sample, tmp, args.heads, args.bins)
     if "speed" not in args.parts:
         shutil.rmtree(tmp, ignore_errors=True)
         return
