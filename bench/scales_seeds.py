@@ -103,8 +103,33 @@ def main(argv: list[str] | None = None) -> int:
         help="take the spot-crop rows from these runs, one per result in the same order "
         "(same seed and test regions), e.g. for PixNet re-predicted with --reuse --no-spotcrop",
     )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="RESULT",
+        help="add every method of these runs that the results lack, one per result in the "
+        "same order (same seed and test regions), e.g. further PixNet variants trained "
+        "apart; may be given several times",
+    )
     args = ap.parse_args(argv)
     runs = [json.loads(Path(p).read_text()) for p in args.results]
+    for group in args.merge:
+        if len(group) != len(runs):
+            ap.error("--merge needs one file per result")
+        for path, run in zip(group, runs, strict=True):
+            other = json.loads(Path(path).read_text())
+            if (
+                other["config"]["seed"] != run["config"]["seed"]
+                or other["regions"] != run["regions"]
+            ):
+                print(f"error: {path}: not a run of the same seed and regions", file=sys.stderr)
+                return 2
+            metrics = dict(run["metrics"])
+            mean = metrics.pop("mean", None)  # the training mean stays the last row
+            metrics.update({m: v for m, v in other["metrics"].items() if m not in run["metrics"]})
+            run["metrics"] = metrics if mean is None else {**metrics, "mean": mean}
     if args.spotcrop_from:
         if len(args.spotcrop_from) != len(runs):
             ap.error("--spotcrop-from needs one file per result")

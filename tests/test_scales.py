@@ -193,6 +193,28 @@ def test_seeds_are_combined_and_paired_against_the_spot_crop_run(
     assert out2.read_text() == md
     assert seeds_mod.main([*map(str, pix_only), "--spotcrop-from", *map(str, paths[::-1])]) == 2
 
+    # further variants trained apart join the table, paired with the same regressor
+    extra = []
+    for k, r in enumerate(runs):
+        cells = {sc: {"MSE": 0.09 + k * 0.01, "PCC@M": 0.85} for sc in r["metrics"]["spotcrop"]}
+        variant = dict(
+            r,
+            regions={"2 um square": {"n": 5}},
+            metrics={"pixnet-mean-stride8-local": cells, "spotcrop": {}},
+        )
+        extra.append(tmp_path / f"extra{k}.json")
+        extra[-1].write_text(json.dumps(variant))
+    out3 = tmp_path / "c3.md"
+    assert seeds_mod.main([*map(str, paths), "--merge", *map(str, extra), "--out", str(out3)]) == 0
+    merged = out3.read_text()
+    assert (
+        "| PixNet, mean, --context-stride 8, --local-path | 0.095 ± 0.007 | 0.850 ± 0.000 |"
+        in merged
+    )
+    assert merged.index("--smoothness 3 |") < merged.index("--local-path |")  # results first
+    assert "| 2/2 |" in merged  # both seeds beat the regressor in both metrics
+    assert seeds_mod.main([*map(str, paths), "--merge", *map(str, extra[::-1])]) == 2
+
     runs[1]["config"]["epochs"] = 20  # runs that differ in more than the seed are refused
     paths[1].write_text(json.dumps(runs[1]))
     assert seeds_mod.main([*map(str, paths)]) == 2
