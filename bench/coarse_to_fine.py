@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, make_folds, method_label, run_crossval
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
+    from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
 
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -157,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--resume", action="store_true", help="reuse finished (fold, method) results")
     ap.add_argument(
-        "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
+        "--smoothness",
+        type=float,
+        default=TrainConfig().smoothness,
+        help="PixNet map smoothness (train --smoothness)",
     )
     ap.add_argument(
         "--context-stride",
         type=int,
-        default=2,
-        choices=(2, 4, 8, 16),
+        default=TrainConfig().context_stride,
+        choices=CONTEXT_STRIDES,
         help="PixNet decoder stride carrying context into the map (train --context-stride)",
     )
     ap.add_argument(

@@ -39,6 +39,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from scales import head_options  # noqa: E402
+
 # run pixnet in a child that reports its own peak RSS on exit
 PIXNET = [
     sys.executable,
@@ -144,12 +148,13 @@ def ensemble_part(
         print(f"| {label} | {size} | {wall:.1f} | {wall / size:.1f} | {ratio} | {rss:.0f} |")
 
 
-def head_options(head: str) -> dict[str, object]:
-    """``strideS`` or ``strideS-local`` -> the PixNetConfig fields it names."""
-    stride, _, local = head.partition("-")
-    if not stride.startswith("stride") or local not in ("", "local"):
-        raise SystemExit(f"--heads: {head!r} is not strideS or strideS-local")
-    return {"context_stride": int(stride[6:]), "local_path": local == "local"}
+def forward_seconds(net: torch.nn.Module, imgs: list[np.ndarray], batch: int = 2) -> float:
+    """Wall seconds of ``net`` over ``imgs`` (``(H, W, 3)`` uint8 tiles), ``batch`` at a time."""
+    t = time.perf_counter()
+    for i in range(0, len(imgs), batch):
+        x = torch.from_numpy(np.stack(imgs[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+        net(x)
+    return time.perf_counter() - t
 
 
 def heads_part(manifest: str, sample: str, tmp: Path, heads: list[str], bins: list[float]) -> None:
@@ -183,11 +188,7 @@ def heads_part(manifest: str, sample: str, tmp: Path, heads: list[str], bins: li
         nets = {"encoder alone": first.model.encoder.eval()}
         nets.update({h: load_predictor(m).model.eval() for h, m in models.items()})
         for name, net in nets.items():
-            t = time.perf_counter()
-            for i in range(0, len(imgs), 2):
-                x = torch.from_numpy(np.stack(imgs[i : i + 2])).permute(0, 3, 1, 2).float() / 255
-                net(x)
-            forward[name] = time.perf_counter() - t
+            forward[name] = forward_seconds(net, imgs)
     enc = forward["encoder alone"]
     print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes:\n")
     print("| network | forward s | / encoder alone |")
@@ -414,6 +415,14 @@ def tissue_tiles(slide, mask, mask_mpp, working_mpp: float, tile_px: int, margin
     return locs, side
 
 
+def _head_name(value: str) -> str:
+    try:
+        head_options(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", default="configs/her2st.csv")
@@ -435,6 +444,7 @@ def main() -> None:
     ap.add_argument(
         "--heads",
         nargs="+",
+        type=_head_name,
         default=["stride2", "stride8", "stride8-local"],
         help="decoder heads for --parts heads: strideS or strideS-local (train "
         "--context-stride S, --local-path); the first is the reference",
@@ -497,17 +507,8 @@ def main() -> None:
         t = time.perf_counter()
         imgs = [slide.read_rect(loc, (side, side), pred.working_mpp) for loc in locs]
         t_read = time.perf_counter() - t
-        enc = pred.model.encoder.eval()
-        t = time.perf_counter()
-        for i in range(0, len(imgs), 2):
-            x = torch.from_numpy(np.stack(imgs[i : i + 2])).permute(0, 3, 1, 2).float() / 255
-            enc(x)
-        t_enc = time.perf_counter() - t
-        t = time.perf_counter()
-        for i in range(0, len(imgs), 2):
-            x = torch.from_numpy(np.stack(imgs[i : i + 2])).permute(0, 3, 1, 2).float() / 255
-            pred.model(x)
-        t_full = time.perf_counter() - t
+        t_enc = forward_seconds(pred.model.encoder.eval(), imgs)
+        t_full = forward_seconds(pred.model, imgs)
         # crop-per-spot predictor: ResNet18 + linear head, 224 px crops at the working mpp
         cnn = ResNet18Encoder().eval()
         head = torch.nn.Linear(512, 250)

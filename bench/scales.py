@@ -454,8 +454,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     readout=readout,
                     attention=attention,
                     smoothness=weight,
-                    context_stride=int(head.split("-")[0].removeprefix("stride")),
-                    local_path=head.endswith("-local"),
+                    **head_options(head),
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
                 ),
@@ -558,6 +557,19 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     atomic_write_text(res_path, json.dumps(result, indent=2) + "\n")
     atomic_write_text(res_path.with_suffix(".md"), format_markdown(result))
     return result
+
+
+def head_options(head: str) -> dict[str, Any]:
+    """A ``--heads`` name, ``strideS`` or ``strideS-local``, as the training fields it
+    names (``context_stride``, ``local_path``).
+
+    Raises:
+        ValueError: not such a name.
+    """
+    stride, _, local = head.partition("-")
+    if not stride.startswith("stride") or not stride[6:].isdigit() or local not in ("", "local"):
+        raise ValueError(f"{head!r} is not strideS or strideS-local (e.g. stride8-local)")
+    return {"context_stride": int(stride[6:]), "local_path": local == "local"}
 
 
 LABELS = {

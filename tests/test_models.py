@@ -695,9 +695,10 @@ def test_context_stride_builds_the_stages_it_needs(context_stride: int, stages: 
 def test_default_decoder_keeps_the_paper_state_dict() -> None:
     """The options add weights only when set: a default model has the same names as
     before (torchvision-style encoder, decoder stages, head on D1's 128 channels)."""
-    names = set(PixNet(from_preset("cpu", n_genes=5)).state_dict())
+    default = PixNet(from_preset("cpu", n_genes=5))
+    names = set(default.state_dict())
     assert not any(k.startswith(("decoder.context_proj", "decoder.local")) for k in names)
-    assert PixNet(from_preset("cpu", n_genes=5)).decoder.head.in_channels == 128
+    assert default.decoder.head.in_channels == 128
     both = PixNet(from_preset("cpu", n_genes=5, context_stride=8, local_path=True))
     assert both.decoder.head.in_channels == 64 + 32
     extra = set(both.state_dict()) - names

@@ -79,6 +79,14 @@ def test_synthetic_samples_give_the_known_targets(
         assert 0.005 < frac.mean() < 0.05  # the synthetic genes are ~2 % of the mass
 
 
+def test_head_names_give_the_training_fields(scales: ModuleType) -> None:
+    assert scales.head_options("stride2") == {"context_stride": 2, "local_path": False}
+    assert scales.head_options("stride8-local") == {"context_stride": 8, "local_path": True}
+    for bad in ("stride8-wide", "strideX", "8-local", "stride"):
+        with pytest.raises(ValueError, match="strideS or strideS-local"):
+            scales.head_options(bad)
+
+
 def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path: Path) -> None:
     torch.set_num_threads(1)
     cfg = scales.ScalesConfig(
