@@ -24,6 +24,8 @@ from pixnet.eval.crossval import (
     prediction_options_differ,
     register,
     run_crossval,
+    training_options,
+    training_options_differ,
 )
 from pixnet.eval.metrics import METRICS
 from pixnet.io.manifest import load_manifest
@@ -284,3 +286,60 @@ def test_prediction_options_of_a_cached_fold_are_compared_with_the_run() -> None
     wider = dataclasses.replace(cfg, margin_px=128, adapt_bn_batches=4)
     assert prediction_options_differ(same, wider) == "--margin-px 64, --adapt-bn-batches 0"
     assert prediction_options_differ({"tile_px": 256}, cfg) == "--tile-px 256"
+
+
+def test_training_options_of_a_cached_fold_are_compared_with_the_run() -> None:
+    """What a fold's result depends on is recorded; paths and resources are not."""
+    cfg = CrossValConfig(samples="x.csv", out="o", smoothness=1.0)
+    opts = training_options(cfg, "pixnet-density", seed=3)
+    assert opts["seed"] == 3 and opts["readout"] == "density" and opts["smoothness"] == 1.0
+    assert not {"out", "samples", "threads", "resume", "device"} & set(opts)
+    assert training_options(cfg, "pixnet-fine", 3)["coarsen"] == 1
+    simclr = training_options(dataclasses.replace(cfg, simclr_epochs=24), "pixnet-simclr", 3)
+    assert simclr["simclr_epochs"] == 24 and "pretrained" not in simclr
+    assert "simclr_epochs" not in opts
+    other = training_options(
+        dataclasses.replace(cfg, smoothness=3.0, threads=2), "pixnet-density", 3
+    )
+    assert training_options_differ(opts, opts) == ""
+    assert training_options_differ(opts, other) == "--smoothness 1.0 (this run: 3.0)"
+    # an option an older cache did not record is not compared
+    assert training_options_differ({"seed": 3}, other) == ""
+
+
+def test_resume_refuses_folds_trained_with_other_options(
+    cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
+) -> None:
+    """--resume onto a fold finished, or stopped mid-training, with other training options
+    is refused before any work, naming the file and the options; resources may change."""
+    import shutil
+
+    _, src = cv
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    kw = dict(resume=True, overwrite=False, only_folds=["patient-EX1"])
+    spot = out / "patient-EX1" / "spotcrop"
+    stamp = (spot / "pred.npz").stat().st_mtime_ns
+    with pytest.raises(PixNetInputError, match=r"spotcrop.*--lr 0.0005 \(this run: 0.001\)") as e:
+        run_crossval(_tiny(out, methods=["spotcrop"], lr=1e-3, **kw), example)  # type: ignore[arg-type]
+    assert str(spot / "method.json") in str(e.value) and "--overwrite" in str(e.value)
+    assert (spot / "pred.npz").stat().st_mtime_ns == stamp
+    with pytest.raises(PixNetInputError, match="--seed 5 \\(this run: 6\\)"):
+        run_crossval(_tiny(out, methods=["spotcrop"], seed=6, **kw), example)  # type: ignore[arg-type]
+    # the training mean depends on no training option; threads are a resource
+    again = run_crossval(_tiny(out, methods=["spotcrop"], threads=2, **kw), example)  # type: ignore[arg-type]
+    assert "patient-EX1/spotcrop" in again["reused"]
+    assert (
+        "patient-EX1/mean"
+        in run_crossval(
+            _tiny(out, methods=["mean"], lr=1e-3, **kw),
+            example,  # type: ignore[arg-type]
+        )["reused"]
+    )
+    # a PixNet fold stopped during training: its run/config.json is compared
+    pix = out / "patient-EX1" / "pixnet"
+    (pix / "method.json").unlink()
+    (pix / "pred.npz").unlink()
+    with pytest.raises(PixNetInputError, match=r"--smoothness 0.0 \(this run: 2.0\)") as e:
+        run_crossval(_tiny(out, methods=["pixnet"], smoothness=2.0, **kw), example)  # type: ignore[arg-type]
+    assert str(pix / "run" / "config.json") in str(e.value)

@@ -452,13 +452,10 @@ def _run_method(
     """Train ``method`` on the fold's training samples; predictions per test sample."""
     from pixnet.eval import baselines as B
 
-    base, readout = parse_method(method, cfg.readout)
+    base, _ = parse_method(method, cfg.readout)
     train_samples = [samples[i] for i in fold.train]
     test_samples = [samples[i] for i in fold.test]
-    changes: dict[str, Any] = {"readout": readout} if readout else {}
-    if method == "pixnet-fine":
-        changes.update(coarsen=1, regions="spots")
-    tcfg = fold_train_config(cfg, mdir / "run", seed, **changes)
+    tcfg = method_train_config(cfg, method, mdir / "run", seed)
     if base == "mean":
         return {s.sample_id: B.mean_predictions(panel, s.n_spots) for s in test_samples}, {}
     if base == "upsampled":
@@ -510,6 +507,75 @@ def _run_method(
         "alpha": ridge.fit.alpha,
         "val_mse": {str(a): v for a, v in ridge.fit.val_mse.items()},
     }
+
+
+def method_train_config(cfg: CrossValConfig, method: str, out: Path, seed: int) -> TrainConfig:
+    """The :class:`TrainConfig` of ``method`` in one fold (its read-out; ``pixnet-fine``
+    trains on single spots)."""
+    _, readout = parse_method(method, cfg.readout)
+    changes: dict[str, Any] = {"readout": readout} if readout else {}
+    if method == "pixnet-fine":
+        changes.update(coarsen=1, regions="spots")
+    return fold_train_config(cfg, out, seed, **changes)
+
+
+# training fields a cached fold's result does not depend on (paths, resources, bookkeeping)
+UNRECORDED_TRAIN_FIELDS = frozenset(
+    {"out", "samples", "holdout", "resume", "overwrite", "threads", "device", "micro_batches"}
+)
+
+
+def training_options(cfg: CrossValConfig, method: str, seed: int) -> dict[str, Any]:
+    """What ``method``'s result in one fold depends on, as recorded in its ``method.json``:
+    the fold's training fields (seed included) and, for SimCLR, the pretraining fields."""
+    tcfg = method_train_config(cfg, method, Path("."), seed)
+    opts = {k: v for k, v in asdict(tcfg).items() if k not in UNRECORDED_TRAIN_FIELDS}
+    if method == SIMCLR_METHOD:  # the fold's own encoder, described by how it was made
+        del opts["pretrained"]
+        opts.update({k: v for k, v in asdict(cfg).items() if k.startswith("simclr_")})
+    return json.loads(json.dumps(json_safe(opts)))  # as read back from method.json
+
+
+def training_options_differ(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """The options a cached fold was trained with that differ from this run's, as flags
+    (``--smoothness 0.0 (this run: 3.0)``); '' when none does. Options the cache did not
+    record (written by an older version) are not compared."""
+    return ", ".join(
+        f"--{key.replace('_', '-')} {recorded[key]!r} (this run: {current[key]!r})"
+        for key in recorded
+        if key in current and recorded[key] != current[key]
+    )
+
+
+def check_cached_training(
+    mdir: Path, cached: dict[str, Any] | None, cfg: CrossValConfig, method: str, seed: int
+) -> None:
+    """Refuse ``--resume`` onto a fold trained, or part-trained, with other options.
+
+    A finished fold records its options in ``method.json``; a PixNet fold stopped during
+    training has them in ``run/config.json``. The baseline ``mean`` depends on none.
+
+    Raises:
+        PixNetInputError: naming the file, the options that differ and the fix.
+    """
+    if method == "mean":
+        return
+    current = training_options(cfg, method, seed)
+    if cached is not None:
+        source, recorded = mdir / "method.json", cached.get("train_options")
+    else:
+        source = mdir / "run" / "config.json"
+        recorded = json.loads(source.read_text()) if source.is_file() else None
+    if not recorded:
+        return
+    differ = training_options_differ(recorded, current)
+    if differ:
+        raise PixNetInputError(
+            source,
+            f"--resume: {method} in this fold was trained with {differ}",
+            "run with the original options, use a new --out, or pass --overwrite "
+            "(without --resume) to train every fold again",
+        )
 
 
 def _regions_as_spots(data: Any) -> Any:
@@ -659,6 +725,8 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
         for m in methods:
             mdir = method_dir(out, fold.name, m)
             cached = _load_method(mdir) if cfg.resume else None
+            if cfg.resume:
+                check_cached_training(mdir, cached[1] if cached else None, cfg, m, seed)
             if cached is not None and "model" in cached[1]:  # PixNet: predicted as asked?
                 differ = prediction_options_differ(cached[1], cfg)
                 if differ:
@@ -675,6 +743,7 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
                 preds, details = _run_method(m, cfg, fold, seed, by_id, panel, mdir, fold_data)
                 details["seconds"] = round(time.perf_counter() - t0, 2)
                 details["seed"] = seed
+                details["train_options"] = training_options(cfg, m, seed)
                 _save_method(mdir, preds, details)
             else:
                 preds, details = cached
