@@ -132,6 +132,13 @@ class ScalesConfig:
     reuse: bool = field(
         default=False, metadata=_h("reuse finished PixNet runs in --out instead of training")
     )
+    members_from: list[str] = field(
+        default_factory=list,
+        metadata=_h(
+            "no training: each PixNet variant and the spot-crop regressor is the ensemble of "
+            "its finished runs in these folders (earlier --out of other seeds, same sections)"
+        ),
+    )
     attention_windows_px: list[int] = field(
         default_factory=list,
         metadata=_h(
@@ -318,6 +325,45 @@ def eval_regions(sample: Sample, scales_um: list[float], max_bins: int, seed: in
 # -- predictions --------------------------------------------------------------------------
 
 
+def ensemble_of_runs(folders: list[str], name: str, out_model: Path) -> Path:
+    """``out_model``: one ensemble file of the finished ``<folder>/<name>/model.pt`` runs.
+
+    Raises:
+        PixNetInputError: a folder without a finished run of ``name``.
+    """
+    from pixnet.errors import PixNetInputError
+    from pixnet.train.ensemble import combine_model_files, finished_member
+
+    paths = [Path(d) / name / "model.pt" for d in folders]
+    for p in paths:
+        if not finished_member(p):
+            raise PixNetInputError(
+                p, f"no finished run of {name}", "train it there first, or leave out the folder"
+            )
+    if len(paths) == 1:
+        return paths[0]
+    out_model.parent.mkdir(parents=True, exist_ok=True)
+    return combine_model_files(paths, out_model, overwrite=True)
+
+
+def check_finished_spotcrop(run: Path, epochs: int) -> None:
+    """A spot-crop run folder that trained all ``epochs`` (so reading it back trains nothing).
+
+    Raises:
+        PixNetInputError: naming ``run/log.jsonl`` and what is missing.
+    """
+    from pixnet.errors import PixNetInputError
+
+    log_path = run / "log.jsonl"
+    n = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
+    if n < epochs:
+        raise PixNetInputError(
+            log_path,
+            f"{n} of {epochs} spot-crop epochs trained",
+            "finish that run, or pass the --epochs it was trained with",
+        )
+
+
 def predict_pixnet(
     model_path: Path,
     sample: Sample,
@@ -446,7 +492,9 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         name += "" if head == "stride2" else f"-{head}"
         run = out / name
         model = run / "model.pt"
-        if not (cfg.reuse and finished_member(model)):
+        if cfg.members_from:
+            model = ensemble_of_runs(cfg.members_from, name, model)
+        elif not (cfg.reuse and finished_member(model)):
             model = train(
                 dataclasses.replace(
                     base,
@@ -466,6 +514,9 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                 model, test.sample, regions, cfg.tile_px, cfg.margin_px, attention_window_px=w
             )
         seconds[name] = round(time.perf_counter() - t0, 1)
+        if cfg.members_from:
+            details[name] = {"model": str(model), "members_from": cfg.members_from}
+            continue
         records = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
         details[name] = {
             "best_epoch": records[-1]["best_epoch"],
@@ -475,22 +526,32 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         t0 = time.perf_counter()
         tcfg = dataclasses.replace(base, out=str(out / "spotcrop"))
         data = prepare_fold_data(tcfg, train_samples)
-        res = train_spot_crop(tcfg, data, cfg.spot_crop_px, out=out / "spotcrop")
         slide = load_test_slide(synth[cfg.test], panel, cfg.working_mpp)
         sx, sy = slide.scale_xy
-        cache: dict[bytes, np.ndarray] = {}
-        p_sc = []
-        for r in regions:
-            key = r.centres_px.tobytes()
-            if key not in cache:  # 55 and 100 um disks share their centres, hence their crops
-                c_w = r.centres_px * np.array([sx, sy])
-                cache[key] = predict_spot_crop(
-                    res.model, slide, res.crop_px, centres_wpx=c_w, progress=True
-                )
-            p_sc.append(cache[key])
-        preds["spotcrop"] = p_sc
+        runs = [Path(d) / "spotcrop" for d in cfg.members_from] or [out / "spotcrop"]
+        members = []
+        for run in runs:
+            if cfg.members_from:  # a finished run is read back, not trained further
+                check_finished_spotcrop(run, cfg.epochs)
+                tcfg = dataclasses.replace(tcfg, resume=True, overwrite=False)
+            res = train_spot_crop(tcfg, data, cfg.spot_crop_px, out=run)
+            cache: dict[bytes, np.ndarray] = {}
+            p_sc = []
+            for r in regions:
+                key = r.centres_px.tobytes()
+                if key not in cache:  # 55 and 100 um disks share their centres, hence crops
+                    c_w = r.centres_px * np.array([sx, sy])
+                    cache[key] = predict_spot_crop(
+                        res.model, slide, res.crop_px, centres_wpx=c_w, progress=True
+                    )
+                p_sc.append(cache[key])
+            members.append(p_sc)
+        # an ensemble of regressors: the members' mean prediction (on the targets' scale)
+        preds["spotcrop"] = [np.mean(ps, axis=0) for ps in zip(*members, strict=True)]
         seconds["spotcrop"] = round(time.perf_counter() - t0, 1)
         details["spotcrop"] = {"best_epoch": res.best_epoch, "crop_px": res.crop_px}
+        if cfg.members_from:
+            details["spotcrop"] = {"members": [str(r) for r in runs], "crop_px": res.crop_px}
     preds["mean"] = [np.broadcast_to(train_mean, t.shape) for t in truth]
     seconds["mean"] = 0.0
 

@@ -16,6 +16,7 @@ import torch
 from pixnet.data.example import write_example_dataset
 from pixnet.data.preprocess import fit_gene_panel
 from pixnet.data.synthetic import SYNTHETIC_GENES
+from pixnet.errors import PixNetInputError
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import load_model_file
 from pixnet.io.sample import Sample
@@ -153,6 +154,33 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     assert heads["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]  # reused
     mc = load_model_file(tmp_path / "runs" / "pixnet-mean-stride8-local" / "model.pt")
     assert mc["model_config"]["context_stride"] == 8 and mc["model_config"]["local_path"]
+
+    # --members-from: no training; one folder reads its runs back (the same numbers),
+    # two make an ensemble of each variant and average the spot-crop regressors
+    one = dataclasses.replace(
+        cfg, readouts=["mean"], out=str(tmp_path / "ens1"), members_from=[str(tmp_path / "runs")]
+    )
+    back = scales.run_scales(one, samples)
+    assert back["metrics"]["spotcrop"] == r["metrics"]["spotcrop"]
+    assert back["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]
+    seed1 = dataclasses.replace(cfg, readouts=["mean"], seed=1, out=str(tmp_path / "runs-s1"))
+    scales.run_scales(seed1, samples)
+    two = dataclasses.replace(one, out=str(tmp_path / "ens2"), members_from=[cfg.out, seed1.out])
+    ens = scales.run_scales(two, samples)
+    ens_file = load_model_file(tmp_path / "ens2" / "pixnet-mean" / "model.pt")
+    assert [m["source"] for m in ens_file["ensemble"]["members"]] == [
+        str(Path(d) / "pixnet-mean" / "model.pt") for d in two.members_from
+    ]
+    assert ens["details"]["spotcrop"]["members"] == [
+        str(Path(d) / "spotcrop") for d in two.members_from
+    ]
+    assert ens["metrics"]["spotcrop"] != back["metrics"]["spotcrop"]
+    log = tmp_path / "runs-s1" / "spotcrop" / "log.jsonl"
+    with pytest.raises(PixNetInputError, match="1 of 2 spot-crop epochs"):
+        scales.run_scales(dataclasses.replace(two, epochs=2), samples)
+    assert len(log.read_text().splitlines()) == 1  # refused before any training
+    with pytest.raises(PixNetInputError, match="no finished run of pixnet-density"):
+        scales.run_scales(dataclasses.replace(two, readouts=["density"]), samples)
 
 
 def test_seeds_are_combined_and_paired_against_the_spot_crop_run(
