@@ -132,6 +132,14 @@ class ScalesConfig:
     reuse: bool = field(
         default=False, metadata=_h("reuse finished PixNet runs in --out instead of training")
     )
+    tta: list[int] = field(
+        default_factory=list,
+        metadata=help_meta(
+            "also predict every PixNet and the spot-crop regressor with test-time "
+            "augmentation over this many transforms (predict --tta), a row '<method>-ttaN'",
+            choices=[4, 8],
+        ),
+    )
     members_from: list[str] = field(
         default_factory=list,
         metadata=_h(
@@ -371,6 +379,7 @@ def predict_pixnet(
     tile_px: int,
     margin_px: int,
     attention_window_px: int | None = None,
+    tta: int = 1,
 ) -> list[np.ndarray]:
     """PixNet predictions ``(N_r, G)`` for every region set, in one whole-slide pass
     (``attention_window_px``: as ``pixnet predict``'s; ``None``: its default)."""
@@ -379,7 +388,7 @@ def predict_pixnet(
     from pixnet.predict.spotsets import ExplicitSpots
     from pixnet.predict.tiled import load_predictor, predict_slide
 
-    predictor = load_predictor(model_path, attention_window_px=attention_window_px)
+    predictor = load_predictor(model_path, attention_window_px=attention_window_px, tta=tta)
     sets = [
         ExplicitSpots(
             r.name,
@@ -513,6 +522,10 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
             preds[f"{name}-w{w}"] = predict_pixnet(
                 model, test.sample, regions, cfg.tile_px, cfg.margin_px, attention_window_px=w
             )
+        for n in cfg.tta:
+            preds[f"{name}-tta{n}"] = predict_pixnet(
+                model, test.sample, regions, cfg.tile_px, cfg.margin_px, tta=n
+            )
         seconds[name] = round(time.perf_counter() - t0, 1)
         if cfg.members_from:
             details[name] = {"model": str(model), "members_from": cfg.members_from}
@@ -535,19 +548,23 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                 check_finished_spotcrop(run, cfg.epochs)
                 tcfg = dataclasses.replace(tcfg, resume=True, overwrite=False)
             res = train_spot_crop(tcfg, data, cfg.spot_crop_px, out=run)
-            cache: dict[bytes, np.ndarray] = {}
-            p_sc = []
-            for r in regions:
-                key = r.centres_px.tobytes()
-                if key not in cache:  # 55 and 100 um disks share their centres, hence crops
-                    c_w = r.centres_px * np.array([sx, sy])
-                    cache[key] = predict_spot_crop(
-                        res.model, slide, res.crop_px, centres_wpx=c_w, progress=True
-                    )
-                p_sc.append(cache[key])
-            members.append(p_sc)
+            by_tta: dict[int, list[np.ndarray]] = {}
+            for n in [1, *cfg.tta]:
+                cache: dict[bytes, np.ndarray] = {}
+                for r in regions:
+                    key = r.centres_px.tobytes()
+                    if key not in cache:  # 55 and 100 um disks share their centres and crops
+                        c_w = r.centres_px * np.array([sx, sy])
+                        cache[key] = predict_spot_crop(
+                            res.model, slide, res.crop_px, centres_wpx=c_w, progress=True, tta=n
+                        )
+                    by_tta.setdefault(n, []).append(cache[key])
+            members.append(by_tta)
         # an ensemble of regressors: the members' mean prediction (on the targets' scale)
-        preds["spotcrop"] = [np.mean(ps, axis=0) for ps in zip(*members, strict=True)]
+        for n in [1, *cfg.tta]:
+            preds["spotcrop" + (f"-tta{n}" if n > 1 else "")] = [
+                np.mean(ps, axis=0) for ps in zip(*(m[n] for m in members), strict=True)
+            ]
         seconds["spotcrop"] = round(time.perf_counter() - t0, 1)
         details["spotcrop"] = {"best_epoch": res.best_epoch, "crop_px": res.crop_px}
         if cfg.members_from:
@@ -646,6 +663,9 @@ def label(method: str) -> str:
     """The table label of a method name (``pixnet-mean-axial-sm3``: its parts spelled out)."""
     if method in LABELS:
         return LABELS[method]
+    if "-tta" in method:  # test-time augmentation of any method
+        base, n = method.rsplit("-tta", 1)
+        return f"{label(base)}, --tta {n}"
     parts = method.split("-")
     if parts[0] != "pixnet" or len(parts) < 2:
         return method

@@ -160,9 +160,19 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     one = dataclasses.replace(
         cfg, readouts=["mean"], out=str(tmp_path / "ens1"), members_from=[str(tmp_path / "runs")]
     )
-    back = scales.run_scales(one, samples)
+    back = scales.run_scales(dataclasses.replace(one, tta=[4]), samples)
     assert back["metrics"]["spotcrop"] == r["metrics"]["spotcrop"]
     assert back["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]
+    # test-time augmentation: extra rows for PixNet and the regressor
+    assert list(back["metrics"]) == [
+        "pixnet-mean",
+        "pixnet-mean-tta4",
+        "spotcrop",
+        "spotcrop-tta4",
+        "mean",
+    ]
+    assert back["metrics"]["spotcrop-tta4"] != back["metrics"]["spotcrop"]
+    assert scales.label("pixnet-mean-stride8-tta8") == ("PixNet, mean, --context-stride 8, --tta 8")
     seed1 = dataclasses.replace(cfg, readouts=["mean"], seed=1, out=str(tmp_path / "runs-s1"))
     scales.run_scales(seed1, samples)
     two = dataclasses.replace(one, out=str(tmp_path / "ens2"), members_from=[cfg.out, seed1.out])

@@ -214,6 +214,7 @@ def predict_spot_crop(
     indices: np.ndarray | None = None,
     centres_wpx: np.ndarray | None = None,
     progress: bool = False,
+    tta: int = 1,
 ) -> np.ndarray:
     """Predictions ``(n, G)`` float32 from crops centred on spots or on any points.
 
@@ -225,7 +226,12 @@ def predict_spot_crop(
         indices: spots of ``slide`` to predict (default all); ignored with ``centres_wpx``.
         centres_wpx: ``(n, 2)`` (x, y) working-pixel centres to predict at instead (e.g.
             small bins: each gets the crop centred on it).
+        tta: test-time augmentation, the mean prediction over 1, 4 or 8 flipped and
+            turned copies of each crop (:data:`~pixnet.ops.dihedral.TTA_TRANSFORMS`).
     """
+    from pixnet.ops.dihedral import TTA_TRANSFORMS, dihedral
+
+    ks = TTA_TRANSFORMS[tta]
     s = _at_centres(slide, centres_wpx)
     idx = np.arange(len(s.centres_wpx)) if indices is None or centres_wpx is not None else indices
     model.eval()
@@ -239,7 +245,8 @@ def predict_spot_crop(
             disable=not progress,
         ):
             images, _ = spot_crops(s, idx[b : b + batch_size], crop_px)
-            out.append(model(images).float().numpy())
+            pred = sum(model(dihedral(images, k)).float() for k in ks) / len(ks)
+            out.append(pred.numpy())
     if not out:
         return np.zeros((0, model.head.out_features), dtype=np.float32)
     return np.concatenate(out, axis=0)

@@ -87,6 +87,16 @@ class PredictConfig:
             ge=0,
         ),
     )
+    tta: int = field(
+        default=1,
+        metadata=_h(
+            "test-time augmentation: average the map over 4 (flips, half turn) or 8 (also "
+            "quarter turns) transformed copies of every tile, each mapped back; cancels "
+            "what the network draws in one orientation only (row stripes), at 4x or 8x "
+            "the network's time; 1: none",
+            choices=[1, 4, 8],
+        ),
+    )
     adapt_bn_batches: int = field(
         default=0,
         metadata=_h(
@@ -236,7 +246,7 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
             cfg.out, "--out is a folder", "give the .h5ad file name, e.g. pred/NAME.h5ad"
         )
     check_output_folder(Path(cfg.out).parent)
-    predictor = load_predictor(cfg.model, cfg.device, cfg.attention_window_px)
+    predictor = load_predictor(cfg.model, cfg.device, cfg.attention_window_px, cfg.tta)
     if sample is None and cfg.samples:
         from pixnet.io.manifest import load_manifest
 

@@ -38,6 +38,7 @@ from pixnet.models.decoder import set_attention_window
 from pixnet.models.ensemble import PixNetEnsemble, model_integrand
 from pixnet.models.pixnet import PixNet, PixNetConfig, model_device
 from pixnet.ops.aggregate import integrate_spots
+from pixnet.ops.dihedral import TTA_TRANSFORMS, group_average
 from pixnet.ops.readout import READOUTS, Readout, get_readout
 from pixnet.predict.spotsets import SpotBlock, SpotSet
 from pixnet.runtime import resolve_device
@@ -59,9 +60,14 @@ class Predictor:
     readout: str
     path: str = ""
     payload_info: dict[str, Any] | None = None
+    tta: int = 1
 
     def __post_init__(self) -> None:
         get_readout(self.readout)  # an unknown name is refused here, not mid-slide
+        if self.tta not in TTA_TRANSFORMS:
+            raise PixNetInputError(
+                "--tta", f"{self.tta}", f"pass one of {', '.join(map(str, TTA_TRANSFORMS))}"
+            )
 
     @property
     def readout_maths(self) -> Readout:
@@ -78,8 +84,12 @@ class Predictor:
 
     def integrand(self, x: torch.Tensor) -> torch.Tensor:
         """The read-out's integrand for input tiles ``x`` (an ensemble's: the members'
-        mean, run one member at a time)."""
-        return model_integrand(self.model, x, self.readout_maths)
+        mean, run one member at a time; with :attr:`tta` > 1, the mean over flipped and
+        turned tiles, :func:`~pixnet.ops.dihedral.group_average`)."""
+        readout = self.readout_maths
+        if self.tta == 1:
+            return model_integrand(self.model, x, readout)
+        return group_average(lambda t: model_integrand(self.model, t, readout), x, self.tta)
 
 
 def network_from_payload(payload: dict[str, Any]) -> PixNet | PixNetEnsemble:
@@ -103,7 +113,7 @@ def network_from_payload(payload: dict[str, Any]) -> PixNet | PixNetEnsemble:
 
 
 def load_predictor(
-    path: str | Path, device: str = "cpu", attention_window_px: int | None = None
+    path: str | Path, device: str = "cpu", attention_window_px: int | None = None, tta: int = 1
 ) -> Predictor:
     """Load ``model.pt`` (weights_only) into an eval-mode :class:`Predictor` on ``device``
     (``"auto"``: this process's GPU when CUDA is available, see :func:`resolve_device`).
@@ -111,7 +121,8 @@ def load_predictor(
     ``attention_window_px`` bounds the decoder attention's reach
     (:func:`~pixnet.models.decoder.set_attention_window`): ``None`` gives it the context
     of training, the model's ``crop_px`` (whole rows for a file without one); ``0``
-    lets every position attend to its whole tile row.
+    lets every position attend to its whole tile row. ``tta``: test-time augmentation,
+    1 (none), 4 or 8 transforms (:data:`~pixnet.ops.dihedral.TTA_TRANSFORMS`).
     """
     payload = load_model_file(path)
     status = payload.get("training") or None
@@ -135,6 +146,7 @@ def load_predictor(
         working_mpp=float(geo["working_mpp"]),
         readout=readout,
         path=str(path),
+        tta=tta,
         payload_info={
             "geometry": dict(geo),
             "readout": dict(payload["readout"]),
