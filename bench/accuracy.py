@@ -214,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         help="PixNet prediction: BatchNorm statistics from the test section's images "
         "(predict --adapt-bn-batches)",
     )
+    ap.add_argument(
+        "--tta",
+        type=int,
+        default=1,
+        choices=[1, 4, 8],
+        help="PixNet prediction: test-time augmentation (predict --tta); with --resume, "
+        "finished models are predicted again, not retrained",
+    )
     ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
     ap.add_argument(
         "--members-from",
@@ -285,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             select=args.select,
             precise_bn_batches=args.precise_bn_batches,
             adapt_bn_batches=args.adapt_bn_batches,
+            tta=args.tta,
             ensemble=args.ensemble,
             resume=args.resume,
             overwrite=not args.resume,

@@ -175,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="PixNet local path into the head (train --local-path)",
     )
+    ap.add_argument(
+        "--tta",
+        type=int,
+        default=1,
+        choices=[1, 4, 8],
+        help="PixNet and spot-crop prediction: test-time augmentation (predict --tta); with "
+        "--resume, finished models are predicted again, not retrained",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     smoothness=args.smoothness,
                     context_stride=args.context_stride,
                     local_path=args.local_path,
+                    tta=args.tta,
                     only_folds=only,
                     resume=args.resume,
                     overwrite=not args.resume,

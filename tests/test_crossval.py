@@ -343,3 +343,35 @@ def test_resume_refuses_folds_trained_with_other_options(
     with pytest.raises(PixNetInputError, match=r"--smoothness 0.0 \(this run: 2.0\)") as e:
         run_crossval(_tiny(out, methods=["pixnet"], smoothness=2.0, **kw), example)  # type: ignore[arg-type]
     assert str(pix / "run" / "config.json") in str(e.value)
+
+
+def test_resume_repredicts_with_test_time_augmentation(
+    cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
+) -> None:
+    """--tta on --resume predicts the finished PixNet and spot-crop models again (neither
+    is retrained); the spot-crop regressor ignores PixNet's tile options."""
+    import shutil
+
+    from pixnet.eval.crossval import SPOTCROP_PREDICT_OPTIONS
+
+    first, src = cv
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    fold = out / "patient-EX1"
+    weights = [fold / "pixnet" / "run" / "model.pt", fold / "spotcrop" / "spotcrop.pt"]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    kw = dict(resume=True, overwrite=False, methods=["spotcrop", "pixnet"])
+    again = run_crossval(_tiny(out, tta=4, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
+    assert not {"patient-EX1/pixnet", "patient-EX1/spotcrop"} & set(again["reused"])
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    for m in ("pixnet", "spotcrop"):
+        rec = again["folds"][0]["methods"][m]
+        assert rec["details"]["tta"] == 4
+        assert rec["fold"] != first["folds"][0]["methods"][m]["fold"]
+    same = run_crossval(_tiny(out, tta=4, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
+    assert {"patient-EX1/pixnet", "patient-EX1/spotcrop"} <= set(same["reused"])
+    cfg = CrossValConfig(samples="x.csv", out="o", tile_px=256)
+    assert prediction_options_differ({"tta": 1}, cfg, SPOTCROP_PREDICT_OPTIONS) == ""
+    assert prediction_options_differ(
+        {}, dataclasses.replace(cfg, tta=8), SPOTCROP_PREDICT_OPTIONS
+    ) == ("--tta 1")

@@ -166,6 +166,14 @@ class CrossValConfig(TrainConfig):
             ge=0,
         ),
     )
+    tta: int = field(
+        default=1,
+        metadata=_h(
+            "PixNet prediction: test-time augmentation over 4 or 8 flipped and turned copies "
+            "of every tile (predict --tta); 1: none",
+            choices=[1, 4, 8],
+        ),
+    )
     title: str = field(default="", metadata=_h("dataset name for the report"))
 
 
@@ -374,6 +382,7 @@ def _run_pixnet(
             tile_px=cfg.tile_px,
             margin_px=cfg.margin_px,
             adapt_bn_batches=cfg.adapt_bn_batches,
+            tta=cfg.tta,
         )
         for s in test_samples
     }
@@ -394,15 +403,21 @@ def _run_pixnet(
 
 # prediction options of a PixNet fold, with the value of caches written before they were
 # recorded: a resumed run re-predicts (without retraining) a fold predicted otherwise
-PREDICT_OPTIONS = {"tile_px": 512, "margin_px": 64, "adapt_bn_batches": 0}
+PREDICT_OPTIONS = {"tile_px": 512, "margin_px": 64, "adapt_bn_batches": 0, "tta": 1}
 
 
-def prediction_options_differ(details: dict[str, Any], cfg: CrossValConfig) -> str:
-    """The prediction options of a cached PixNet fold that differ from ``cfg``, as flags
-    with their cached values ('' when none does)."""
+# the spot-crop regressor's prediction options (one vector per crop: no tiles)
+SPOTCROP_PREDICT_OPTIONS = {"tta": 1}
+
+
+def prediction_options_differ(
+    details: dict[str, Any], cfg: CrossValConfig, options: dict[str, int] = PREDICT_OPTIONS
+) -> str:
+    """The prediction ``options`` of a cached fold that differ from ``cfg``, as flags with
+    their cached values ('' when none does)."""
     differ = [
         f"--{key.replace('_', '-')} {details.get(key, default)}"
-        for key, default in PREDICT_OPTIONS.items()
+        for key, default in options.items()
         if int(details.get(key, default)) != int(getattr(cfg, key))
     ]
     return ", ".join(differ)
@@ -486,8 +501,11 @@ def _run_method(
         crop_px = res.crop_px
         if base == "spotcrop-spot":
             crop_px = B.default_spot_crop_px(next(iter(tests.values())).size_wpx)
-        preds = {k: B.predict_spot_crop(res.model, s, crop_px) for k, s in tests.items()}
+        preds = {
+            k: B.predict_spot_crop(res.model, s, crop_px, tta=cfg.tta) for k, s in tests.items()
+        }
         return preds, {
+            "tta": cfg.tta,
             "applied_crop_px": crop_px,
             "crop_px": res.crop_px,
             "best_epoch": res.best_epoch,
@@ -727,8 +745,10 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
             cached = _load_method(mdir) if cfg.resume else None
             if cfg.resume:
                 check_cached_training(mdir, cached[1] if cached else None, cfg, m, seed)
-            if cached is not None and "model" in cached[1]:  # PixNet: predicted as asked?
-                differ = prediction_options_differ(cached[1], cfg)
+            if cached is not None and ("model" in cached[1] or m.startswith("spotcrop")):
+                # predicted as asked? (PixNet and the spot-crop regressor)
+                options = PREDICT_OPTIONS if "model" in cached[1] else SPOTCROP_PREDICT_OPTIONS
+                differ = prediction_options_differ(cached[1], cfg, options)
                 if differ:
                     log.info(
                         "fold %s: %s was predicted with %s; re-predicting", fold.name, m, differ
