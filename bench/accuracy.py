@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tta",
         type=int,
         default=1,
-        choices=[1, 4, 8],
+        choices=[1, 2, 4, 8],
         help="PixNet prediction: test-time augmentation (predict --tta); with --resume, "
         "finished models are predicted again, not retrained",
     )

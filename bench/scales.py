@@ -137,7 +137,7 @@ class ScalesConfig:
         metadata=help_meta(
             "also predict every PixNet and the spot-crop regressor with test-time "
             "augmentation over this many transforms (predict --tta), a row '<method>-ttaN'",
-            choices=[4, 8],
+            choices=[2, 4, 8],
         ),
     )
     members_from: list[str] = field(

@@ -31,6 +31,7 @@ def test_transforms_are_the_eight_symmetries_and_invert() -> None:
     assert len(seen) == 8  # all distinct
     assert torch.equal(dihedral(x, 4), x.flip(-1)) and torch.equal(dihedral(x, 2), x.flip(-1, -2))
     assert TTA_TRANSFORMS[4] == (0, 2, 4, 6)  # keeps rows as rows
+    assert torch.equal(dihedral(x, TTA_TRANSFORMS[2][1]), x.transpose(-1, -2))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_eight_transforms_make_the_map_exactly_equivariant(
 
 def test_other_transform_counts_are_refused(predictors: dict[int, Predictor]) -> None:
     p = predictors[1]
-    with pytest.raises(PixNetInputError, match="--tta.*1, 4, 8"):
+    with pytest.raises(PixNetInputError, match="--tta.*1, 2, 4, 8"):
         Predictor(model=p.model, panel=p.panel, working_mpp=4.0, readout="mean", tta=3)
 
 

@@ -226,7 +226,7 @@ def predict_spot_crop(
         indices: spots of ``slide`` to predict (default all); ignored with ``centres_wpx``.
         centres_wpx: ``(n, 2)`` (x, y) working-pixel centres to predict at instead (e.g.
             small bins: each gets the crop centred on it).
-        tta: test-time augmentation, the mean prediction over 1, 4 or 8 flipped and
+        tta: test-time augmentation, the mean prediction over 1, 2, 4 or 8 flipped and
             turned copies of each crop (:data:`~pixnet.ops.dihedral.TTA_TRANSFORMS`).
     """
     from pixnet.ops.dihedral import TTA_TRANSFORMS, dihedral

@@ -169,9 +169,9 @@ class CrossValConfig(TrainConfig):
     tta: int = field(
         default=1,
         metadata=_h(
-            "PixNet prediction: test-time augmentation over 4 or 8 flipped and turned copies "
+            "PixNet prediction: test-time augmentation over 2, 4 or 8 flipped and turned copies "
             "of every tile (predict --tta); 1: none",
-            choices=[1, 4, 8],
+            choices=[1, 2, 4, 8],
         ),
     )
     title: str = field(default="", metadata=_h("dataset name for the report"))

@@ -19,9 +19,14 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-# --tta N: which transforms (identity first). 4 keeps rows as rows (flips and a half
-# turn); 8 adds the quarter turns, which swap rows and columns.
-TTA_TRANSFORMS: dict[int, tuple[int, ...]] = {1: (0,), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+# --tta N: which transforms (identity first). 2 adds the transpose (rows become
+# columns); 4 keeps rows as rows (flips and a half turn); 8 is the whole group.
+TTA_TRANSFORMS: dict[int, tuple[int, ...]] = {
+    1: (0,),
+    2: (0, 7),
+    4: (0, 2, 4, 6),
+    8: tuple(range(8)),
+}
 
 
 def dihedral(x: Tensor, k: int) -> Tensor:

@@ -90,11 +90,11 @@ class PredictConfig:
     tta: int = field(
         default=1,
         metadata=_h(
-            "test-time augmentation: average the map over 4 (flips, half turn) or 8 (also "
-            "quarter turns) transformed copies of every tile, each mapped back; cancels "
-            "what the network draws in one orientation only (row stripes), at 4x or 8x "
-            "the network's time; 1: none",
-            choices=[1, 4, 8],
+            "test-time augmentation: average the map over N transformed copies of every "
+            "tile, each mapped back (2: and its transpose; 4: flips and half turn; 8: also "
+            "quarter turns), which cancels what the network draws in one orientation "
+            "only, at N times the network's time; 1: none",
+            choices=[1, 2, 4, 8],
         ),
     )
     adapt_bn_batches: int = field(

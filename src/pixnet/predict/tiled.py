@@ -122,7 +122,7 @@ def load_predictor(
     (:func:`~pixnet.models.decoder.set_attention_window`): ``None`` gives it the context
     of training, the model's ``crop_px`` (whole rows for a file without one); ``0``
     lets every position attend to its whole tile row. ``tta``: test-time augmentation,
-    1 (none), 4 or 8 transforms (:data:`~pixnet.ops.dihedral.TTA_TRANSFORMS`).
+    1 (none), 2, 4 or 8 transforms (:data:`~pixnet.ops.dihedral.TTA_TRANSFORMS`).
     """
     payload = load_model_file(path)
     status = payload.get("training") or None
