@@ -172,6 +172,8 @@ class CrossValConfig(TrainConfig):
             "PixNet prediction: test-time augmentation over 2, 4 or 8 flipped and turned copies "
             "of every tile (predict --tta); 1: none",
             choices=[1, 2, 4, 8],
+            ge=1,
+            le=8,
         ),
     )
     title: str = field(default="", metadata=_h("dataset name for the report"))

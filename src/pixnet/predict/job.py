@@ -95,6 +95,8 @@ class PredictConfig:
             "quarter turns), which cancels what the network draws in one orientation "
             "only, at N times the network's time; 1: none",
             choices=[1, 2, 4, 8],
+            ge=1,
+            le=8,
         ),
     )
     adapt_bn_batches: int = field(
