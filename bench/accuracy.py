@@ -140,6 +140,22 @@ def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
         link.symlink_to(target, target_is_directory=True)
 
 
+def add_tta_flag(ap: argparse.ArgumentParser) -> None:
+    """``--tta N``: PixNet and the spot-crop regressor predicted with test-time
+    augmentation (``predict --tta``); with ``--resume``, finished models are predicted
+    again, not retrained."""
+    from pixnet.ops.dihedral import TTA_TRANSFORMS
+
+    ap.add_argument(
+        "--tta",
+        type=int,
+        default=1,
+        choices=sorted(TTA_TRANSFORMS),
+        help="PixNet and spot-crop prediction: test-time augmentation (predict --tta); with "
+        "--resume, finished models are predicted again, not retrained",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
     from pixnet.io.atomic import atomic_write_text
@@ -214,14 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PixNet prediction: BatchNorm statistics from the test section's images "
         "(predict --adapt-bn-batches)",
     )
-    ap.add_argument(
-        "--tta",
-        type=int,
-        default=1,
-        choices=[1, 2, 4, 8],
-        help="PixNet prediction: test-time augmentation (predict --tta); with --resume, "
-        "finished models are predicted again, not retrained",
-    )
+    add_tta_flag(ap)
     ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
     ap.add_argument(
         "--members-from",

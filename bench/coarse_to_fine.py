@@ -52,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from accuracy import DATASETS, dataset_manifest  # noqa: E402
+from accuracy import DATASETS, add_tta_flag, dataset_manifest  # noqa: E402
 
 FULL_EPOCHS = 20
 ALL_METHODS = [
@@ -175,14 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="PixNet local path into the head (train --local-path)",
     )
-    ap.add_argument(
-        "--tta",
-        type=int,
-        default=1,
-        choices=[1, 2, 4, 8],
-        help="PixNet and spot-crop prediction: test-time augmentation (predict --tta); with "
-        "--resume, finished models are predicted again, not retrained",
-    )
+    add_tta_flag(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -62,6 +62,7 @@ from pixnet.cli_options import help_meta
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel, fit_gene_panel
 from pixnet.data.synthetic import SYNTHETIC_GENES, synthetic_field
 from pixnet.io.sample import Sample
+from pixnet.ops.dihedral import TTA_TRANSFORMS
 from pixnet.train.config import TrainConfig
 
 log = logging.getLogger("bench.scales")
@@ -137,7 +138,7 @@ class ScalesConfig:
         metadata=help_meta(
             "also predict every PixNet and the spot-crop regressor with test-time "
             "augmentation over this many transforms (predict --tta), a row '<method>-ttaN'",
-            choices=[2, 4, 8],
+            choices=[n for n in TTA_TRANSFORMS if n > 1],
         ),
     )
     members_from: list[str] = field(

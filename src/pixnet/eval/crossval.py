@@ -56,6 +56,7 @@ from pixnet.eval.evaluate import json_safe
 from pixnet.eval.metrics import METRICS, evaluate_slides
 from pixnet.io.atomic import atomic_write, atomic_write_text, check_output_folder
 from pixnet.io.sample import Sample
+from pixnet.ops.dihedral import TTA_TRANSFORMS
 from pixnet.ops.readout import READOUTS
 from pixnet.train.config import TrainConfig
 
@@ -169,9 +170,9 @@ class CrossValConfig(TrainConfig):
     tta: int = field(
         default=1,
         metadata=_h(
-            "PixNet prediction: test-time augmentation over 2, 4 or 8 flipped and turned copies "
-            "of every tile (predict --tta); 1: none",
-            choices=[1, 2, 4, 8],
+            "PixNet and spot-crop prediction: test-time augmentation over 2, 4 or 8 "
+            "flipped and turned copies of every tile or crop (predict --tta); 1: none",
+            choices=sorted(TTA_TRANSFORMS),
             ge=1,
             le=8,
         ),

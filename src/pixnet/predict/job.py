@@ -34,6 +34,7 @@ from pixnet.io.prediction import PredictionInfo, PredictionWriter, SlideRecord, 
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
+from pixnet.ops.dihedral import TTA_TRANSFORMS
 from pixnet.predict.adapt import adapt_batchnorm
 from pixnet.predict.dense_map import dense_map_writer
 from pixnet.predict.limits import check_output_space, check_prediction_memory
@@ -94,7 +95,7 @@ class PredictConfig:
             "tile, each mapped back (2: and its transpose; 4: flips and half turn; 8: also "
             "quarter turns), which cancels what the network draws in one orientation "
             "only, at N times the network's time; 1: none",
-            choices=[1, 2, 4, 8],
+            choices=sorted(TTA_TRANSFORMS),
             ge=1,
             le=8,
         ),
