@@ -334,43 +334,59 @@ def eval_regions(sample: Sample, scales_um: list[float], max_bins: int, seed: in
 # -- predictions --------------------------------------------------------------------------
 
 
-def ensemble_of_runs(folders: list[str], name: str, out_model: Path) -> Path:
-    """``out_model``: one ensemble file of the finished ``<folder>/<name>/model.pt`` runs.
+def pixnet_variants(cfg: ScalesConfig) -> list[tuple[str, str, str, float, str]]:
+    """``(name, readout, attention, smoothness, head)`` of every PixNet the run makes."""
+    out = []
+    for r in cfg.readouts:
+        for a in cfg.attentions:
+            for w in cfg.smoothness:
+                for h in cfg.heads:
+                    name = f"pixnet-{r}" + ("" if a == "preset" else f"-{a}")
+                    name += f"-sm{w:g}" if w else ""
+                    name += "" if h == "stride2" else f"-{h}"
+                    out.append((name, r, a, w, h))
+    return out
+
+
+def check_member_runs(cfg: ScalesConfig) -> None:
+    """With ``--members-from``, before any work: every PixNet variant has a finished run
+    in every folder, and so has the spot-crop regressor (all ``--epochs``, so reading it
+    back trains nothing).
 
     Raises:
-        PixNetInputError: a folder without a finished run of ``name``.
+        PixNetInputError: naming the run's file and what is missing.
     """
     from pixnet.errors import PixNetInputError
-    from pixnet.train.ensemble import combine_model_files, finished_member
+    from pixnet.train.ensemble import finished_member
+
+    for name, *_ in pixnet_variants(cfg):
+        for d in cfg.members_from:
+            p = Path(d) / name / "model.pt"
+            if not finished_member(p):
+                raise PixNetInputError(
+                    p, f"no finished run of {name}", "train it there first, or leave out the folder"
+                )
+    for d in cfg.members_from if cfg.spotcrop else []:
+        log_path = Path(d) / "spotcrop" / "log.jsonl"
+        n = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
+        if n < cfg.epochs:
+            raise PixNetInputError(
+                log_path,
+                f"{n} of {cfg.epochs} spot-crop epochs trained",
+                "finish that run, or pass the --epochs it was trained with",
+            )
+
+
+def ensemble_of_runs(folders: list[str], name: str, out_model: Path) -> Path:
+    """``out_model``: one ensemble file of the ``<folder>/<name>/model.pt`` runs (checked
+    by :func:`check_member_runs`); the run itself for one folder."""
+    from pixnet.train.ensemble import combine_model_files
 
     paths = [Path(d) / name / "model.pt" for d in folders]
-    for p in paths:
-        if not finished_member(p):
-            raise PixNetInputError(
-                p, f"no finished run of {name}", "train it there first, or leave out the folder"
-            )
     if len(paths) == 1:
         return paths[0]
     out_model.parent.mkdir(parents=True, exist_ok=True)
     return combine_model_files(paths, out_model, overwrite=True)
-
-
-def check_finished_spotcrop(run: Path, epochs: int) -> None:
-    """A spot-crop run folder that trained all ``epochs`` (so reading it back trains nothing).
-
-    Raises:
-        PixNetInputError: naming ``run/log.jsonl`` and what is missing.
-    """
-    from pixnet.errors import PixNetInputError
-
-    log_path = run / "log.jsonl"
-    n = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
-    if n < epochs:
-        raise PixNetInputError(
-            log_path,
-            f"{n} of {epochs} spot-crop epochs trained",
-            "finish that run, or pass the --epochs it was trained with",
-        )
 
 
 def predict_pixnet(
@@ -440,6 +456,8 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     from pixnet.train.loop import train
 
     t_start = time.perf_counter()
+    if cfg.members_from:
+        check_member_runs(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     field_mpp = cfg.field_mpp or cfg.working_mpp
@@ -488,18 +506,8 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
-    variants = [
-        (r, a, w, h)
-        for r in cfg.readouts
-        for a in cfg.attentions
-        for w in cfg.smoothness
-        for h in cfg.heads
-    ]
-    for readout, attention, weight, head in variants:
+    for name, readout, attention, weight, head in pixnet_variants(cfg):
         t0 = time.perf_counter()
-        name = f"pixnet-{readout}" + ("" if attention == "preset" else f"-{attention}")
-        name += f"-sm{weight:g}" if weight else ""
-        name += "" if head == "stride2" else f"-{head}"
         run = out / name
         model = run / "model.pt"
         if cfg.members_from:
@@ -544,10 +552,9 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         sx, sy = slide.scale_xy
         runs = [Path(d) / "spotcrop" for d in cfg.members_from] or [out / "spotcrop"]
         members = []
+        if cfg.members_from:  # finished runs (check_member_runs) are read back, not trained
+            tcfg = dataclasses.replace(tcfg, resume=True, overwrite=False)
         for run in runs:
-            if cfg.members_from:  # a finished run is read back, not trained further
-                check_finished_spotcrop(run, cfg.epochs)
-                tcfg = dataclasses.replace(tcfg, resume=True, overwrite=False)
             res = train_spot_crop(tcfg, data, cfg.spot_crop_px, out=run)
             by_tta: dict[int, list[np.ndarray]] = {}
             for n in [1, *cfg.tta]:
@@ -567,9 +574,11 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                 np.mean(ps, axis=0) for ps in zip(*(m[n] for m in members), strict=True)
             ]
         seconds["spotcrop"] = round(time.perf_counter() - t0, 1)
-        details["spotcrop"] = {"best_epoch": res.best_epoch, "crop_px": res.crop_px}
-        if cfg.members_from:
-            details["spotcrop"] = {"members": [str(r) for r in runs], "crop_px": res.crop_px}
+        details["spotcrop"] = (
+            {"members": [str(r) for r in runs], "crop_px": res.crop_px}
+            if cfg.members_from
+            else {"best_epoch": res.best_epoch, "crop_px": res.crop_px}
+        )
     preds["mean"] = [np.broadcast_to(train_mean, t.shape) for t in truth]
     seconds["mean"] = 0.0
 
