@@ -18,7 +18,7 @@ section's spots, and extrapolates (b) to the bin counts from a timed subset ("~"
 (``pixnet train --ensemble``), which predict one member after another.
 ``--parts heads --heads stride2 stride8 stride8-local --bins 2`` times random models of
 each decoder head (``--context-stride``, ``--local-path``) and their forward passes
-against the encoder alone.
+against the encoder alone; ``--tta 1 4 8`` adds each head predicted with ``--tta``.
 Without ``--model`` a randomly initialised ``cpu``-preset model with 250 genes is used:
 speed and memory do not depend on the weights. Prints a Markdown report.
 """
@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from pixnet.ops.dihedral import TTA_TRANSFORMS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -157,10 +159,18 @@ def forward_seconds(net: torch.nn.Module, imgs: list[np.ndarray], batch: int = 2
     return time.perf_counter() - t
 
 
-def heads_part(manifest: str, sample: str, tmp: Path, heads: list[str], bins: list[float]) -> None:
+def heads_part(
+    manifest: str,
+    sample: str,
+    tmp: Path,
+    heads: list[str],
+    bins: list[float],
+    tta: list[int],
+) -> None:
     """``pixnet predict`` with random models of each decoder head (``--context-stride``,
-    ``--local-path``), side by side, for the section's own spots and each bin size; then
-    the forward pass of each over the same tissue tiles against the encoder alone."""
+    ``--local-path``) and each ``--tta`` count, side by side, for the section's own spots
+    and each bin size; then the forward pass of each head over the same tissue tiles
+    against the encoder alone."""
     from pixnet.io.manifest import load_manifest
     from pixnet.io.slide import open_slide
     from pixnet.io.tissue import tissue_mask
@@ -173,9 +183,13 @@ def heads_part(manifest: str, sample: str, tmp: Path, heads: list[str], bins: li
     rows = []
     for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
         for head, model in models.items():
-            r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b)
-            rows.append((label, head, r["wall_s"], r["peak_rss_mib"]))
-            print(f"{label}, {head}: {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
+            for n in tta:
+                name = head if n == 1 else f"{head} --tta {n}"
+                extra = () if n == 1 else ("--tta", str(n))
+                r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b, extra)
+                rows.append((label, name, r["wall_s"], r["peak_rss_mib"]))
+                rss = r["peak_rss_mib"]
+                print(f"{label}, {name}: {r['wall_s']:.1f} s, {rss:.0f} MiB", flush=True)
     (smp,) = load_manifest(ROOT / manifest, [sample])
     torch.set_grad_enabled(False)
     forward: dict[str, float] = {}
@@ -195,7 +209,7 @@ def heads_part(manifest: str, sample: str, tmp: Path, heads: list[str], bins: li
     print("|---|---:|---:|")
     for name, sec in forward.items():
         print(f"| {name} | {sec:.1f} | {sec / enc:.1f}x |")
-    print("\n| prediction | head | wall s | / encoder alone | / stride2 | peak RSS MiB |")
+    print(f"\n| prediction | head | wall s | / encoder alone | / {heads[0]} | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|")
     base = {label: wall for label, head, wall, _ in rows if head == heads[0]}
     for label, head, wall, rss in rows:
@@ -449,6 +463,14 @@ def main() -> None:
         help="decoder heads for --parts heads: strideS or strideS-local (train "
         "--context-stride S, --local-path); the first is the reference",
     )
+    ap.add_argument(
+        "--tta",
+        type=int,
+        nargs="+",
+        choices=sorted(TTA_TRANSFORMS),
+        default=[1],
+        help="for --parts heads: predict each head with each of these --tta counts",
+    )
     ap.add_argument("--members", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--dense-genes", nargs="+", default=["G0", "G1", "G2", "G3"])
     ap.add_argument(
@@ -484,7 +506,7 @@ def main() -> None:
     if "ensemble" in args.parts:
         ensemble_part(args.samples, args.sample, tmp, args.members, args.bins)
     if "heads" in args.parts:
-        heads_part(args.samples, args.sample, tmp, args.heads, args.bins)
+        heads_part(args.samples, args.sample, tmp, args.heads, args.bins, args.tta)
     if "speed" not in args.parts:
         shutil.rmtree(tmp, ignore_errors=True)
         return
