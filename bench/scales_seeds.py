@@ -146,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             run["metrics"] = {**run["metrics"], REFERENCE: ref["metrics"][REFERENCE]}
     keys = [
-        {k: v for k, v in r["config"].items() if k not in ("seed", "out", "results")} for r in runs
+        {
+            k: v
+            for k, v in r["config"].items()
+            if k not in ("seed", "out", "results", "members_from")
+        }
+        for r in runs
     ]
     if any(k != keys[0] for k in keys):
         print("error: the runs differ in more than their seed and paths", file=sys.stderr)

@@ -261,6 +261,12 @@ def test_seeds_are_combined_and_paired_against_the_spot_crop_run(
     assert "| 2/2 |" in merged  # both seeds beat the regressor in both metrics
     assert seeds_mod.main([*map(str, paths), "--merge", *map(str, extra[::-1])]) == 2
 
+    # each seed re-scored from its own --members-from folder: a path, not a difference
+    for k, r in enumerate(runs):
+        r["config"]["members_from"] = [f"runs/s{k}"]
+        paths[k].write_text(json.dumps(r))
+    assert seeds_mod.main([*map(str, paths)]) == 0
+
     runs[1]["config"]["epochs"] = 20  # runs that differ in more than the seed are refused
     paths[1].write_text(json.dumps(runs[1]))
     assert seeds_mod.main([*map(str, paths)]) == 2
