@@ -116,7 +116,7 @@ def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
     from pixnet.train.ensemble import MEMBER_SEED_STEP, finished_member, member_dir
 
     links = []
-    for fold in folds:
+    for k_fold, fold in enumerate(folds):
         if cfg.only_folds and fold.name not in cfg.only_folds:
             continue
         runs = [method_dir(root, fold.name, "pixnet") / "run" for root in roots]
@@ -130,6 +130,12 @@ def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
             raise SystemExit(
                 f"error: {fold.name}: the runs have seeds {seeds}, an ensemble's members "
                 f"{want}; pass the --out folders of --seed S, S+{MEMBER_SEED_STEP}, ... in order"
+            )
+        if seeds[0] != cfg.seed + k_fold:  # fold k trains with seed + k (crossval)
+            raise SystemExit(
+                f"error: {fold.name}: member 0 was trained with seed {seeds[0]}, this run's "
+                f"--seed {cfg.seed} gives {cfg.seed + k_fold}; pass --seed {seeds[0] - k_fold}, "
+                "the seed of the first --members-from run, so the results record it"
             )
         run_dir = method_dir(Path(cfg.out), fold.name, "pixnet") / "run"
         links += [(member_dir(run_dir, k), run.resolve()) for k, run in enumerate(runs)]

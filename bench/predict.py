@@ -19,6 +19,8 @@ section's spots, and extrapolates (b) to the bin counts from a timed subset ("~"
 ``--parts heads --heads stride2 stride8 stride8-local --bins 2`` times random models of
 each decoder head (``--context-stride``, ``--local-path``) and their forward passes
 against the encoder alone; ``--tta 1 4 8`` adds each head predicted with ``--tta``.
+``--parts fast --bins 2 --tta 1 2 4 8 --reference-src ../before/src`` times the prediction
+copy (:mod:`pixnet.models.inference`) at each ``--tta`` count against another checkout.
 Without ``--model`` a randomly initialised ``cpu``-preset model with 250 genes is used:
 speed and memory do not depend on the weights. Prints a Markdown report.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,11 +154,16 @@ def ensemble_part(
         print(f"| {label} | {size} | {wall:.1f} | {wall / size:.1f} | {ratio} | {rss:.0f} |")
 
 
-def forward_seconds(net: torch.nn.Module, imgs: list[np.ndarray], batch: int = 2) -> float:
-    """Wall seconds of ``net`` over ``imgs`` (``(H, W, 3)`` uint8 tiles), ``batch`` at a time."""
+def forward_seconds(
+    net: Any, imgs: list[np.ndarray], batch: int = 2, channels_last: bool = False
+) -> float:
+    """Wall seconds of ``net`` over ``imgs`` (``(H, W, 3)`` uint8 tiles), ``batch`` at a
+    time; ``channels_last``: tiles in that layout (as the prediction copy takes them)."""
     t = time.perf_counter()
     for i in range(0, len(imgs), batch):
         x = torch.from_numpy(np.stack(imgs[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         net(x)
     return time.perf_counter() - t
 
@@ -219,6 +228,70 @@ def heads_part(
         )
 
 
+def fast_part(
+    model: Path,
+    manifest: str,
+    sample: str,
+    tmp: Path,
+    bins: list[float],
+    tta: list[int],
+    reference_src: str,
+) -> None:
+    """The prediction copy of the network (:func:`~pixnet.models.inference.inference_network`):
+    whole-slide ``pixnet predict`` for each bin size and ``--tta`` count, and with
+    ``reference_src`` the same with that checkout's code (e.g. from before the copy), side
+    by side; then the forward passes of the network and of its copy, and the copy with
+    each ``--tta`` count, over the same tissue tiles, against the encoder alone. The floor
+    is the faster of the two encoders (the copy's)."""
+    from pixnet.io.manifest import load_manifest
+    from pixnet.io.slide import open_slide
+    from pixnet.io.tissue import tissue_mask
+    from pixnet.models.inference import inference_network
+    from pixnet.predict.tiled import Predictor, load_predictor
+
+    codes = [("today", "")] + ([("reference", reference_src)] if reference_src else [])
+    rows = []
+    for label, b in [(f"{v:g} um bins", [v]) for v in bins] or [("own spots", [])]:
+        for code, src in codes:
+            for n in tta if code == "today" else tta[:1]:
+                extra = () if n == 1 else ("--tta", str(n))
+                r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b, extra, src)
+                rows.append((label, code, n, r["wall_s"], r["peak_rss_mib"]))
+                print(f"{label}, {code}, tta {n}: {r['wall_s']:.1f} s", flush=True)
+    (smp,) = load_manifest(ROOT / manifest, [sample])
+    pred = load_predictor(model)
+    net = inference_network(pred.model)
+    forward: dict[str, float] = {}
+    with torch.inference_mode(), open_slide(smp.image_path, mpp=smp.mpp) as slide:
+        thumb, tmpp = slide.thumbnail(1024)
+        locs, side = tissue_tiles(slide, tissue_mask(thumb), tmpp, pred.working_mpp, 512, 64)
+        imgs = [slide.read_rect(loc, (side, side), pred.working_mpp) for loc in locs]
+        forward["encoder alone"] = forward_seconds(pred.model.encoder, imgs)
+        forward["encoder alone, copy"] = forward_seconds(net.encoder, imgs, channels_last=True)
+        forward["PixNet"] = forward_seconds(pred.model, imgs)
+        forward["PixNet, copy"] = forward_seconds(net, imgs, channels_last=True)
+        for n in tta:
+            if n > 1:
+                p = Predictor(pred.model, pred.panel, pred.working_mpp, pred.readout, tta=n)
+                forward[f"PixNet, copy, --tta {n}"] = forward_seconds(
+                    lambda x, p=p: p.integrand(x, net), imgs
+                )
+    floor = min(forward["encoder alone"], forward["encoder alone, copy"])
+    print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes:\n")
+    print("| network | forward s | / encoder floor |")
+    print("|---|---:|---:|")
+    for name, sec in forward.items():
+        print(f"| {name} | {sec:.1f} | {sec / floor:.1f}x |")
+    print("\n| prediction | code | --tta | wall s | / encoder floor | / reference | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    ref = {label: wall for label, code, n, wall, _ in rows if (code, n) == (codes[-1][0], tta[0])}
+    for label, code, n, wall, rss in rows:
+        print(
+            f"| {label} | {code} | {n} | {wall:.1f} | {wall / floor:.1f}x | "
+            f"{wall / ref[label]:.2f}x | {rss:.0f} |"
+        )
+
+
 def run_predict(
     model: Path,
     manifest: str,
@@ -226,9 +299,11 @@ def run_predict(
     out: Path,
     bins: list[float],
     extra: tuple[str, ...] = (),
+    src: str = "",
 ) -> dict:
     """One ``pixnet predict`` (plus ``extra`` flags) in a child process: wall seconds,
-    peak RSS, rows written."""
+    peak RSS, rows written. ``src``: run the ``pixnet`` package of that ``src`` folder
+    (another checkout) instead of the installed one."""
     cmd = [
         *PIXNET,
         "predict",
@@ -247,7 +322,8 @@ def run_predict(
         cmd += ["--bins-um", *[f"{b:g}" for b in bins]]
     cmd += list(extra)
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": src} if src else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     wall = time.perf_counter() - t
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
@@ -448,12 +524,14 @@ def main() -> None:
         "--parts",
         nargs="+",
         default=["speed"],
-        choices=["speed", "dense", "large", "ensemble", "window", "heads"],
+        choices=["speed", "dense", "large", "ensemble", "window", "heads", "fast"],
         help="speed: the table below; dense: dense map vs 2 um .h5ad on --sample; "
         "large: generated 0.25 um/px slides with tissue islands (--large-slides); "
         "ensemble: ensembles of --members sizes (own spots and --bins); "
         "window: whole-row attention against the default window (own spots and --bins); "
-        "heads: models of each --heads decoder head (own spots and --bins)",
+        "heads: models of each --heads decoder head (own spots and --bins); "
+        "fast: the prediction copy of the network at each --tta count, against "
+        "--reference-src (--bins)",
     )
     ap.add_argument(
         "--heads",
@@ -469,7 +547,13 @@ def main() -> None:
         nargs="+",
         choices=sorted(TTA_TRANSFORMS),
         default=[1],
-        help="for --parts heads: predict each head with each of these --tta counts",
+        help="for --parts heads and fast: predict with each of these --tta counts",
+    )
+    ap.add_argument(
+        "--reference-src",
+        default="",
+        help="for --parts fast: the src folder of another checkout (e.g. a git worktree of "
+        "the commit before), predicted side by side with --tta 1",
     )
     ap.add_argument("--members", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--dense-genes", nargs="+", default=["G0", "G1", "G2", "G3"])
@@ -484,6 +568,7 @@ def main() -> None:
     from pixnet.io.manifest import load_manifest
     from pixnet.io.slide import open_slide
     from pixnet.io.tissue import tissue_mask
+    from pixnet.models.inference import inference_network
     from pixnet.models.registry import pooled_features
     from pixnet.models.resnet import ResNet18Encoder
     from pixnet.predict.tiled import load_predictor
@@ -507,6 +592,8 @@ def main() -> None:
         ensemble_part(args.samples, args.sample, tmp, args.members, args.bins)
     if "heads" in args.parts:
         heads_part(args.samples, args.sample, tmp, args.heads, args.bins, args.tta)
+    if "fast" in args.parts:
+        fast_part(model, args.samples, args.sample, tmp, args.bins, args.tta, args.reference_src)
     if "speed" not in args.parts:
         shutil.rmtree(tmp, ignore_errors=True)
         return
@@ -529,8 +616,13 @@ def main() -> None:
         t = time.perf_counter()
         imgs = [slide.read_rect(loc, (side, side), pred.working_mpp) for loc in locs]
         t_read = time.perf_counter() - t
-        t_enc = forward_seconds(pred.model.encoder.eval(), imgs)
-        t_full = forward_seconds(pred.model, imgs)
+        # what pixnet predict runs: the prediction copy; the floor: the faster encoder
+        net = inference_network(pred.model)
+        t_enc = min(
+            forward_seconds(pred.model.encoder.eval(), imgs),
+            forward_seconds(net.encoder, imgs, channels_last=True),
+        )
+        t_full = forward_seconds(net, imgs, channels_last=True)
         # crop-per-spot predictor: ResNet18 + linear head, 224 px crops at the working mpp
         cnn = ResNet18Encoder().eval()
         head = torch.nn.Linear(512, 250)

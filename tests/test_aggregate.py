@@ -74,6 +74,30 @@ def test_square_aligned_to_cells_is_exact_sum() -> None:
         assert float(area[0]) == 4.0
 
 
+def test_direct_gather_reads_only_the_cells_squares_overlap() -> None:
+    """The gather's width comes from the squares themselves: bins nested in map cells
+    (2 um bins on 4 um cells) read one cell each, and a batch mixing them with squares
+    that straddle cell edges or end exactly on one matches the row prefix sums."""
+    rng = np.random.default_rng(5)
+    maps = torch.tensor(rng.normal(size=(1, 3, 10, 12)))
+    j = torch.arange(40, dtype=torch.float64)
+    nested = torch.stack([(j % 20 + 0.5) * 0.5, (j // 20 + 0.5) * 0.5 + 3.0], 1)
+    integ, area = integrate_squares(maps, nested, 0.5)
+    cells = maps[0, :, nested[:, 1].long(), nested[:, 0].long()].T  # the cell each bin is in
+    torch.testing.assert_close(integ, 0.25 * cells, rtol=0, atol=1e-12)
+    assert torch.all(area == 0.25)
+    mixed = torch.cat(
+        [nested, torch.tensor(rng.uniform(0, 10, size=(30, 2))), torch.tensor([[2.5, 2.5]])]
+    )
+    sides = torch.cat(
+        [torch.full((40,), 0.5), torch.tensor(rng.uniform(0.1, 3.0, 30)), torch.tensor([3.0])]
+    )
+    direct = integrate_squares(maps, mixed, sides, chunk=16)
+    rows = integrate_squares(maps, mixed, sides, direct_max_side=0.0)
+    torch.testing.assert_close(direct[0], rows[0])
+    torch.testing.assert_close(direct[1], rows[1])
+
+
 def test_many_spots_batched_and_vectorised() -> None:
     rng = np.random.default_rng(2)
     maps = torch.tensor(rng.normal(size=(3, 4, 12, 12)))

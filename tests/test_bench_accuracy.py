@@ -82,6 +82,12 @@ def test_members_from_seed_runs_and_the_seed_spread_table(
         accuracy.main(
             [*common, "--out", str(tmp_path / "bad"), "--members-from", *map(str, runs[::-1])]
         )
+    # the ensemble's results record member 0's seed: another --seed is refused
+    with pytest.raises(SystemExit, match="pass --seed 0, the seed of the first"):
+        accuracy.main(
+            [*common, "--seed", "1000", "--out", str(tmp_path / "bad"), "--members-from"]
+            + list(map(str, runs))
+        )
     assert not (tmp_path / "bad" / "example" / "EX1" / "pixnet").exists()
     models = [r / "example" / "EX1" / "pixnet" / "run" / "model.pt" for r in runs]
     stamps = [m.stat().st_mtime_ns for m in models]

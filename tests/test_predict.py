@@ -120,11 +120,12 @@ def test_bins_cover_tissue_and_skip_background(slide_png: Path) -> None:
         mask = tissue_mask(thumb)
         grid = BinGrid(16.0, 2.0, slide.size_px, mask, tmpp)
         assert 0 < len(grid) < (400 // 8 + 1) * (330 // 8 + 1)
-        ids, rows = [], []
+        ids, rows, centres = [], [], []
 
         def sink(k, block, values):
             ids.extend(block.ids)
             rows.extend(block.rows.tolist())
+            centres.extend(block.centres_px.tolist())
             assert np.isfinite(values).all()
             # a bin's value is the mean of the local map over the bin
             assert values.shape == (len(block.rows), 3)
@@ -134,6 +135,8 @@ def test_bins_cover_tissue_and_skip_background(slide_png: Path) -> None:
         )
     assert sorted(rows) == list(range(len(grid)))
     assert len(set(ids)) == len(ids) and ids[0].startswith("s_016um_")
+    # Space Ranger's names: s_016um_{row:05d}_{col:05d} of the bin's 8 px square
+    assert ids == [f"s_016um_{int(y // 8):05d}_{int(x // 8):05d}" for x, y in centres]
     assert stats["tiles_run"] > 0
 
 

@@ -79,6 +79,9 @@ class CompositeBlock(nn.Module):
     Shapes: ``(B, in_ch, H, W) -> (B, out_ch, H, W)``.
     """
 
+    conv_bn_pairs = (("dw", "bn1"), ("pw", "bn2"))
+    """(conv, BatchNorm that follows it): folded for prediction (:mod:`pixnet.models.inference`)."""
+
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         self.dw = nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False)
@@ -273,6 +276,8 @@ class LocalPath(nn.Module):
 
     Shapes: ``(B, in_ch, H/2, W/2) -> (B, out_ch, H/2, W/2)``.
     """
+
+    conv_bn_pairs = (("pw1", "bn1"), ("pw2", "bn2"))
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()

@@ -91,7 +91,7 @@ class SameConv2d(nn.Conv2d):
         pad_w = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
 
 
 def _bn(ch: int) -> nn.BatchNorm2d:
@@ -101,6 +101,12 @@ def _bn(ch: int) -> nn.BatchNorm2d:
 class MBConvBlock(nn.Module):
     """Inverted residual without SE: [1x1 expand -> BN -> ReLU6] -> depthwise kxk -> BN ->
     ReLU6 -> 1x1 project -> BN (+ input when stride 1 and in == out)."""
+
+    conv_bn_pairs = (
+        ("_expand_conv", "_bn0"),
+        ("_depthwise_conv", "_bn1"),
+        ("_project_conv", "_bn2"),
+    )
 
     def __init__(self, kernel: int, stride: int, expand: int, in_ch: int, out_ch: int) -> None:
         super().__init__()
@@ -134,6 +140,7 @@ class EfficientNetLiteEncoder(nn.Module):
 
     input_mean: Tensor
     input_std: Tensor
+    conv_bn_pairs = (("_conv_stem", "_bn0"),)
 
     def __init__(
         self,

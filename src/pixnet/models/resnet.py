@@ -40,6 +40,8 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("downsample.0", "downsample.1"))
+    """(conv, BatchNorm that follows it): folded for prediction (:mod:`pixnet.models.inference`)."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
@@ -85,6 +87,7 @@ class ResNet18Encoder(nn.Module):
     strides: tuple[int, int, int, int, int] = (2, 4, 8, 16, 32)
     input_mean: Tensor
     input_std: Tensor
+    conv_bn_pairs = (("conv1", "bn1"),)
 
     def __init__(self, normalize: bool = True) -> None:
         super().__init__()

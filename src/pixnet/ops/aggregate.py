@@ -169,10 +169,15 @@ def _integrate_squares_direct(
     """Small squares by direct gather: each cell's weight is its overlap area.
 
     Exact, needs no prefix sums (so no loss of precision on large maps), and costs
-    ``(ceil(side) + 1) ** 2`` gathers per square.
+    ``k ** 2`` gathers per square, ``k`` the most cells any square overlaps along an
+    axis (at most ``ceil(side) + 1``; 1 for bins that nest in map cells, e.g. 2 um bins
+    on 4 um cells, whatever their size in pixels).
     """
     B, G, H, W = maps.shape
-    k = int(math.ceil(2.0 * float(half.max()))) + 1
+    # cells a square overlaps with positive length: floor(a) .. ceil(b) - 1 on each axis,
+    # computed from the same float values as below, so no overlapping cell is left out
+    lo, hi = centres - half.unsqueeze(1), centres + half.unsqueeze(1)
+    k = max(1, int((hi.ceil() - lo.floor()).max()))
     off = torch.arange(k, device=maps.device)
     chunk = _chunk_size(chunk, k * k * G)
     integrals, areas = [], []

@@ -136,6 +136,7 @@ class BinGrid(SpotSet):
         bottoms = (np.arange(self.n_rows) + 1) * self.side_px
         band = np.searchsorted(band_edges_px[1:-1], bottoms, side="right")
         tag = f"{int(round(self.size_um)):03d}um"
+        col_ids = [f"_{j:05d}" for j in range(self.n_cols)]  # formatted once, not per bin
         for k in range(len(band_edges_px) - 1):
             rows_out: list[np.ndarray] = []
             ids: list[str] = []
@@ -146,7 +147,8 @@ class BinGrid(SpotSet):
                     continue
                 start = self._row_start[i]
                 rows_out.append(np.arange(start, start + len(keep)))
-                ids.extend(f"s_{tag}_{int(i):05d}_{int(j):05d}" for j in keep)
+                prefix = f"s_{tag}_{int(i):05d}"
+                ids.extend([prefix + col_ids[j] for j in keep.tolist()])
                 cents.append(
                     np.stack(
                         [(keep + 0.5) * self.side_px, np.full(len(keep), (i + 0.5) * self.side_px)],

@@ -36,6 +36,7 @@ from pixnet.io.slide import Slide
 from pixnet.io.tissue import tissue_fraction_in_rect
 from pixnet.models.decoder import set_attention_window
 from pixnet.models.ensemble import PixNetEnsemble, model_integrand
+from pixnet.models.inference import as_input, inference_network
 from pixnet.models.pixnet import PixNet, PixNetConfig, model_device
 from pixnet.ops.aggregate import integrate_spots
 from pixnet.ops.dihedral import TTA_TRANSFORMS, group_average
@@ -82,14 +83,22 @@ class Predictor:
         """1 for a single model, K for an ensemble."""
         return len(self.model) if isinstance(self.model, PixNetEnsemble) else 1
 
-    def integrand(self, x: torch.Tensor) -> torch.Tensor:
+    def integrand(self, x: torch.Tensor, network: torch.nn.Module | None = None) -> torch.Tensor:
         """The read-out's integrand for input tiles ``x`` (an ensemble's: the members'
         mean, run one member at a time; with :attr:`tta` > 1, the mean over flipped and
-        turned tiles, :func:`~pixnet.ops.dihedral.group_average`)."""
+        turned tiles, :func:`~pixnet.ops.dihedral.group_average`).
+
+        ``network``: the :func:`~pixnet.models.inference.inference_network` of
+        :attr:`model` to run instead of it (same outputs, faster); made by the caller
+        once per slide, after any BatchNorm adaptation.
+        """
         readout = self.readout_maths
-        if self.tta == 1:
-            return model_integrand(self.model, x, readout)
-        return group_average(lambda t: model_integrand(self.model, t, readout), x, self.tta)
+        net = self.model if network is None else network
+
+        def run(t: torch.Tensor) -> torch.Tensor:
+            return model_integrand(net, t if network is None else as_input(t, net), readout)
+
+        return run(x) if self.tta == 1 else group_average(run, x, self.tta)
 
 
 def network_from_payload(payload: dict[str, Any]) -> PixNet | PixNetEnsemble:
@@ -197,6 +206,7 @@ def predict_slide(
     if tile_px % 32 or margin_px % 16:
         raise ValueError("tile_px must be a multiple of 32 and margin_px of 16")
     model, s, readout = predictor.model, predictor.stride, predictor.readout_maths
+    net = inference_network(model)  # after any BatchNorm adaptation of ``model``
     G = predictor.panel.n_genes
     w_mpp, f_mpp = predictor.working_mpp, slide.mpp
     to_full = w_mpp / f_mpp  # full-resolution px per working px
@@ -243,7 +253,7 @@ def predict_slide(
                 x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
                 with torch.inference_mode():
                     x = x.to(model_device(model))
-                    maps = predictor.integrand(x).float().cpu()
+                    maps = predictor.integrand(x, net).float().cpu()
                 for (tx, _), m in zip(chunk, maps, strict=True):
                     buf[:G, keep:, tx * tc : (tx + 1) * tc] = m[:, mc : mc + tc, mc : mc + tc]
                     buf[G, keep:, tx * tc : (tx + 1) * tc] = 1.0
@@ -332,7 +342,8 @@ def dense_map_region(
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div_(255.0)
     with torch.inference_mode():
         x = x.to(model_device(predictor.model))
-        vals = predictor.readout_maths.values_from_integrand(predictor.integrand(x), float(s * s))
+        integ = predictor.integrand(x, inference_network(predictor.model))
+        vals = predictor.readout_maths.values_from_integrand(integ, float(s * s))
         vals = vals[0].cpu()
     mc = m // s
     return vals[:, mc : mc + h // s, mc : mc + w // s].numpy(), s * to_full
