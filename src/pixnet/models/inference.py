@@ -13,9 +13,9 @@
 
 Measured on this project's 2-core machine (``bench/predict.py --parts fast``,
 BENCHMARKS "The prediction copy"): the forward pass of a ``cpu``-preset model over a
-Her2ST section's 640 px tiles 2.1x faster, a whole-slide 2 um prediction in 0.64x the
-time. Training is untouched: folding freezes the statistics, and ``channels_last`` did
-not speed up a training step here.
+Her2ST section's 640 px tiles 2.0-2.1x faster (a whole-slide 2 um prediction took
+0.64x the time, before the faster gather of 2 um bins). Training is untouched: folding
+freezes the statistics, and ``channels_last`` did not speed up a training step here.
 
 The original network is not changed, so BatchNorm adaptation
 (:func:`~pixnet.predict.adapt.adapt_batchnorm`) must run before the copy is made.
