@@ -180,9 +180,6 @@ def heads_part(
     ``--local-path``) and each ``--tta`` count, side by side, for the section's own spots
     and each bin size; then the forward pass of each head over the same tissue tiles
     against the encoder alone."""
-    from pixnet.io.manifest import load_manifest
-    from pixnet.io.slide import open_slide
-    from pixnet.io.tissue import tissue_mask
     from pixnet.predict.tiled import load_predictor
 
     models = {}
@@ -199,19 +196,12 @@ def heads_part(
                 rows.append((label, name, r["wall_s"], r["peak_rss_mib"]))
                 rss = r["peak_rss_mib"]
                 print(f"{label}, {name}: {r['wall_s']:.1f} s, {rss:.0f} MiB", flush=True)
-    (smp,) = load_manifest(ROOT / manifest, [sample])
     torch.set_grad_enabled(False)
-    forward: dict[str, float] = {}
-    with open_slide(smp.image_path, mpp=smp.mpp) as slide:
-        thumb, tmpp = slide.thumbnail(1024)
-        mask = tissue_mask(thumb)
-        first = load_predictor(models[heads[0]])
-        locs, side = tissue_tiles(slide, mask, tmpp, first.working_mpp, 512, 64)
-        imgs = [slide.read_rect(loc, (side, side), first.working_mpp) for loc in locs]
-        nets = {"encoder alone": first.model.encoder.eval()}
-        nets.update({h: load_predictor(m).model.eval() for h, m in models.items()})
-        for name, net in nets.items():
-            forward[name] = forward_seconds(net, imgs)
+    first = load_predictor(models[heads[0]])
+    imgs, side = tissue_tile_images(manifest, sample, first.working_mpp)
+    nets = {"encoder alone": first.model.encoder.eval()}
+    nets.update({h: load_predictor(m).model.eval() for h, m in models.items()})
+    forward = {name: forward_seconds(net, imgs) for name, net in nets.items()}
     enc = forward["encoder alone"]
     print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes:\n")
     print("| network | forward s | / encoder alone |")
@@ -243,9 +233,6 @@ def fast_part(
     by side; then the forward passes of the network and of its copy, and the copy with
     each ``--tta`` count, over the same tissue tiles, against the encoder alone. The floor
     is the faster of the two encoders (the copy's)."""
-    from pixnet.io.manifest import load_manifest
-    from pixnet.io.slide import open_slide
-    from pixnet.io.tissue import tissue_mask
     from pixnet.models.inference import inference_network
     from pixnet.predict.tiled import Predictor, load_predictor
 
@@ -258,14 +245,11 @@ def fast_part(
                 r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b, extra, src)
                 rows.append((label, code, n, r["wall_s"], r["peak_rss_mib"]))
                 print(f"{label}, {code}, tta {n}: {r['wall_s']:.1f} s", flush=True)
-    (smp,) = load_manifest(ROOT / manifest, [sample])
     pred = load_predictor(model)
     net = inference_network(pred.model)
+    imgs, side = tissue_tile_images(manifest, sample, pred.working_mpp)
     forward: dict[str, float] = {}
-    with torch.inference_mode(), open_slide(smp.image_path, mpp=smp.mpp) as slide:
-        thumb, tmpp = slide.thumbnail(1024)
-        locs, side = tissue_tiles(slide, tissue_mask(thumb), tmpp, pred.working_mpp, 512, 64)
-        imgs = [slide.read_rect(loc, (side, side), pred.working_mpp) for loc in locs]
+    with torch.inference_mode():
         forward["encoder alone"] = forward_seconds(pred.model.encoder, imgs)
         forward["encoder alone, copy"] = forward_seconds(net.encoder, imgs, channels_last=True)
         forward["PixNet"] = forward_seconds(pred.model, imgs)
@@ -488,6 +472,22 @@ def large_part(
         )
         for p in tmp.glob(f"large_{side}_{n}*"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def tissue_tile_images(
+    manifest: str, sample: str, working_mpp: float
+) -> tuple[list[np.ndarray], int]:
+    """The tissue tiles ``pixnet predict`` runs on ``sample`` (512 + 2 x 64 working px),
+    read at ``working_mpp``, and their side: the input of the forward-pass timings."""
+    from pixnet.io.manifest import load_manifest
+    from pixnet.io.slide import open_slide
+    from pixnet.io.tissue import tissue_mask
+
+    (smp,) = load_manifest(ROOT / manifest, [sample])
+    with open_slide(smp.image_path, mpp=smp.mpp) as slide:
+        thumb, tmpp = slide.thumbnail(1024)
+        locs, side = tissue_tiles(slide, tissue_mask(thumb), tmpp, working_mpp, 512, 64)
+        return [slide.read_rect(loc, (side, side), working_mpp) for loc in locs], side
 
 
 def tissue_tiles(slide, mask, mask_mpp, working_mpp: float, tile_px: int, margin_px: int):
