@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
     )
     ap.add_argument(
+        "--consistency",
+        type=float,
+        default=0.0,
+        help="PixNet dihedral consistency weight (train --consistency)",
+    )
+    ap.add_argument(
         "--context-stride",
         type=int,
         default=TrainConfig().context_stride,
@@ -300,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             seed=args.seed,
             smoothness=args.smoothness,
+            consistency=args.consistency,
             context_stride=args.context_stride,
             local_path=args.local_path,
             ema=args.ema,

@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         help="PixNet map smoothness (train --smoothness)",
     )
     ap.add_argument(
+        "--consistency",
+        type=float,
+        default=TrainConfig().consistency,
+        help="PixNet dihedral consistency weight (train --consistency)",
+    )
+    ap.add_argument(
         "--context-stride",
         type=int,
         default=TrainConfig().context_stride,
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed,
                     coarsen=k,
                     smoothness=args.smoothness,
+                    consistency=args.consistency,
                     context_stride=args.context_stride,
                     local_path=args.local_path,
                     tta=args.tta,

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -109,6 +110,10 @@ class ScalesConfig:
     smoothness: list[float] = field(
         default_factory=lambda: [0.0],
         metadata=_h("map smoothness penalty weights of each PixNet (pixnet train --smoothness)"),
+    )
+    consistency: list[float] = field(
+        default_factory=lambda: [0.0],
+        metadata=_h("dihedral consistency weights of each PixNet (pixnet train --consistency)"),
     )
     heads: list[str] = field(
         default_factory=lambda: ["stride2"],
@@ -334,17 +339,29 @@ def eval_regions(sample: Sample, scales_um: list[float], max_bins: int, seed: in
 # -- predictions --------------------------------------------------------------------------
 
 
-def pixnet_variants(cfg: ScalesConfig) -> list[tuple[str, str, str, float, str]]:
-    """``(name, readout, attention, smoothness, head)`` of every PixNet the run makes."""
+class Variant(NamedTuple):
+    """One PixNet of a run: its method name and the training options it differs in."""
+
+    name: str
+    readout: str
+    attention: str
+    smoothness: float
+    head: str
+    consistency: float
+
+
+def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
+    """Every PixNet the run makes: read-outs x attentions x smoothness x heads x
+    consistency weights, named like ``pixnet-mean-axial-sm3-stride8-eq1``."""
     out = []
-    for r in cfg.readouts:
-        for a in cfg.attentions:
-            for w in cfg.smoothness:
-                for h in cfg.heads:
-                    name = f"pixnet-{r}" + ("" if a == "preset" else f"-{a}")
-                    name += f"-sm{w:g}" if w else ""
-                    name += "" if h == "stride2" else f"-{h}"
-                    out.append((name, r, a, w, h))
+    for r, a, w, h, c in itertools.product(
+        cfg.readouts, cfg.attentions, cfg.smoothness, cfg.heads, cfg.consistency
+    ):
+        name = f"pixnet-{r}" + ("" if a == "preset" else f"-{a}")
+        name += f"-sm{w:g}" if w else ""
+        name += "" if h == "stride2" else f"-{h}"
+        name += f"-eq{c:g}" if c else ""
+        out.append(Variant(name, r, a, w, h, c))
     return out
 
 
@@ -506,7 +523,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
-    for name, readout, attention, weight, head in pixnet_variants(cfg):
+    for name, readout, attention, weight, head, consistency in pixnet_variants(cfg):
         t0 = time.perf_counter()
         run = out / name
         model = run / "model.pt"
@@ -520,6 +537,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     readout=readout,
                     attention=attention,
                     smoothness=weight,
+                    consistency=consistency,
                     **head_options(head),
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
@@ -684,6 +702,8 @@ def label(method: str) -> str:
     def spell(p: str) -> str:
         if p.startswith("sm"):
             return f"--smoothness {p[2:]}"
+        if p.startswith("eq"):
+            return f"--consistency {p[2:]}"
         if p[0] == "w" and p[1:].isdigit():
             return "whole-row attention" if p == "w0" else f"attention window {p[1:]} px"
         if p.startswith("stride"):

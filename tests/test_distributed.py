@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo) trains the same parameters as one process with
-the same global batch split the same way (``--micro-batches 2``)."""
+the same global batch split the same way (``--micro-batches 2``), with and without the
+dihedral consistency penalty (one network call per process and step)."""
 
 from __future__ import annotations
 
@@ -67,16 +68,19 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_torchrun_two_processes_match_one_process(manifest: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--consistency", "1"]], ids=["plain", "consistency"])
+def test_torchrun_two_processes_match_one_process(
+    manifest: Path, tmp_path: Path, extra: list[str]
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(
-        [sys.executable, "-m", "pixnet", *_args(manifest, one), "--micro-batches", "2"],
+        [sys.executable, "-m", "pixnet", *_args(manifest, one), "--micro-batches", "2", *extra],
         check=True,
         env=env,
         capture_output=True,
     )
-    proc = _torchrun(*_args(manifest, two))
+    proc = _torchrun(*_args(manifest, two), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = torch.load(one / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(two / "checkpoint.pt", weights_only=True)["model"]

@@ -88,6 +88,22 @@ def test_head_names_give_the_training_fields(scales: ModuleType) -> None:
             scales.head_options(bad)
 
 
+def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
+    cfg = scales.ScalesConfig(
+        readouts=["mean"], smoothness=[0.0, 3.0], heads=["stride2"], consistency=[0.0, 1.0]
+    )
+    got = {v.name: v for v in scales.pixnet_variants(cfg)}
+    assert list(got) == [
+        "pixnet-mean",
+        "pixnet-mean-eq1",
+        "pixnet-mean-sm3",
+        "pixnet-mean-sm3-eq1",
+    ]
+    assert got["pixnet-mean-sm3-eq1"].smoothness == 3.0
+    assert got["pixnet-mean-sm3-eq1"].consistency == 1.0 and got["pixnet-mean"].consistency == 0
+    assert scales.label("pixnet-mean-sm3-eq1") == "PixNet, mean, --smoothness 3, --consistency 1"
+
+
 def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path: Path) -> None:
     torch.set_num_threads(1)
     cfg = scales.ScalesConfig(

@@ -1,5 +1,6 @@
 """Training options that trade seed luck for stability: learning-rate schedule and
-warm-up, an exponential moving average of the weights, and the epoch model.pt keeps."""
+warm-up, an exponential moving average of the weights, the epoch model.pt keeps, and the
+map regularisers (smoothness, dihedral consistency)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 from pixnet.data.example import write_example_dataset
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import load_model_file
-from pixnet.ops.losses import map_smoothness
+from pixnet.ops.dihedral import dihedral, dihedral_inverse
+from pixnet.ops.losses import dihedral_consistency, map_smoothness
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import lr_factor, train
 
@@ -140,6 +142,57 @@ def test_smoothness_penalty_flattens_what_spots_do_not_constrain(
         roughness[weight] = float(map_smoothness(values))
     # about 3.5x flatter here (0.26-0.30 by thread count and platform): bound at 2x
     assert roughness[200.0] < 0.5 * roughness[0.0], roughness
+
+
+def test_dihedral_consistency_values_and_gradient() -> None:
+    x = torch.randn(2, 3, 6, 6)
+    for k in range(1, 8):  # a map that turns with its image costs nothing
+        assert float(dihedral_consistency(x, dihedral(x, k), k)) == 0.0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[:, :, 1::2, :] = 1.0  # rows 0, 1, 0, 1 drawn in every frame, whatever the image
+    assert float(dihedral_consistency(stripes, stripes, 1)) == pytest.approx(0.5)  # vs columns
+    assert float(dihedral_consistency(stripes, stripes, 2)) == 1.0  # half turn: 1, 0, 1, 0
+    assert float(dihedral_consistency(stripes, stripes, 4)) == 0.0  # left-right flip: rows stay
+    a = torch.randn(1, 2, 4, 4, requires_grad=True)
+    b = torch.randn(1, 2, 4, 4, requires_grad=True)
+    dihedral_consistency(a, b, 3).backward()
+    for t in (a, b):  # both frames are pulled together
+        assert t.grad is not None and t.grad.abs().sum() > 0
+
+
+def test_consistency_penalty_makes_the_map_turn_with_the_image(
+    manifest: Path, tmp_path: Path
+) -> None:
+    from pixnet.predict.tiled import load_predictor
+
+    samples = load_manifest(manifest)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    gap = {}
+    for weight in (0.0, 300.0):
+        out = tmp_path / f"c{weight:g}"
+        cfg = TrainConfig(
+            samples=str(manifest),
+            out=str(out),
+            epochs=3,
+            consistency=weight,
+            select="last",
+            **{**TINY, "crops_per_epoch": 8, "lr": 3e-3},
+        )
+        train(cfg, samples)
+        records = _log(out)
+        assert ("train_penalty" in records[0]) == (weight > 0)
+        assert all(math.isfinite(r["train_loss"]) for r in records)
+        # one crop-sized input: attention over its whole rows, exactly as in training
+        pred = load_predictor(out / "model.pt", attention_window_px=0)
+        with torch.no_grad():
+            maps = [
+                dihedral_inverse(pred.readout_maths.map_values(pred.model(dihedral(x, k)), 4.0), k)
+                for k in range(8)
+            ]
+        stack = torch.stack(maps)
+        gap[weight] = float((stack - stack.mean(0)).pow(2).mean() / stack.var())
+    # the maps of the 8 frames drift apart without the penalty and agree with it
+    assert gap[300.0] < 0.5 * gap[0.0], gap
 
 
 def test_ema_decay_warms_up() -> None:

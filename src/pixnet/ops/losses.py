@@ -1,11 +1,14 @@
 """Losses as pure functions: paper Eq. 10 (MSE + lambda * (1 - mean batch-wise PCC)) for
-training, NT-Xent for SimCLR pretraining."""
+training, map regularisers (smoothness, dihedral consistency), NT-Xent for SimCLR
+pretraining."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pixnet.ops.dihedral import dihedral_inverse
 
 
 def pearson_per_gene(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
@@ -60,6 +63,19 @@ def map_smoothness(values: Tensor) -> Tensor:
     dy = values[:, :, 1:, :] - values[:, :, :-1, :]
     dx = values[:, :, :, 1:] - values[:, :, :, :-1]
     return dy.pow(2).mean() + dx.pow(2).mean()
+
+
+def dihedral_consistency(values: Tensor, twin: Tensor, k: int) -> Tensor:
+    """Mean squared difference between a map and the map of the same crops seen in
+    dihedral frame ``k`` (:func:`pixnet.ops.dihedral.dihedral`), mapped back.
+
+    ``values, twin (B, G, H, W)`` on the targets' scale; ``twin`` is the network's map of
+    ``dihedral(images, k)``. Both carry gradients. Test-time augmentation averages the
+    maps of the eight frames because what a spot loss leaves undetermined inside spots
+    differs between frames; this penalty asks training for one map in every frame, so a
+    single forward pass gives what ``--tta`` would average.
+    """
+    return (values - dihedral_inverse(twin, k)).pow(2).mean()
 
 
 def check_finite_loss(loss: Tensor, where: str) -> None:

@@ -93,6 +93,15 @@ class TrainConfig:
             ge=0,
         ),
     )
+    consistency: float = field(
+        default=0.0,
+        metadata=_h(
+            "weight of a penalty on the difference between a crop's map and the map of the "
+            "crop flipped or turned (one of the 7 other dihedral frames per batch), mapped "
+            "back (0: off, the paper); each step then runs the network on twice the crops",
+            ge=0,
+        ),
+    )
     readout: str = field(
         default="mean",
         metadata=_h("spot read-out: mean, density, or the paper's sum", choices=READOUTS),

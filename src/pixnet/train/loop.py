@@ -43,7 +43,14 @@ from pixnet.io.sample import Sample
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.aggregate import integrate_spots
-from pixnet.ops.losses import check_finite_loss, map_smoothness, pearson_per_gene, pixnet_loss
+from pixnet.ops.dihedral import dihedral
+from pixnet.ops.losses import (
+    check_finite_loss,
+    dihedral_consistency,
+    map_smoothness,
+    pearson_per_gene,
+    pixnet_loss,
+)
 from pixnet.ops.readout import Readout, get_readout, prepare_map, region_values, spot_values
 from pixnet.runtime import resolve_device
 from pixnet.train.config import TrainConfig
@@ -85,7 +92,17 @@ def predict_batch(
     ``forward`` runs the network instead of ``model`` (e.g. its DDP wrapper); ``maps_out``,
     when given, receives the crops' maps on the targets' scale (``Readout.map_values``).
     """
-    head = (forward or model)(batch.images)
+    return spot_predictions(model, (forward or model)(batch.images), batch, readout, maps_out)
+
+
+def spot_predictions(
+    model: PixNet,
+    head: torch.Tensor,
+    batch: CropBatch,
+    readout: str,
+    maps_out: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """:func:`predict_batch` from the network's output ``head`` for ``batch.images``."""
     stride = model.map_stride
     if maps_out is not None:
         maps_out.append(get_readout(readout).map_values(head, float(stride * stride)))
@@ -98,6 +115,30 @@ def predict_batch(
         n = len(batch.targets)
         return region_values(integ, area, batch.groups, n, readout, cell_area_px)
     return spot_values(integ, area, readout, cell_area_px)
+
+
+def predict_with_twin(
+    model: PixNet,
+    batch: CropBatch,
+    readout: str,
+    k: int,
+    forward: Any = None,
+    maps_out: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict_batch` and the dihedral consistency of its maps (``--consistency``).
+
+    The crops and their transform ``k`` go through the network as one batch (one forward
+    and one backward pass, so DDP sees a single call); the spot predictions come from the
+    untransformed half. Returns ``(predictions (n, G), consistency penalty ())``.
+    """
+    both = (forward or model)(torch.cat([batch.images, dihedral(batch.images, k)]))
+    head, twin = both.chunk(2)
+    cell_area_px = float(model.map_stride**2)
+    r = get_readout(readout)
+    penalty = dihedral_consistency(
+        r.map_values(head, cell_area_px), r.map_values(twin, cell_area_px), k
+    )
+    return spot_predictions(model, head, batch, readout, maps_out), penalty
 
 
 def optimise_step(
@@ -351,6 +392,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         model.train()
         sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
         n_b = 0
+        frames = np.random.default_rng([cfg.seed, epoch, 8])  # --consistency: one per batch
         bar = tqdm(
             sampler.epoch_items(epoch, cfg.batch_size),
             total=sampler.n_batches(cfg.batch_size),
@@ -366,15 +408,24 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             mine = [shares[info.rank]] if info.active else shares
             preds, targets = [], []
             maps: list[torch.Tensor] | None = [] if cfg.smoothness > 0 else None
+            twins: list[torch.Tensor] = []
+            k = int(frames.integers(1, 8))  # every share of the step: the same frame
             for idx in mine:
                 batch = collate([items[i] for i in idx], sampler.slides[0].shape).to(device)
-                preds.append(predict_batch(model, batch, cfg.readout, forward, maps))
+                if cfg.consistency > 0:
+                    pred_b, twin = predict_with_twin(model, batch, cfg.readout, k, forward, maps)
+                    preds.append(pred_b)
+                    twins.append(twin)
+                else:
+                    preds.append(predict_batch(model, batch, cfg.readout, forward, maps))
                 targets.append(batch.targets)
             pred = gather_rows(torch.cat(preds), info)
             target = gather_rows(torch.cat(targets), info)
-            penalty = None
-            if maps:  # each process's own crops; DDP averages the gradients
-                penalty = cfg.smoothness * torch.stack([map_smoothness(m) for m in maps]).mean()
+            # regularisers of each process's own crops; DDP averages the gradients
+            penalty = cfg.consistency * torch.stack(twins).mean() if twins else None
+            if maps:
+                smooth = cfg.smoothness * torch.stack([map_smoothness(m) for m in maps]).mean()
+                penalty = smooth if penalty is None else penalty + smooth
             loss = optimise_step(opt, pred, target, cfg.pcc_weight, sums, penalty)
             if ema is not None:
                 ema.update_parameters(model)
