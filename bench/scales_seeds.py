@@ -145,14 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
             run["metrics"] = {**run["metrics"], REFERENCE: ref["metrics"][REFERENCE]}
-    keys = [
-        {
-            k: v
-            for k, v in r["config"].items()
-            if k not in ("seed", "out", "results", "members_from")
-        }
-        for r in runs
-    ]
+    # paths, and what decides which rows a run has rather than how they are computed
+    # (--reuse re-predicts the same models; --no-spotcrop leaves the regressor's row out)
+    ignored = ("seed", "out", "results", "members_from", "reuse", "spotcrop")
+    keys = [{k: v for k, v in r["config"].items() if k not in ignored} for r in runs]
     if any(k != keys[0] for k in keys):
         print("error: the runs differ in more than their seed and paths", file=sys.stderr)
         return 2

@@ -282,6 +282,10 @@ def test_seeds_are_combined_and_paired_against_the_spot_crop_run(
         r["config"]["members_from"] = [f"runs/s{k}"]
         paths[k].write_text(json.dumps(r))
     assert seeds_mod.main([*map(str, paths)]) == 0
+    # a seed re-predicted with --reuse and without the regressor: not a difference either
+    runs[0]["config"].update(reuse=True, spotcrop=False)
+    paths[0].write_text(json.dumps(runs[0]))
+    assert seeds_mod.main([*map(str, paths)]) == 0
 
     runs[1]["config"]["epochs"] = 20  # runs that differ in more than the seed are refused
     paths[1].write_text(json.dumps(runs[1]))
