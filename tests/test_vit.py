@@ -338,6 +338,12 @@ def test_torchvision_layout_resnet18_matches_timm(tmp_path: Path) -> None:
     enc.eval()
     with torch.no_grad():
         feats = enc(d["input"].float() / 255.0)
-    for f, ref in zip(feats[:4], d["channel_means"], strict=True):
-        assert (f.mean(dim=(0, 2, 3)) - ref).abs().max().item() < TOL
-    assert (feats[4] - d["f5"]).abs().max().item() < TOL
+    # relative to each tensor's scale: F4's channel means reach 108 and F5 1446, and the
+    # float32 kernels of another CPU (AVX-512 here) differ by 2e-5 and 2e-3 there (1e-6 of
+    # the scale); a wrong layer or weight is off by the order of the scale itself
+    for f, ref in zip(
+        [*(f.mean(dim=(0, 2, 3)) for f in feats[:4]), feats[4]],
+        [*d["channel_means"], d["f5"]],
+        strict=True,
+    ):
+        assert (f - ref).abs().max().item() < TOL * max(1.0, ref.abs().max().item())
