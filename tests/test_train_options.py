@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -114,32 +115,40 @@ def test_map_smoothness_values_and_gradient() -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def _penalised_map(manifest: Path, out: Path, field: str, weight: float) -> Any:
+    """Train 3 short epochs with the map penalty ``field`` (``smoothness`` or
+    ``consistency``) at ``weight``; the map of a crop-sized input as a function of it."""
+    from pixnet.predict.tiled import load_predictor
+
+    cfg = TrainConfig(
+        samples=str(manifest),
+        out=str(out),
+        epochs=3,
+        select="last",
+        **{**TINY, "crops_per_epoch": 8, "lr": 3e-3, field: weight},  # type: ignore[arg-type]
+    )
+    train(cfg, load_manifest(manifest))
+    records = _log(out)
+    assert ("train_penalty" in records[0]) == (weight > 0)
+    assert all(math.isfinite(r["train_loss"]) for r in records)
+    # one crop-sized input: attention over its whole rows, exactly as in training
+    pred = load_predictor(out / "model.pt", attention_window_px=0)
+
+    def values(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return pred.readout_maths.map_values(pred.model(x), 4.0)
+
+    return values
+
+
 def test_smoothness_penalty_flattens_what_spots_do_not_constrain(
     manifest: Path, tmp_path: Path
 ) -> None:
-    from pixnet.predict.tiled import load_predictor
-
-    samples = load_manifest(manifest)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     roughness = {}
     for weight in (0.0, 200.0):
-        out = tmp_path / f"w{weight:g}"
-        cfg = TrainConfig(
-            samples=str(manifest),
-            out=str(out),
-            epochs=3,
-            smoothness=weight,
-            select="last",
-            **{**TINY, "crops_per_epoch": 8, "lr": 3e-3},
-        )
-        train(cfg, samples)
-        records = _log(out)
-        assert ("train_penalty" in records[0]) == (weight > 0)
-        # one crop-sized input: attention over its whole rows, exactly as in training
-        pred = load_predictor(out / "model.pt", attention_window_px=0)
-        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            values = pred.readout_maths.map_values(pred.model(x), 4.0)
-        roughness[weight] = float(map_smoothness(values))
+        values = _penalised_map(manifest, tmp_path / f"w{weight:g}", "smoothness", weight)
+        roughness[weight] = float(map_smoothness(values(x)))
     # about 3.5x flatter here (0.26-0.30 by thread count and platform): bound at 2x
     assert roughness[200.0] < 0.5 * roughness[0.0], roughness
 
@@ -163,33 +172,11 @@ def test_dihedral_consistency_values_and_gradient() -> None:
 def test_consistency_penalty_makes_the_map_turn_with_the_image(
     manifest: Path, tmp_path: Path
 ) -> None:
-    from pixnet.predict.tiled import load_predictor
-
-    samples = load_manifest(manifest)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     gap = {}
     for weight in (0.0, 300.0):
-        out = tmp_path / f"c{weight:g}"
-        cfg = TrainConfig(
-            samples=str(manifest),
-            out=str(out),
-            epochs=3,
-            consistency=weight,
-            select="last",
-            **{**TINY, "crops_per_epoch": 8, "lr": 3e-3},
-        )
-        train(cfg, samples)
-        records = _log(out)
-        assert ("train_penalty" in records[0]) == (weight > 0)
-        assert all(math.isfinite(r["train_loss"]) for r in records)
-        # one crop-sized input: attention over its whole rows, exactly as in training
-        pred = load_predictor(out / "model.pt", attention_window_px=0)
-        with torch.no_grad():
-            maps = [
-                dihedral_inverse(pred.readout_maths.map_values(pred.model(dihedral(x, k)), 4.0), k)
-                for k in range(8)
-            ]
-        stack = torch.stack(maps)
+        values = _penalised_map(manifest, tmp_path / f"c{weight:g}", "consistency", weight)
+        stack = torch.stack([dihedral_inverse(values(dihedral(x, k)), k) for k in range(8)])
         gap[weight] = float((stack - stack.mean(0)).pow(2).mean() / stack.var())
     # the maps of the 8 frames drift apart without the penalty and agree with it
     assert gap[300.0] < 0.5 * gap[0.0], gap
