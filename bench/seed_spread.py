@@ -11,8 +11,10 @@ as mean ± sample std over seeds with their range, then the mean over folds of t
 means and of the fold stds: the "seed std" issue 16 asks to bring down. With several
 ``--method`` (e.g. ``pixnet spotcrop ridge``), each method gets its rows, and
 ``--paired-against pixnet`` adds each method's difference from that one, paired over the
-(fold, seed) runs both have: mean ± std and in how many the reference is higher. Writes
-Markdown (``--out``) and JSON beside it.
+(fold, seed) runs both have: mean ± std and in how many the reference is higher.
+``--paired-variants`` does the same between the variants of one method (e.g. runs with
+``--consistency 1`` against the default's runs of the same seeds): the variant of the
+first result file minus each other one. Writes Markdown (``--out``) and JSON beside it.
 """
 
 from __future__ import annotations
@@ -201,13 +203,29 @@ def paired(
     return out
 
 
-def format_paired(pairs: dict[str, Any], reference: str) -> str:
+def paired_variants(table: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """:func:`paired` between the variants of one method: the first variant (that of the
+    first result file) minus each other one, per dataset. Returns the pairs and the
+    reference's label (that of the first dataset)."""
+    out: dict[str, Any] = {}
+    reference = ""
+    for ds, variants in table.items():
+        labels = list(variants)
+        if len(labels) < 2:
+            raise SystemExit(f"error: {ds}: one variant only; nothing to pair")
+        by_label = {label: {ds: {label: variants[label]}} for label in labels}
+        out.update(paired(by_label, labels[0], labels[1:]))
+        reference = reference or labels[0]
+    return out, reference
+
+
+def format_paired(pairs: dict[str, Any], reference: str, what: str = "method") -> str:
     lines = []
     for ds, methods in pairs.items():
         lines += [
-            f"{ds}: {reference} minus each method, paired over the (fold, seed) runs both have",
+            f"{ds}: {reference} minus each {what}, paired over the (fold, seed) runs both have",
             "",
-            "| method | runs | ΔPCC@M | higher PCC@M | Δskill | higher skill |",
+            f"| {what} | runs | ΔPCC@M | higher PCC@M | Δskill | higher skill |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for m, rec in methods.items():
@@ -243,8 +261,16 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="with several --method: this method minus each other one, paired per fold and seed",
     )
+    ap.add_argument(
+        "--paired-variants",
+        action="store_true",
+        help="with one --method: the variant of the first result file minus each other "
+        "variant (runs differing in a setting), paired per fold and seed",
+    )
     ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
     args = ap.parse_args(argv)
+    if args.paired_variants and (len(args.method) > 1 or args.paired_against):
+        ap.error("--paired-variants pairs the variants of one --method")
     results = []
     for p in args.results:
         res = json.loads(Path(p).read_text())
@@ -269,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         pairs = paired(by_method, args.paired_against, others)
         md += "\n" + format_paired(pairs, args.paired_against)
         record = {"table": table, "paired": {"reference": args.paired_against, **pairs}}
+    if args.paired_variants:
+        pairs, reference = paired_variants(table)
+        md += "\n" + format_paired(pairs, reference, "variant")
+        record = {"table": table, "paired": {"reference": reference, **pairs}}
     emit(md, record, args.out)
     return 0
 

@@ -202,3 +202,23 @@ def test_seed_spread_pairs_methods_per_fold_and_seed(tmp_path: Path) -> None:
     assert "| mean | 2 | n/a | n/a |" in md
     with pytest.raises(SystemExit):  # the reference must be one of the methods
         spread.main([*files, "--method", "pixnet", "--paired-against", "ridge"])
+
+    # variants of one method (here: runs with another setting) paired the same way
+    other = []
+    for seed, cells in ((0, {"A": (0.28, 0.12)}), (1000, {"A": (0.30, 0.1)})):
+        path = Path(_result_file(tmp_path / f"eq{seed}.json", seed, {"pixnet": cells}))
+        res = json.loads(path.read_text())
+        res["datasets"]["mob"]["config"]["consistency"] = 1.0
+        path.write_text(json.dumps(res))
+        other.append(str(path))
+    out2 = tmp_path / "variants.md"
+    argv = [*other, *files, "--paired-variants", "--out", str(out2)]
+    assert spread.main(argv) == 0
+    rec = json.loads(out2.with_suffix(".json").read_text())
+    assert rec["paired"]["reference"] == "single model, consistency 1.0"
+    pair = rec["paired"]["mob"]["single model, consistency 0.0"]["PCC@M"]
+    d = np.array([0.28 - 0.30, 0.30 - 0.34])  # A s0, A s1000 (B has no pair)
+    assert pair["n"] == 2 and pair["reference_higher"] == 0
+    assert pair["mean"] == pytest.approx(d.mean())
+    with pytest.raises(SystemExit):  # one variant: nothing to pair
+        spread.main([*files, "--paired-variants"])
