@@ -408,21 +408,23 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             mine = [shares[info.rank]] if info.active else shares
             preds, targets = [], []
             maps: list[torch.Tensor] | None = [] if cfg.smoothness > 0 else None
-            twins: list[torch.Tensor] = []
+            consistency_terms: list[torch.Tensor] = []
             k = int(frames.integers(1, 8))  # every share of the step: the same frame
             for idx in mine:
                 batch = collate([items[i] for i in idx], sampler.slides[0].shape).to(device)
                 if cfg.consistency > 0:
-                    pred_b, twin = predict_with_twin(model, batch, cfg.readout, k, forward, maps)
+                    pred_b, term = predict_with_twin(model, batch, cfg.readout, k, forward, maps)
                     preds.append(pred_b)
-                    twins.append(twin)
+                    consistency_terms.append(term)
                 else:
                     preds.append(predict_batch(model, batch, cfg.readout, forward, maps))
                 targets.append(batch.targets)
             pred = gather_rows(torch.cat(preds), info)
             target = gather_rows(torch.cat(targets), info)
             # regularisers of each process's own crops; DDP averages the gradients
-            penalty = cfg.consistency * torch.stack(twins).mean() if twins else None
+            penalty = None
+            if consistency_terms:
+                penalty = cfg.consistency * torch.stack(consistency_terms).mean()
             if maps:
                 smooth = cfg.smoothness * torch.stack([map_smoothness(m) for m in maps]).mean()
                 penalty = smooth if penalty is None else penalty + smooth
