@@ -203,27 +203,33 @@ def paired(
     return out
 
 
-def paired_variants(table: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def paired_variants(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """:func:`paired` between the variants of one method: the first variant (that of the
-    first result file) minus each other one, per dataset. Returns the pairs and the
-    reference's label (that of the first dataset)."""
+    first result file) minus each other one, per dataset. Returns the pairs and each
+    dataset's reference label (the labels name the settings that differ, which may not
+    be the same ones in every dataset)."""
     out: dict[str, Any] = {}
-    reference = ""
+    references: dict[str, str] = {}
     for ds, variants in table.items():
         labels = list(variants)
         if len(labels) < 2:
             raise SystemExit(f"error: {ds}: one variant only; nothing to pair")
         by_label = {label: {ds: {label: variants[label]}} for label in labels}
         out.update(paired(by_label, labels[0], labels[1:]))
-        reference = reference or labels[0]
-    return out, reference
+        references[ds] = labels[0]
+    return out, references
 
 
-def format_paired(pairs: dict[str, Any], reference: str, what: str = "method") -> str:
+def format_paired(
+    pairs: dict[str, Any], reference: str | dict[str, str], what: str = "method"
+) -> str:
+    """Markdown tables of :func:`paired`; ``reference``: the reference's name, or one per
+    dataset."""
     lines = []
     for ds, methods in pairs.items():
+        ref = reference if isinstance(reference, str) else reference[ds]
         lines += [
-            f"{ds}: {reference} minus each {what}, paired over the (fold, seed) runs both have",
+            f"{ds}: {ref} minus each {what}, paired over the (fold, seed) runs both have",
             "",
             f"| {what} | runs | ΔPCC@M | higher PCC@M | Δskill | higher skill |",
             "|---|---:|---:|---:|---:|---:|",
@@ -296,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         md += "\n" + format_paired(pairs, args.paired_against)
         record = {"table": table, "paired": {"reference": args.paired_against, **pairs}}
     if args.paired_variants:
-        pairs, reference = paired_variants(table)
-        md += "\n" + format_paired(pairs, reference, "variant")
-        record = {"table": table, "paired": {"reference": reference, **pairs}}
+        pairs, references = paired_variants(table)
+        md += "\n" + format_paired(pairs, references, "variant")
+        record = {"table": table, "paired": {"reference": references, **pairs}}
     emit(md, record, args.out)
     return 0
 

@@ -142,7 +142,9 @@ def test_members_from_seed_runs_and_the_seed_spread_table(
     assert "recomputed minus as trained" in out.read_text()
 
 
-def _result_file(path: Path, seed: int, scores: dict[str, dict[str, tuple]]) -> str:
+def _result_file(
+    path: Path, seed: int, scores: dict[str, dict[str, tuple]], dataset: str = "mob"
+) -> str:
     """A minimal bench/accuracy.py JSON: one dataset, ``scores[method][fold] = (PCC@M,
     skill)`` for one seed."""
     methods = list(scores)
@@ -159,7 +161,7 @@ def _result_file(path: Path, seed: int, scores: dict[str, dict[str, tuple]]) -> 
         for f in folds
     ]
     res = {
-        "datasets": {"mob": {"config": {"seed": seed}, "methods": methods, "folds": fold_records}}
+        "datasets": {dataset: {"config": {"seed": seed}, "methods": methods, "folds": fold_records}}
     }
     path.write_text(json.dumps(res))
     return str(path)
@@ -211,11 +213,26 @@ def test_seed_spread_pairs_methods_per_fold_and_seed(tmp_path: Path) -> None:
         res["datasets"]["mob"]["config"]["consistency"] = 1.0
         path.write_text(json.dumps(res))
         other.append(str(path))
+    # a second dataset whose runs differ in another setting: its own reference label
+    for seed, tta in ((0, 1), (0, 2)):
+        path = Path(
+            _result_file(tmp_path / f"h{tta}.json", seed, {"pixnet": {"C2": (0.2, 0)}}, "her2st")
+        )
+        res = json.loads(path.read_text())
+        res["datasets"]["her2st"]["config"]["tta"] = tta
+        path.write_text(json.dumps(res))
+        other.append(str(path))
     out2 = tmp_path / "variants.md"
     argv = [*other, *files, "--paired-variants", "--out", str(out2)]
     assert spread.main(argv) == 0
     rec = json.loads(out2.with_suffix(".json").read_text())
-    assert rec["paired"]["reference"] == "single model, consistency 1.0"
+    assert rec["paired"]["reference"] == {
+        "mob": "single model, consistency 1.0",
+        "her2st": "single model, tta 1",
+    }
+    md2 = out2.read_text()
+    assert "mob: single model, consistency 1.0 minus each variant" in md2
+    assert "her2st: single model, tta 1 minus each variant" in md2
     pair = rec["paired"]["mob"]["single model, consistency 0.0"]["PCC@M"]
     d = np.array([0.28 - 0.30, 0.30 - 0.34])  # A s0, A s1000 (B has no pair)
     assert pair["n"] == 2 and pair["reference_higher"] == 0
