@@ -146,6 +146,48 @@ def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
         link.symlink_to(target, target_is_directory=True)
 
 
+def add_model_flags(ap: argparse.ArgumentParser) -> None:
+    """PixNet's model and penalty options, as ``pixnet train`` names them (defaults
+    from :class:`TrainConfig`); :func:`model_flags` hands them on."""
+    from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
+
+    default = TrainConfig()
+    ap.add_argument(
+        "--smoothness",
+        type=float,
+        default=default.smoothness,
+        help="PixNet map smoothness (train --smoothness)",
+    )
+    ap.add_argument(
+        "--consistency",
+        type=float,
+        default=default.consistency,
+        help="PixNet dihedral consistency weight (train --consistency)",
+    )
+    ap.add_argument(
+        "--context-stride",
+        type=int,
+        default=default.context_stride,
+        choices=CONTEXT_STRIDES,
+        help="PixNet decoder stride carrying context into the map (train --context-stride)",
+    )
+    ap.add_argument(
+        "--local-path",
+        action="store_true",
+        help="PixNet local path into the head (train --local-path)",
+    )
+
+
+def model_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`add_model_flags`, as config fields."""
+    return {
+        "smoothness": args.smoothness,
+        "consistency": args.consistency,
+        "context_stride": args.context_stride,
+        "local_path": args.local_path,
+    }
+
+
 def add_tta_flag(ap: argparse.ArgumentParser) -> None:
     """``--tta N``: PixNet and the spot-crop regressor predicted with test-time
     augmentation (``predict --tta``); with ``--resume``, finished models are predicted
@@ -166,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
-    from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
+    from pixnet.train.config import TrainConfig
 
     ap = argparse.ArgumentParser(
         description="Cross-validated accuracy of PixNet and baselines (Table 2 layout). "
@@ -201,27 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--smoothness", type=float, default=0.0, help="PixNet map smoothness (train --smoothness)"
-    )
-    ap.add_argument(
-        "--consistency",
-        type=float,
-        default=0.0,
-        help="PixNet dihedral consistency weight (train --consistency)",
-    )
-    ap.add_argument(
-        "--context-stride",
-        type=int,
-        default=TrainConfig().context_stride,
-        choices=CONTEXT_STRIDES,
-        help="PixNet decoder stride carrying context into the map (train --context-stride)",
-    )
-    ap.add_argument(
-        "--local-path",
-        action="store_true",
-        help="PixNet local path into the head (train --local-path)",
-    )
+    add_model_flags(ap)
     ap.add_argument("--ema", type=float, default=0.0, help="PixNet weight EMA (train --ema)")
     ap.add_argument(
         "--lr-schedule", default="constant", help="constant or cosine (train --lr-schedule)"
@@ -305,10 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             freeze_encoder=args.freeze_encoder,
             threads=args.threads,
             seed=args.seed,
-            smoothness=args.smoothness,
-            consistency=args.consistency,
-            context_stride=args.context_stride,
-            local_path=args.local_path,
+            **model_flags(args),
             ema=args.ema,
             lr_schedule=args.lr_schedule,
             warmup_epochs=args.warmup_epochs,

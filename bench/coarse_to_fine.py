@@ -52,7 +52,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from accuracy import DATASETS, add_tta_flag, dataset_manifest  # noqa: E402
+from accuracy import (  # noqa: E402
+    DATASETS,
+    add_model_flags,
+    add_tta_flag,
+    dataset_manifest,
+    model_flags,
+)
 
 FULL_EPOCHS = 20
 ALL_METHODS = [
@@ -123,9 +129,12 @@ def table(combined: dict[str, Any], labels: dict[str, str]) -> str:
         cells = []
         for key in SHOWN:
             v = row[key]
-            cells.append(
-                f"{v['mean']:.3f} ± {v['std']:.3f}" if np.isfinite(v["std"]) else f"{v['mean']:.3f}"
-            )
+            if not v["n"]:  # e.g. the training mean's PCC
+                cells.append("n/a")
+            elif np.isfinite(v["std"]):
+                cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}")
+            else:
+                cells.append(f"{v['mean']:.3f}")
         seed_std = row["PCC@M"]["seed_std"]
         n = row["MSE"]["n"]
         lines.append(
@@ -140,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, make_folds, method_label, run_crossval
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
-    from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
 
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -157,30 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--resume", action="store_true", help="reuse finished (fold, method) results")
-    ap.add_argument(
-        "--smoothness",
-        type=float,
-        default=TrainConfig().smoothness,
-        help="PixNet map smoothness (train --smoothness)",
-    )
-    ap.add_argument(
-        "--consistency",
-        type=float,
-        default=TrainConfig().consistency,
-        help="PixNet dihedral consistency weight (train --consistency)",
-    )
-    ap.add_argument(
-        "--context-stride",
-        type=int,
-        default=TrainConfig().context_stride,
-        choices=CONTEXT_STRIDES,
-        help="PixNet decoder stride carrying context into the map (train --context-stride)",
-    )
-    ap.add_argument(
-        "--local-path",
-        action="store_true",
-        help="PixNet local path into the head (train --local-path)",
-    )
+    add_model_flags(ap)
     add_tta_flag(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -230,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                     threads=args.threads,
                     seed=seed,
                     coarsen=k,
-                    smoothness=args.smoothness,
-                    consistency=args.consistency,
-                    context_stride=args.context_stride,
-                    local_path=args.local_path,
+                    **model_flags(args),
                     tta=args.tta,
                     only_folds=only,
                     resume=args.resume,

@@ -1,0 +1,93 @@
+"""bench/coarse_to_fine.py: the issue-15 driver (train on K x K regions, test on single
+spots) runs end to end on generated sections, and its tables combine folds and seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fold(name: str, **methods: tuple[float, float, float]) -> dict:
+    return {
+        "name": name,
+        "methods": {
+            m: {"fold": {"MSE": v[0], "PCC@M": v[1], "skill": v[2]}, "seconds": 1.0}
+            for m, v in methods.items()
+        },
+    }
+
+
+def test_combine_pools_folds_and_seeds() -> None:
+    """mean ± std over every (fold, seed) value; the seed std is the mean over folds of
+    the std across seeds, and only folds with several seeds count for it."""
+    c2f = _load("coarse_to_fine")
+    seed0 = {
+        "folds": [
+            _fold("A", p=(0.5, 0.2, 0.1), m=(0.6, np.nan, 0.0)),
+            _fold("B", p=(0.4, 0.3, 0.2)),
+        ]
+    }
+    seed1 = {"folds": [_fold("A", p=(0.5, 0.4, 0.1))]}
+    out = c2f.combine([seed0, seed1], ["p", "m", "absent"])
+    assert set(out) == {"p", "m"}
+    pcc = out["p"]["PCC@M"]
+    assert pcc["n"] == 3 and pcc["mean"] == pytest.approx(0.3)
+    assert pcc["std"] == pytest.approx(np.std([0.2, 0.3, 0.4], ddof=1))
+    assert pcc["seed_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))  # fold A only
+    assert out["p"]["n_folds"] == 2
+    assert out["m"]["PCC@M"]["n"] == 0  # the training mean has no PCC
+    assert out["m"]["MSE"]["seed_std"] is None
+    md = c2f.table(out, {"p": "PixNet"})
+    assert "| m | 1 (1 x 1) | 0.600 | n/a | 0.000 |  |" in md
+    assert "| PixNet | 3 (2 x 1) | 0.467 ± 0.058 | 0.300 ± 0.100 | 0.133 ± 0.058 | 0.141 |" in md
+
+
+def test_quick_run_two_seeds(tmp_path: Path) -> None:
+    """One fold of the generated sections, 2 x 2 regions, two seeds: every method of the
+    first seed runs, the second seed runs only the multi-seed ones; the test section's
+    own region values (the upsampled reference) beat the training mean."""
+    torch.set_num_threads(1)
+    c2f = _load("coarse_to_fine")
+    results = tmp_path / "c2f.json"
+    methods = ["mean", "upsampled", "pixnet-mean", "spotcrop-spot"]
+    argv = ["--quick", "--datasets", "example", "--threads", "1", "--coarsen", "2"]
+    argv += ["--seeds", "0", "1", "--methods", *methods, "--multi-seed-methods", "pixnet-mean"]
+    assert c2f.main([*argv, "--out", str(tmp_path / "run"), "--results", str(results)]) == 0
+    report = json.loads(results.read_text())
+    tab = report["tables"]["example/k2"]
+    assert tab["seeds"] == [0, 1] and len(tab["folds"]) == 1
+    assert tab["crop_px"] % 32 == 0 and tab["crop_px"] >= 64
+    got = tab["combined"]
+    assert set(got) == set(methods)
+    assert (
+        got["pixnet-mean"]["MSE"]["n"] == 2 and got["pixnet-mean"]["PCC@M"]["seed_std"] is not None
+    )
+    assert got["mean"]["MSE"]["n"] == 1 and got["spotcrop-spot"]["MSE"]["n"] == 1
+    assert got["mean"]["skill"]["mean"] == pytest.approx(0.0)
+    assert got["upsampled"]["skill"]["mean"] > 0.0
+    assert np.isfinite(got["pixnet-mean"]["PCC@M"]["mean"])
+    # the second seed's run folder holds only the multi-seed method
+    seed1 = tmp_path / "run" / "example" / "k2" / "seed1"
+    fold = tab["folds"][0]
+    assert sorted(p.name for p in (seed1 / fold).iterdir() if p.is_dir()) == ["pixnet-mean"]
+    md = results.with_suffix(".md").read_text()
+    assert "trained on 2 x 2 regions, tested on single spots" in md
+    assert "base seeds 0, 1" in md
