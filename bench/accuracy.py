@@ -149,6 +149,7 @@ def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
 def add_model_flags(ap: argparse.ArgumentParser) -> None:
     """PixNet's model and penalty options, as ``pixnet train`` names them (defaults
     from :class:`TrainConfig`); :func:`model_flags` hands them on."""
+    from pixnet.ops.dihedral import CONSISTENCY_FRAMES
     from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
 
     default = TrainConfig()
@@ -163,6 +164,12 @@ def add_model_flags(ap: argparse.ArgumentParser) -> None:
         type=float,
         default=default.consistency,
         help="PixNet dihedral consistency weight (train --consistency)",
+    )
+    ap.add_argument(
+        "--consistency-frames",
+        default=default.consistency_frames,
+        choices=tuple(CONSISTENCY_FRAMES),
+        help="the transforms --consistency draws from (train --consistency-frames)",
     )
     ap.add_argument(
         "--context-stride",
@@ -183,6 +190,7 @@ def model_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "smoothness": args.smoothness,
         "consistency": args.consistency,
+        "consistency_frames": args.consistency_frames,
         "context_stride": args.context_stride,
         "local_path": args.local_path,
     }

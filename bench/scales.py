@@ -63,7 +63,7 @@ from pixnet.cli_options import help_meta
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel, fit_gene_panel
 from pixnet.data.synthetic import SYNTHETIC_GENES, synthetic_field
 from pixnet.io.sample import Sample
-from pixnet.ops.dihedral import TTA_TRANSFORMS
+from pixnet.ops.dihedral import CONSISTENCY_FRAMES, TTA_TRANSFORMS
 from pixnet.train.config import TrainConfig
 
 log = logging.getLogger("bench.scales")
@@ -114,6 +114,14 @@ class ScalesConfig:
     consistency: list[float] = field(
         default_factory=lambda: [0.0],
         metadata=_h("dihedral consistency weights of each PixNet (pixnet train --consistency)"),
+    )
+    consistency_frames: str = field(
+        default="all",
+        metadata=help_meta(
+            "the transforms --consistency draws from: all or rows (pixnet train "
+            "--consistency-frames); rows adds 'rows' to the variant names (-eq1rows)",
+            choices=tuple(CONSISTENCY_FRAMES),
+        ),
     )
     heads: list[str] = field(
         default_factory=lambda: ["stride2"],
@@ -361,6 +369,7 @@ def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
         name += f"-sm{w:g}" if w else ""
         name += "" if h == "stride2" else f"-{h}"
         name += f"-eq{c:g}" if c else ""
+        name += "rows" if c and cfg.consistency_frames == "rows" else ""
         out.append(Variant(name, r, a, w, h, c))
     return out
 
@@ -538,6 +547,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     attention=attention,
                     smoothness=weight,
                     consistency=consistency,
+                    consistency_frames=cfg.consistency_frames,
                     **head_options(head),
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
@@ -702,6 +712,8 @@ def label(method: str) -> str:
     def spell(p: str) -> str:
         if p.startswith("sm"):
             return f"--smoothness {p[2:]}"
+        if p.startswith("eq") and p.endswith("rows"):
+            return f"--consistency {p[2:-4]} --consistency-frames rows"
         if p.startswith("eq"):
             return f"--consistency {p[2:]}"
         if p[0] == "w" and p[1:].isdigit():

@@ -102,6 +102,11 @@ def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
     assert got["pixnet-mean-sm3-eq1"].smoothness == 3.0
     assert got["pixnet-mean-sm3-eq1"].consistency == 1.0 and got["pixnet-mean"].consistency == 0
     assert scales.label("pixnet-mean-sm3-eq1") == "PixNet, mean, --smoothness 3, --consistency 1"
+    rows = dataclasses.replace(cfg, smoothness=[0.0], consistency_frames="rows")
+    assert [v.name for v in scales.pixnet_variants(rows)] == ["pixnet-mean", "pixnet-mean-eq1rows"]
+    assert scales.label("pixnet-mean-eq0.1rows") == (
+        "PixNet, mean, --consistency 0.1 --consistency-frames rows"
+    )
 
 
 def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path: Path) -> None:

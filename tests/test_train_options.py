@@ -4,6 +4,7 @@ map regularisers (smoothness, dihedral consistency)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from pixnet.cli_options import check_fields
 from pixnet.data.example import write_example_dataset
+from pixnet.errors import PixNetInputError
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import load_model_file
 from pixnet.ops.dihedral import dihedral, dihedral_inverse
@@ -180,6 +183,41 @@ def test_consistency_penalty_makes_the_map_turn_with_the_image(
         gap[weight] = float((stack - stack.mean(0)).pow(2).mean() / stack.var())
     # the maps of the 8 frames drift apart without the penalty and agree with it
     assert gap[300.0] < 0.5 * gap[0.0], gap
+
+
+def test_consistency_frames_choose_the_twins_transforms(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--consistency-frames rows`` draws only the transforms that keep rows as rows;
+    ``all`` draws from all seven (both: seeded, one per step)."""
+    import pixnet.train.loop as loop
+
+    drawn: list[int] = []
+    real = loop.predict_with_twin
+
+    def spy(model: Any, batch: Any, readout: str, k: int, *args: Any) -> Any:
+        drawn.append(k)
+        return real(model, batch, readout, k, *args)
+
+    monkeypatch.setattr(loop, "predict_with_twin", spy)
+    got = {}
+    for frames in ("rows", "all"):
+        drawn.clear()
+        cfg = TrainConfig(
+            samples=str(manifest),
+            out=str(tmp_path / frames),
+            epochs=4,
+            consistency=1.0,
+            consistency_frames=frames,
+            **{**TINY, "crops_per_epoch": 6},  # type: ignore[arg-type]
+        )
+        train(cfg, load_manifest(manifest))
+        got[frames] = list(drawn)
+    assert len(got["rows"]) == 12 and set(got["rows"]) <= {2, 4, 6}, got
+    assert len(set(got["rows"])) > 1
+    assert set(got["all"]) <= set(range(1, 8)) and not set(got["all"]) <= {2, 4, 6}, got
+    with pytest.raises(PixNetInputError, match="--consistency-frames"):
+        check_fields(dataclasses.replace(cfg, consistency_frames="turns"))
 
 
 def test_ema_decay_warms_up() -> None:

@@ -28,6 +28,14 @@ TTA_TRANSFORMS: dict[int, tuple[int, ...]] = {
     8: tuple(range(8)),
 }
 
+# train --consistency-frames: the transforms a training step draws its twin from (never
+# the identity). "rows" keeps rows as rows (the half turn and both flips), which row
+# attention can follow exactly; "all" adds the four that turn rows into columns.
+CONSISTENCY_FRAMES: dict[str, tuple[int, ...]] = {
+    "all": tuple(range(1, 8)),
+    "rows": (2, 4, 6),
+}
+
 
 def dihedral(x: Tensor, k: int) -> Tensor:
     """Transform ``k`` of ``x (..., H, W)``."""

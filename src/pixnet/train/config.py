@@ -9,6 +9,7 @@ from pixnet.cli_options import help_meta as _h
 from pixnet.data.regions import REGION_SOURCES
 from pixnet.models.pixnet import PRESETS
 from pixnet.models.vit_pyramid import PYRAMIDS
+from pixnet.ops.dihedral import CONSISTENCY_FRAMES
 from pixnet.ops.readout import READOUTS
 
 ATTENTIONS: tuple[str, ...] = ("preset", "row", "axial")
@@ -97,9 +98,18 @@ class TrainConfig:
         default=0.0,
         metadata=_h(
             "weight of a penalty on the difference between a crop's map and the map of the "
-            "crop flipped or turned (one of the 7 other dihedral frames per batch), mapped "
-            "back (0: off, the paper); each step then runs the network on twice the crops",
+            "crop flipped or turned (one transform of --consistency-frames per batch), "
+            "mapped back (0: off, the paper); each step then runs the network on twice the "
+            "crops",
             ge=0,
+        ),
+    )
+    consistency_frames: str = field(
+        default="all",
+        metadata=_h(
+            "the transforms --consistency draws from: all (the 7 flips and turns) or rows "
+            "(the 3 that keep rows as rows: both flips and the half turn)",
+            choices=tuple(CONSISTENCY_FRAMES),
         ),
     )
     readout: str = field(

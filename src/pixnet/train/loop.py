@@ -43,7 +43,7 @@ from pixnet.io.sample import Sample
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.aggregate import integrate_spots
-from pixnet.ops.dihedral import dihedral
+from pixnet.ops.dihedral import CONSISTENCY_FRAMES, dihedral
 from pixnet.ops.losses import (
     check_finite_loss,
     dihedral_consistency,
@@ -393,6 +393,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
         n_b = 0
         frames = np.random.default_rng([cfg.seed, epoch, 8])  # --consistency: one per batch
+        ks = CONSISTENCY_FRAMES[cfg.consistency_frames]
         bar = tqdm(
             sampler.epoch_items(epoch, cfg.batch_size),
             total=sampler.n_batches(cfg.batch_size),
@@ -409,7 +410,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             preds, targets = [], []
             maps: list[torch.Tensor] | None = [] if cfg.smoothness > 0 else None
             consistency_terms: list[torch.Tensor] = []
-            k = int(frames.integers(1, 8))  # every share of the step: the same frame
+            k = ks[int(frames.integers(len(ks)))]  # every share of the step: the same frame
             for idx in mine:
                 batch = collate([items[i] for i in idx], sampler.slides[0].shape).to(device)
                 if cfg.consistency > 0:
