@@ -63,6 +63,7 @@ from pixnet.cli_options import help_meta
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel, fit_gene_panel
 from pixnet.data.synthetic import SYNTHETIC_GENES, synthetic_field
 from pixnet.io.sample import Sample
+from pixnet.models.pixnet import PixNet
 from pixnet.ops.dihedral import CONSISTENCY_FRAMES, TTA_TRANSFORMS
 from pixnet.train.config import TrainConfig
 
@@ -317,6 +318,51 @@ def bins_in_spots(centres_px: np.ndarray, radius_px: float, side_px: float) -> n
     return (idx + 0.5) * side_px
 
 
+def reference_predictions(
+    section: Section,
+    regions: list[Regions],
+    filler: float,
+    cell_um: float,
+    field_mpp: float,
+    cols: list[int],
+) -> dict[str, list[np.ndarray]]:
+    """Two references that read the known field (ceilings, not methods), per region set.
+
+    ``truth-disk``: the target of the 100 um disk centred on each region, i.e. what a
+    perfect sliding spot-crop model trained on 100 um spots predicts. ``truth-cell``: the
+    field averaged over map cells of ``cell_um`` (PixNet's: 2 x the working mpp, cells
+    anchored at the image origin like the predicted map's) and integrated over each
+    region, i.e. what a perfect map at PixNet's resolution predicts; left out when the
+    cell is not a whole number of field pixels. ``cols``: the panel's genes."""
+    sample = section.sample
+    out: dict[str, list[np.ndarray]] = {"truth-disk": []}
+    for r in regions:
+        integ, area = region_integrals(
+            section.density, section.scale_xy, r.centres_px, TRAIN_SPOT_UM / sample.mpp, "disk"
+        )
+        out["truth-disk"].append(
+            targets_from_integrals(integ, area, filler, DEFAULT_TARGET_SUM)[:, cols]
+        )
+    k = cell_um / field_mpp
+    if abs(k - round(k)) > 1e-6 or round(k) < 1:
+        log.info(
+            "map cell %.3g um is not a whole number of field pixels: no truth-cell row", cell_um
+        )
+        return out
+    k = int(round(k))
+    g, h, w = section.density.shape
+    cells = section.density[:, : h // k * k, : w // k * k].reshape(g, h // k, k, w // k, k)
+    cells = cells.mean(axis=(2, 4))
+    scale = (section.scale_xy[0] / k, section.scale_xy[1] / k)
+    out["truth-cell"] = []
+    for r in regions:
+        integ, area = region_integrals(cells, scale, r.centres_px, r.sizes_px, r.shape)
+        out["truth-cell"].append(
+            targets_from_integrals(integ, area, filler, DEFAULT_TARGET_SUM)[:, cols]
+        )
+    return out
+
+
 @dataclass
 class Regions:
     """Evaluation regions of one scale on the test section (full-resolution pixels)."""
@@ -504,13 +550,13 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
 
     test = sections[cfg.test]
     regions = eval_regions(test.sample, cfg.scales_um, cfg.max_bins, cfg.seed)
+    cols = [genes.index(g) for g in panel.genes]
     truth = []
     for r in regions:
         integ, area = region_integrals(
             test.density, test.scale_xy, r.centres_px, r.sizes_px, r.shape
         )
-        t = targets_from_integrals(integ, area, f, DEFAULT_TARGET_SUM)
-        truth.append(t[:, [genes.index(g) for g in panel.genes]])
+        truth.append(targets_from_integrals(integ, area, f, DEFAULT_TARGET_SUM)[:, cols])
     train_mean = np.asarray(panel.mean_targets)
 
     out = Path(cfg.out)
@@ -609,6 +655,8 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         )
     preds["mean"] = [np.broadcast_to(train_mean, t.shape) for t in truth]
     seconds["mean"] = 0.0
+    cell_um = PixNet.map_stride * cfg.working_mpp
+    preds.update(reference_predictions(test, regions, f, cell_um, field_mpp, cols))
 
     # stripes: steps between adjacent bin rows against adjacent columns (1: isotropic)
     anisotropy: dict[str, dict[str, Any]] = {}
@@ -694,6 +742,8 @@ LABELS = {
     "pixnet-density": "PixNet, density",
     "spotcrop": "spot-crop ResNet18",
     "mean": "training mean",
+    "truth-disk": "reference: true 100 um disk around each region (perfect sliding spot-crop)",
+    "truth-cell": "reference: true field averaged over PixNet's map cells (perfect map)",
 }
 
 

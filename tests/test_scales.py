@@ -7,7 +7,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -109,6 +109,31 @@ def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
     )
 
 
+REFS = ["truth-disk", "truth-cell"]  # the references every run adds
+
+
+def test_reference_predictions_read_the_field_at_the_map_cells(scales: ModuleType) -> None:
+    """``truth-cell`` integrates the field averaged over 2 x 2 field-pixel cells; without a
+    whole number of field pixels per cell there is no such row."""
+    density = np.random.default_rng(0).random((2, 8, 8))
+    section = scales.Section(
+        sample=SimpleNamespace(mpp=1.0), density=density, scale_xy=(1.0, 1.0),
+        spot_integ=np.zeros((0, 2)), spot_area=np.zeros(0),
+    )  # fmt: skip
+    square = scales.Regions("2 px", "square", 2.0, np.array([[4.0, 4.0]]), 2.0)
+    got = scales.reference_predictions(section, [square], 0.5, 2.0, 1.0, [1, 0])
+    cells = density.reshape(2, 4, 2, 4, 2).mean(axis=(2, 4))
+    integ = cells[:, 1:3, 1:3].sum(axis=(1, 2))  # [3, 5) x [3, 5): 1 px of 4 cells each
+    want = scales.targets_from_integrals(integ[None], np.array([4.0]), 0.5, 1e4)[:, [1, 0]]
+    np.testing.assert_allclose(got["truth-cell"][0], want, rtol=1e-9)
+    disk = scales.region_integrals(density, (1.0, 1.0), square.centres_px, 100.0, "disk")
+    want_disk = scales.targets_from_integrals(*disk, 0.5, 1e4)[:, [1, 0]]
+    np.testing.assert_allclose(got["truth-disk"][0], want_disk, rtol=1e-9)
+    assert list(scales.reference_predictions(section, [square], 0.5, 3.0, 2.0, [0])) == [
+        "truth-disk"
+    ]
+
+
 def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path: Path) -> None:
     torch.set_num_threads(1)
     cfg = scales.ScalesConfig(
@@ -132,6 +157,7 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     assert r["regions"]["2 um square"]["n"] == 300
     assert r["regions"]["100 um disk"]["n"] == samples[1].n_spots
     methods = ["pixnet-sum", "pixnet-mean", "pixnet-density", "spotcrop", "mean"]
+    methods += REFS
     assert list(r["metrics"]) == methods
     for m in methods:
         for n in names:
@@ -142,6 +168,14 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
         assert r["metrics"]["mean"][n]["PCC@M"] is None
         assert r["metrics"]["mean"][n]["skill"] == 0.0
     assert r["held_out_scales"] == names[:4]
+    # the references: the 100 um disk is the truth at 100 um; a perfect map at the cell
+    # size sees finer structure at 2 um than a perfect 100 um sliding model
+    ref = r["metrics"]
+    assert ref["truth-disk"]["100 um disk"]["MSE"] == pytest.approx(0.0, abs=1e-12)
+    assert ref["truth-cell"]["2 um square"]["PCC@M"] > ref["truth-disk"]["2 um square"]["PCC@M"]
+    assert ref["truth-cell"]["2 um square"]["MSE"] < ref["truth-disk"]["2 um square"]["MSE"]
+    assert "perfect map" in scales.label("truth-cell")
+    assert "truth-disk" not in r["mean_mse_held_out"]  # references are not ranked
     assert r["best_readout"] == min(r["mean_mse_held_out"], key=r["mean_mse_held_out"].get)
     assert json.loads((tmp_path / "scales.json").read_text()) == r
     md = (tmp_path / "scales.md").read_text()
@@ -157,7 +191,7 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
         samples,
     )
     assert model.stat().st_mtime_ns == stamp
-    assert list(again["metrics"]) == ["pixnet-mean", "pixnet-mean-w0", "mean"]
+    assert list(again["metrics"]) == ["pixnet-mean", "pixnet-mean-w0", "mean", *REFS]
     assert again["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]
     assert scales.label("pixnet-mean-w0").endswith("whole-row attention")
     assert scales.label("pixnet-mean-sm3-stride8-local") == (
@@ -171,7 +205,7 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
         ),
         samples,
     )
-    assert list(heads["metrics"]) == ["pixnet-mean", "pixnet-mean-stride8-local", "mean"]
+    assert list(heads["metrics"]) == ["pixnet-mean", "pixnet-mean-stride8-local", "mean", *REFS]
     assert heads["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]  # reused
     mc = load_model_file(tmp_path / "runs" / "pixnet-mean-stride8-local" / "model.pt")
     assert mc["model_config"]["context_stride"] == 8 and mc["model_config"]["local_path"]
@@ -191,6 +225,7 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
         "spotcrop",
         "spotcrop-tta4",
         "mean",
+        *REFS,
     ]
     assert back["metrics"]["spotcrop-tta4"] != back["metrics"]["spotcrop"]
     assert scales.label("pixnet-mean-stride8-tta8") == ("PixNet, mean, --context-stride 8, --tta 8")
