@@ -124,6 +124,14 @@ class ScalesConfig:
             choices=tuple(CONSISTENCY_FRAMES),
         ),
     )
+    gene_scales: list[str] = field(
+        default_factory=lambda: ["off"],
+        metadata=help_meta(
+            "per-gene learned smoothing of each PixNet (pixnet train --gene-scales): off, on "
+            "(one model each; on adds -gs to the names)",
+            choices=("off", "on"),
+        ),
+    )
     heads: list[str] = field(
         default_factory=lambda: ["stride2"],
         metadata=help_meta(
@@ -402,21 +410,23 @@ class Variant(NamedTuple):
     smoothness: float
     head: str
     consistency: float
+    gene_scales: bool
 
 
 def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
     """Every PixNet the run makes: read-outs x attentions x smoothness x heads x
     consistency weights, named like ``pixnet-mean-axial-sm3-stride8-eq1``."""
     out = []
-    for r, a, w, h, c in itertools.product(
-        cfg.readouts, cfg.attentions, cfg.smoothness, cfg.heads, cfg.consistency
+    for r, a, w, h, c, gs in itertools.product(
+        cfg.readouts, cfg.attentions, cfg.smoothness, cfg.heads, cfg.consistency, cfg.gene_scales
     ):
         name = f"pixnet-{r}" + ("" if a == "preset" else f"-{a}")
         name += f"-sm{w:g}" if w else ""
         name += "" if h == "stride2" else f"-{h}"
         name += f"-eq{c:g}" if c else ""
         name += "rows" if c and cfg.consistency_frames == "rows" else ""
-        out.append(Variant(name, r, a, w, h, c))
+        name += "-gs" if gs == "on" else ""
+        out.append(Variant(name, r, a, w, h, c, gs == "on"))
     return out
 
 
@@ -524,6 +534,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     from pixnet.eval.metrics import grid_anisotropy, summarise
     from pixnet.io.atomic import atomic_write_text
     from pixnet.io.manifest import load_manifest
+    from pixnet.predict.tiled import load_predictor
     from pixnet.train.ensemble import finished_member
     from pixnet.train.loop import train
 
@@ -578,7 +589,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
-    for name, readout, attention, weight, head, consistency in pixnet_variants(cfg):
+    for name, readout, attention, weight, head, consistency, gene_scales in pixnet_variants(cfg):
         t0 = time.perf_counter()
         run = out / name
         model = run / "model.pt"
@@ -594,6 +605,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     smoothness=weight,
                     consistency=consistency,
                     consistency_frames=cfg.consistency_frames,
+                    gene_scales=gene_scales,
                     **head_options(head),
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
@@ -618,6 +630,13 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
             "best_epoch": records[-1]["best_epoch"],
             "model": str(model),
         }
+        if gene_scales:  # the learned smoothing widths, um per gene
+            loaded = load_predictor(model)
+            widths = loaded.gene_widths_um()
+            assert widths is not None
+            details[name]["gene_widths_um"] = dict(
+                zip(loaded.panel.genes, np.round(widths, 2).tolist(), strict=True)
+            )
     if cfg.spotcrop:
         t0 = time.perf_counter()
         tcfg = dataclasses.replace(base, out=str(out / "spotcrop"))
@@ -772,6 +791,8 @@ def label(method: str) -> str:
             return f"--context-stride {p[6:]}"
         if p == "local":
             return "--local-path"
+        if p == "gs":
+            return "--gene-scales"
         return f"{p} attention"
 
     extra = [spell(p) for p in parts[2:]]

@@ -220,6 +220,32 @@ def test_consistency_frames_choose_the_twins_transforms(
         check_fields(dataclasses.replace(cfg, consistency_frames="turns"))
 
 
+def test_gene_scales_train_save_and_report_widths(manifest: Path, tmp_path: Path) -> None:
+    """``--gene-scales``: the widths learn at their own rate (they leave their initial
+    value within 2 epochs), the log reports them, and the model file gives one per gene."""
+    from pixnet.models.gene_scales import INIT_VARIANCE_CELLS2
+    from pixnet.predict.tiled import load_predictor
+
+    cfg = TrainConfig(samples=str(manifest), out=str(tmp_path), epochs=2, gene_scales=True, **TINY)  # type: ignore[arg-type]
+    train(cfg, load_manifest(manifest))
+    records = _log(tmp_path)
+    init_um = INIT_VARIANCE_CELLS2**0.5 * 2 * TINY["working_mpp"]
+    assert [set(r["gene_width_um"]) for r in records] == [{"min", "median", "max"}] * 2
+    pred = load_predictor(tmp_path / "model.pt")
+    widths = pred.gene_widths_um()
+    assert widths is not None and widths.shape == (len(pred.panel.genes),)
+    assert float(abs(widths - init_um).max()) > 0.05 * init_um, widths
+    kept = records[records[-1]["best_epoch"]]  # model.pt holds the best epoch's weights
+    assert kept["gene_width_um"]["max"] == pytest.approx(float(widths.max()), abs=0.01)
+    plain = tmp_path / "plain"
+    train(
+        dataclasses.replace(cfg, out=str(plain), gene_scales=False, epochs=1),
+        load_manifest(manifest),
+    )
+    assert load_predictor(plain / "model.pt").gene_widths_um() is None
+    assert "gene_width_um" not in _log(plain)[0]
+
+
 def test_ema_decay_warms_up() -> None:
     from pixnet.train.loop import ema_decay
 

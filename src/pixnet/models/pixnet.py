@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from pixnet.errors import PixNetInputError
 from pixnet.models.decoder import PixNetDecoder
+from pixnet.models.gene_scales import GeneScales
 from pixnet.models.registry import (
     EncoderSpec,
     build_encoder,
@@ -74,6 +75,8 @@ class PixNetConfig:
             (2: every stage, the paper; 4, 8, 16: stop there and upsample bilinearly).
         local_path: add a pointwise path from ``F1`` into the head
             (:class:`~pixnet.models.decoder.LocalPath`).
+        gene_scales: smooth each gene's map with a Gaussian of learned width
+            (:class:`~pixnet.models.gene_scales.GeneScales`).
     """
 
     preset: str = "cpu"
@@ -89,6 +92,7 @@ class PixNetConfig:
     freeze_encoder: bool = False
     context_stride: int = 2
     local_path: bool = False
+    gene_scales: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict of the fields (tuples become lists)."""
@@ -243,6 +247,7 @@ class PixNet(nn.Module):
             context_stride=c.context_stride,
             local_path=c.local_path,
         )
+        self.gene_scales = GeneScales(c.n_genes) if c.gene_scales else None
         self.encoder_weights_report: dict[str, Any] | None = None
 
     @property
@@ -274,7 +279,8 @@ class PixNet(nn.Module):
                 message gives the padded size).
         """
         check_input(images)
-        return self.decoder(self.encoder(images))
+        maps = self.decoder(self.encoder(images))
+        return maps if self.gene_scales is None else self.gene_scales(maps)
 
     def features(self, images: Tensor) -> Tensor:
         """Decoder output before the 1x1 head (D1 for the paper's decoder).
@@ -282,7 +288,8 @@ class PixNet(nn.Module):
         The head is linear and pointwise, so for a linear aggregation ``A`` (sum or mean
         over a spot's cells) ``A(head(D1)) == head(A(D1))``: training can aggregate the
         ``(B, C, H/2, W/2)`` features and apply :attr:`head` to the ``(N, C)`` spot
-        features, never building the full ``(B, n_genes, H/2, W/2)`` map.
+        features, never building the full ``(B, n_genes, H/2, W/2)`` map. Not so with
+        ``gene_scales`` (the per-gene smoothing comes after the head).
 
         Args:
             images: as in :meth:`forward`.

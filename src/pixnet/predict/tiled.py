@@ -74,6 +74,20 @@ class Predictor:
     def readout_maths(self) -> Readout:
         return get_readout(self.readout)
 
+    def gene_widths_um(self) -> np.ndarray | None:
+        """Each gene's learned smoothing width (the Gaussian's sigma, um) of a model
+        trained with ``--gene-scales`` (for an ensemble, the members' mean); ``None``
+        without."""
+        nets = self.model.members if isinstance(self.model, PixNetEnsemble) else [self.model]
+        widths = [
+            n.gene_scales.sigma_cells().detach().cpu().numpy()
+            for n in nets
+            if isinstance(n, PixNet) and n.gene_scales is not None
+        ]
+        if not widths:
+            return None
+        return np.mean(widths, axis=0) * PixNet.map_stride * self.working_mpp
+
     @property
     def stride(self) -> int:
         return int(self.model.map_stride)

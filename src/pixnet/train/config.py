@@ -157,6 +157,13 @@ class TrainConfig:
         default=False,
         metadata=_h("add a pointwise path from the encoder's stride-2 features into the head"),
     )
+    gene_scales: bool = field(
+        default=False,
+        metadata=_h(
+            "smooth each gene's map with a Gaussian of learned width (one per gene, up to "
+            "8 map cells; the widths are saved in the model and written by predict)"
+        ),
+    )
     augment: bool = field(default=True, metadata=_h("flips, rotations, stain jitter"))
     pretrained: str | None = field(
         default=None,

@@ -40,6 +40,7 @@ from pixnet.data.regions import region_targets, sample_regions
 from pixnet.errors import PixNetInputError
 from pixnet.io.modelfile import load_model_file, model_payload
 from pixnet.io.sample import Sample
+from pixnet.models.gene_scales import LR_FACTOR as GENE_SCALES_LR_FACTOR
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.models.registry import get_encoder_spec
 from pixnet.ops.aggregate import integrate_spots
@@ -319,6 +320,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         freeze_encoder=cfg.freeze_encoder,
         context_stride=cfg.context_stride,
         local_path=cfg.local_path,
+        gene_scales=cfg.gene_scales,
         **({} if cfg.attention == "preset" else {"axial": cfg.attention == "axial"}),
     )
     device = resolve_device(cfg.device)
@@ -328,7 +330,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     if n_bn:  # its own stream: the training crops do not change
         bn_sampler = recalibration_crops(slides, cfg.crop_px, cfg.seed, n_bn, cfg.batch_size)
     _init_head(model, panel, get_readout(cfg.readout), spot_area_wpx=_spot_area(slides[0]))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = _weight_average(model, cfg.ema)
     geometry = {
         "working_mpp": cfg.working_mpp,
@@ -388,7 +390,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         t0 = time.perf_counter()
         lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_factor", 1.0)
         model.train()
         sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
         n_b = 0
@@ -448,6 +450,13 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                 kept, bn_sampler, epoch, cfg.batch_size, parts, device
             )
         record.update(validate(kept, slides, val_masks, cfg))
+        if kept.gene_scales is not None:  # --gene-scales: how wide the smoothing has grown
+            um = kept.gene_scales.sigma_cells().detach().cpu() * kept.map_stride * cfg.working_mpp
+            record["gene_width_um"] = {
+                "min": round(float(um.min()), 2),
+                "median": round(float(um.median()), 2),
+                "max": round(float(um.max()), 2),
+            }
         record["seconds"] = round(time.perf_counter() - t0, 3)
         # without validation spots the last epoch is kept
         writes = []
@@ -577,6 +586,20 @@ def _fmt(v: float | None) -> str:
 def _spot_area(s: SlideSpots) -> float:
     """Area of one training spot in working pixels."""
     return float(np.pi * (s.size_wpx / 2) ** 2) if s.shape == "disk" else float(s.size_wpx**2)
+
+
+def param_groups(model: PixNet) -> list[dict[str, Any]]:
+    """The optimiser's groups: the network, and the per-gene smoothing widths (if any) at
+    :data:`~pixnet.models.gene_scales.LR_FACTOR` x the learning rate, no weight decay."""
+    if model.gene_scales is None:
+        return [{"params": list(model.parameters())}]
+    widths = list(model.gene_scales.parameters())
+    ids = {id(p) for p in widths}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [
+        {"params": rest},
+        {"params": widths, "lr_factor": GENE_SCALES_LR_FACTOR, "weight_decay": 0.0},
+    ]
 
 
 def _init_head(model: PixNet, panel: GenePanel, readout: Readout, spot_area_wpx: float) -> None:
