@@ -183,6 +183,11 @@ def add_model_flags(ap: argparse.ArgumentParser) -> None:
         action="store_true",
         help="PixNet local path into the head (train --local-path)",
     )
+    ap.add_argument(
+        "--gene-scales",
+        action="store_true",
+        help="PixNet per-gene learned smoothing (train --gene-scales)",
+    )
 
 
 def model_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,6 +198,7 @@ def model_flags(args: argparse.Namespace) -> dict[str, Any]:
         "consistency_frames": args.consistency_frames,
         "context_stride": args.context_stride,
         "local_path": args.local_path,
+        "gene_scales": args.gene_scales,
     }
 
 
