@@ -61,7 +61,7 @@ class GeneScales(nn.Module):
             raise ValueError(f"map has {g} genes, the smoothing {self.log_variance.numel()}")
         reach = int(math.ceil(3 * MAX_SIGMA_CELLS))
         # zero padding: nothing wraps around into the map, and every kernel tap has a place
-        size = (max(h + reach, 2 * reach + 1), max(w + reach, 2 * reach + 1))
+        size = (_fft_size(max(h + reach, 2 * reach + 1)), _fft_size(max(w + reach, 2 * reach + 1)))
         offsets = torch.arange(-reach, reach + 1, device=maps.device, dtype=torch.float32)
         var = self.sigma_cells().float() ** 2
         support = torch.fft.rfft2(maps.new_ones((1, 1, h, w), dtype=torch.float32), s=size)
@@ -79,6 +79,19 @@ class GeneScales(nn.Module):
             den = torch.fft.irfft2(support * transfer, s=size)
             out.append(num[..., :h, :w] / den[..., :h, :w].clamp(min=1e-6))
         return torch.cat(out, dim=1).to(maps.dtype)
+
+
+def _fft_size(n: int) -> int:
+    """The smallest ``m >= n`` whose prime factors are 2, 3 and 5 (fast transforms)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
 
 
 def _circular(taps: Tensor, n: int) -> Tensor:
