@@ -20,11 +20,12 @@ from pixnet.models.pixnet import build_pixnet, from_preset
 WORKING_MPP = 8.0
 
 
-def tiny_model_file(manifest: Path, path: Path, n_genes: int = 6) -> Path:
-    """A ``model.pt`` for ``manifest``'s genes with untrained weights (fast to make)."""
+def tiny_model_file(manifest: Path, path: Path, n_genes: int = 6, **model_options: Any) -> Path:
+    """A ``model.pt`` for ``manifest``'s genes with untrained weights (fast to make);
+    ``model_options``: :class:`~pixnet.models.pixnet.PixNetConfig` fields."""
     samples = load_manifest(manifest)
     panel = fit_gene_panel(samples, n_genes=n_genes)
-    mcfg = from_preset("cpu", n_genes=panel.n_genes)
+    mcfg = from_preset("cpu", n_genes=panel.n_genes, **model_options)
     model = build_pixnet(mcfg)
     return save_model_file(
         path,

@@ -15,6 +15,7 @@ from pixnet.errors import PixNetInputError
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
 from pixnet.models.decoder import set_attention_window
+from pixnet.models.gene_scales import GeneScales, margin_px_needed
 from pixnet.models.pixnet import PixNet, from_preset
 from pixnet.predict.spotsets import BinGrid, ExplicitSpots, read_spots_csv
 from pixnet.predict.tiled import Predictor, predict_slide
@@ -75,6 +76,35 @@ def test_tiled_equals_untiled_for_a_local_model(slide_png: Path) -> None:
     for a, b in zip(whole, tiled, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         assert np.isfinite(a).all()
+
+
+class SmoothedLocalModel(LocalModel):
+    """:class:`LocalModel` followed by per-gene smoothing (``--gene-scales``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gene_scales = GeneScales(3)
+        with torch.no_grad():
+            self.gene_scales.log_variance.copy_(torch.log(torch.tensor([1.0, 3.0, 8.0]) ** 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gene_scales(super().forward(x))
+
+
+def test_gene_scales_are_seamless_with_the_margin_they_need(slide_png: Path) -> None:
+    """With a margin of :func:`margin_px_needed` a smoothed local map is the same tiled or
+    whole; a smaller margin shows the tiles."""
+    model = SmoothedLocalModel().eval()
+    pred = Predictor(model=model, panel=_panel(3), working_mpp=2.0, readout="mean")
+    margin = margin_px_needed(2)
+    assert margin == 48
+    with open_slide(slide_png, mpp=2.0) as slide, torch.no_grad():
+        sets = _spots(2.0)[1:]  # 8 um squares
+        whole = _run(pred, slide, sets, tile_px=512, margin_px=margin)[0]
+        tiled = _run(pred, slide, sets, tile_px=64, margin_px=margin)[0]
+        short = _run(pred, slide, sets, tile_px=64, margin_px=16)[0]
+    np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-4)
+    assert np.abs(short - whole).max() > 1e-2
 
 
 def test_tiled_close_to_untiled_for_pixnet(slide_png: Path) -> None:
@@ -195,3 +225,29 @@ def test_load_predictor_gives_attention_the_training_crop_by_default(tmp_path: P
     assert halves(load_predictor(model)) == [2, 4, 8, 16]  # 32 px each side
     assert halves(load_predictor(model, attention_window_px=0)) == [None] * 4
     assert halves(load_predictor(model, attention_window_px=256)) == [8, 16, 32, 64]
+
+
+def test_predict_writes_each_genes_learned_width(tmp_path: Path) -> None:
+    """A ``--gene-scales`` model's prediction files carry ``var["smoothing_um"]``; a plain
+    model's have no such column."""
+    import anndata
+    from fixtures_run import run_cli, tiny_model_file
+
+    from pixnet.data.example import write_example_dataset
+    from pixnet.io.prediction import SMOOTHING_COLUMN
+    from pixnet.predict.tiled import load_predictor
+
+    manifest = write_example_dataset(tmp_path / "ex", n_sections=1, size_px=(256, 256))
+    for name, options in (("gs", {"gene_scales": True}), ("plain", {})):
+        model = tiny_model_file(manifest, tmp_path / f"{name}.pt", **options)
+        out = tmp_path / name / "EX1.h5ad"
+        argv = ["predict", "--model", model, "--samples", manifest, "--sample", "EX1"]
+        code, _, err = run_cli([*argv, "--out", out])
+        assert code == 0, err
+        var = anndata.read_h5ad(out).var
+        widths = load_predictor(model).gene_widths_um()
+        if widths is None:
+            assert SMOOTHING_COLUMN not in var.columns and name == "plain"
+        else:
+            np.testing.assert_allclose(var[SMOOTHING_COLUMN].to_numpy(), widths, rtol=1e-6)
+            assert name == "gs" and len(widths) == var.shape[0]

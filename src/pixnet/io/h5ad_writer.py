@@ -147,17 +147,24 @@ class StreamingH5ad:
         uns: dict[str, Any],
         obs_columns: dict[str, np.ndarray] | None = None,
         commit: bool = True,
+        var_columns: dict[str, np.ndarray] | None = None,
     ) -> Path:
-        """Write ``var``, ``uns`` and extra ``obs`` columns and close the file; rename it
-        onto the final path (with ``commit=False``: later, by :meth:`commit`, so that
-        several files can appear together)."""
+        """Write ``var`` (with ``var_columns``, one value per gene), ``uns`` and extra
+        ``obs`` columns and close the file; rename it onto the final path (with
+        ``commit=False``: later, by :meth:`commit`, so that several files can appear
+        together)."""
         with _guard(self):
-            self._finish(uns, obs_columns)
+            self._finish(uns, obs_columns, var_columns)
         if commit:
             self.commit()
         return self.path
 
-    def _finish(self, uns: dict[str, Any], obs_columns: dict[str, np.ndarray] | None) -> None:
+    def _finish(
+        self,
+        uns: dict[str, Any],
+        obs_columns: dict[str, np.ndarray] | None,
+        var_columns: dict[str, np.ndarray] | None = None,
+    ) -> None:
         from anndata.io import write_elem
 
         missing = int((~self._written).sum())
@@ -175,7 +182,10 @@ class StreamingH5ad:
                 "column-order": cols,
             }
         )
-        write_elem(self.f, "var", pd.DataFrame(index=pd.Index(self._var_names, dtype=str)))
+        var = pd.DataFrame(index=pd.Index(self._var_names, dtype=str))
+        for name, values in (var_columns or {}).items():
+            var[name] = np.asarray(values).reshape(len(self._var_names))
+        write_elem(self.f, "var", var)
         write_elem(self.f, "uns", uns)
         for group in ("layers", "obsp", "varm", "varp"):
             write_elem(self.f, group, {})

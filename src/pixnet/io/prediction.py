@@ -96,6 +96,11 @@ class TargetScale:
         )
 
 
+SMOOTHING_COLUMN = "smoothing_um"
+"""``var`` column of a prediction from a ``--gene-scales`` model: each gene's learned
+smoothing width (the Gaussian's sigma, micrometres)."""
+
+
 @dataclass
 class PredictionInfo:
     """``uns["pixnet"]``: how a prediction file was made (empty for files of other tools).
@@ -260,11 +265,16 @@ class PredictionWriter(StreamingH5ad):
     :class:`~pixnet.io.h5ad_writer.StreamingH5ad`), finished with its provenance."""
 
     def finish_prediction(
-        self, info: PredictionInfo, slide: SlideRecord, commit: bool = True
+        self,
+        info: PredictionInfo,
+        slide: SlideRecord,
+        commit: bool = True,
+        var_columns: dict[str, np.ndarray] | None = None,
     ) -> Path:
-        """Write ``uns`` (``info.n_nan_rows`` set from the rows written) and close."""
+        """Write ``uns`` (``info.n_nan_rows`` set from the rows written), ``var`` (with
+        ``var_columns``, e.g. ``smoothing_um``) and close."""
         info.n_nan_rows = self.n_nan_rows
-        return self.finish(prediction_uns(info, slide), commit=commit)
+        return self.finish(prediction_uns(info, slide), commit=commit, var_columns=var_columns)
 
 
 def write_prediction(

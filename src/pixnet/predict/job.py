@@ -30,7 +30,13 @@ from pixnet.io.atomic import (
     hold_interrupts,
     raise_if_disk_full,
 )
-from pixnet.io.prediction import PredictionInfo, PredictionWriter, SlideRecord, TargetScale
+from pixnet.io.prediction import (
+    SMOOTHING_COLUMN,
+    PredictionInfo,
+    PredictionWriter,
+    SlideRecord,
+    TargetScale,
+)
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
 from pixnet.io.tissue import tissue_mask
@@ -330,6 +336,8 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
             if adapted is not None:
                 stats["adapt_bn"] = adapted
             target = TargetScale(target_sum=predictor.panel.target_sum)
+            widths = predictor.gene_widths_um()  # --gene-scales models: var["smoothing_um"]
+            var_columns = None if widths is None else {SMOOTHING_COLUMN: widths}
             for (ss, path), w in zip(sets, writers, strict=True):
                 slide_record = SlideRecord(
                     library_id=library_id,
@@ -352,7 +360,7 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
                     stats=dict(stats),
                 )
                 report_nan_rows(w.n_nan_rows, len(ss), ss.name, path, cfg.skip_background)
-                w.finish_prediction(info, slide_record, commit=False)
+                w.finish_prediction(info, slide_record, commit=False, var_columns=var_columns)
             if dense is not None:
                 done = [(ss, w.tmp) for (ss, _), w in zip(sets, writers, strict=True)]
                 dense_paths = dense.finish(slide, done, library_id=library_id, commit=False)
