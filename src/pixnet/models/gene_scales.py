@@ -9,12 +9,13 @@ Gaussian of width ``sigma_g`` (in map cells), one learned number per gene: the s
 sees it through the spot boundaries (a wider kernel leaks expression across them), and
 an explicit width is far easier to fit than smoothness drawn by the network itself.
 
-The kernel is a sampled Gaussian (``exp(-k^2 / 2 sigma^2)`` at whole-cell offsets,
-normalised), applied in the Fourier domain on a zero-padded grid (cost independent of
-the width) and normalised by the blur of the map's own support, so values near a crop or
-tile edge are averages of what is inside, not pulled towards zero. The widest kernel
-reaches :data:`MAX_SIGMA_CELLS` * 3 cells; a tile margin of at least that (in input
-pixels: ``3 * MAX_SIGMA_CELLS * map_stride``) makes tiled prediction seamless.
+The kernel is a sampled Gaussian (``exp(-k^2 / 2 sigma^2)`` at whole-cell offsets up to
+``3 sigma``, normalised), applied separably (rows, then columns), zero outside the map and
+divided by the blur of the map's own support, so values near a crop or tile edge are
+averages of what is inside, not pulled towards zero. Genes are smoothed in chunks of
+similar width, so narrow kernels cost few taps. The widest kernel reaches
+:data:`REACH_CELLS` cells; a tile margin of at least that (in input pixels:
+:func:`margin_px_needed`) makes tiled prediction seamless.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 MAX_SIGMA_CELLS = 8.0
 """Upper bound of a gene's smoothing width, map cells (64 um at 4 um/px working)."""
+REACH_CELLS = int(math.ceil(3 * MAX_SIGMA_CELLS))
+"""How far the widest kernel reaches, map cells (3 sigma)."""
 INIT_VARIANCE_CELLS2 = 0.1
 """Initial variance of every gene's kernel, cells^2 (sigma 0.32 cells: close to none)."""
 LR_FACTOR = 100.0
@@ -51,57 +55,48 @@ class GeneScales(nn.Module):
         """``(G,)`` kernel widths (standard deviations) in map cells."""
         return self.log_variance.exp().sqrt().clamp(max=MAX_SIGMA_CELLS)
 
-    def forward(self, maps: Tensor, genes_per_chunk: int = 64) -> Tensor:
+    def forward(self, maps: Tensor, genes_per_chunk: int = 32) -> Tensor:
         """Smooth each gene's map with its kernel (float32 maths; the input's dtype back).
 
-        ``genes_per_chunk`` bounds the memory of the Fourier transforms (whole-slide tiles
-        hold many cells)."""
+        Genes are taken in order of width, ``genes_per_chunk`` at a time, each chunk with
+        kernels of its widest gene's reach (``ceil(3 sigma)`` cells): most genes need few
+        taps, and the cost follows."""
         b, g, h, w = maps.shape
         if g != self.log_variance.numel():
             raise ValueError(f"map has {g} genes, the smoothing {self.log_variance.numel()}")
-        reach = int(math.ceil(3 * MAX_SIGMA_CELLS))
-        # zero padding: nothing wraps around into the map, and every kernel tap has a place
-        size = (_fft_size(max(h + reach, 2 * reach + 1)), _fft_size(max(w + reach, 2 * reach + 1)))
-        offsets = torch.arange(-reach, reach + 1, device=maps.device, dtype=torch.float32)
-        var = self.sigma_cells().float() ** 2
-        support = torch.fft.rfft2(maps.new_ones((1, 1, h, w), dtype=torch.float32), s=size)
-        out = []
-        for lo in range(0, g, genes_per_chunk):
-            hi = min(g, lo + genes_per_chunk)
-            taps = torch.exp(-(offsets**2) / (2 * var[lo:hi, None]))  # sampled Gaussians
-            taps = taps / taps.sum(dim=1, keepdim=True)
-            ky = _circular(taps, size[0])
-            kx = _circular(taps, size[1])
-            transfer = torch.fft.fft(ky)[:, :, None] * torch.fft.rfft(kx)[:, None, :]
-            num = torch.fft.irfft2(
-                torch.fft.rfft2(maps[:, lo:hi].float(), s=size) * transfer, s=size
-            )
-            den = torch.fft.irfft2(support * transfer, s=size)
-            out.append(num[..., :h, :w] / den[..., :h, :w].clamp(min=1e-6))
-        return torch.cat(out, dim=1).to(maps.dtype)
+        sigma = self.sigma_cells().float()
+        order = torch.argsort(sigma.detach())
+        chunks = [order[lo : lo + genes_per_chunk] for lo in range(0, g, genes_per_chunk)]
+        if not torch.is_grad_enabled():  # prediction: write each chunk into place
+            out = torch.empty(maps.shape, dtype=torch.float32, device=maps.device)
+            for idx in chunks:
+                out.index_copy_(1, idx, _blur(maps.index_select(1, idx).float(), sigma[idx]))
+            return out.to(maps.dtype)
+        pieces = [_blur(maps.index_select(1, idx).float(), sigma[idx]) for idx in chunks]
+        out = torch.cat(pieces, dim=1).index_select(1, torch.argsort(order))
+        return out.to(maps.dtype)
 
 
-def _fft_size(n: int) -> int:
-    """The smallest ``m >= n`` whose prime factors are 2, 3 and 5 (fast transforms)."""
-    m = n
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
-
-
-def _circular(taps: Tensor, n: int) -> Tensor:
-    """``(G, 2r + 1)`` kernel taps at offsets ``-r..r`` laid on a circular grid of ``n``."""
-    r = (taps.shape[1] - 1) // 2
-    pos = torch.arange(-r, r + 1, device=taps.device) % n
-    return taps.new_zeros((taps.shape[0], n)).index_copy(1, pos, taps)
+def _blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """``x (B, n, H, W)`` channel ``i`` blurred by a sampled Gaussian of ``sigma[i]`` cells,
+    separably, zero outside the map and divided by the blur of the map's support."""
+    n, h, w = x.shape[1:]
+    reach = max(1, min(int(math.ceil(3 * float(sigma.detach().max()))), REACH_CELLS))
+    offsets = torch.arange(-reach, reach + 1, device=x.device, dtype=torch.float32)
+    taps = torch.exp(-(offsets**2) / (2 * sigma[:, None] ** 2))
+    own = (3 * sigma.detach()).ceil().clamp(1, REACH_CELLS)  # each gene's own reach
+    taps = taps * (offsets.abs() <= own[:, None])  # the same kernel in any chunk
+    taps = taps / taps.sum(dim=1, keepdim=True)  # (n, 2 reach + 1)
+    y = F.conv2d(x, taps[:, None, None, :], padding=(0, reach), groups=n)
+    y = F.conv2d(y, taps[:, None, :, None], padding=(reach, 0), groups=n)
+    # the support is a rectangle: its blur is the outer product of two 1-D blurs
+    along_w = F.conv1d(x.new_ones((1, n, w)), taps[:, None, :], padding=reach, groups=n)
+    along_h = F.conv1d(x.new_ones((1, n, h)), taps[:, None, :], padding=reach, groups=n)
+    support = along_h[..., :, None] * along_w[..., None, :]
+    return y.div_(support) if not torch.is_grad_enabled() else y / support
 
 
 def margin_px_needed(map_stride: int) -> int:
     """Input pixels of context a tile needs on each side so that the widest kernel sees
     only real map cells."""
-    return int(math.ceil(3 * MAX_SIGMA_CELLS)) * map_stride
+    return REACH_CELLS * map_stride
