@@ -21,6 +21,8 @@ each decoder head (``--context-stride``, ``--local-path``) and their forward pas
 against the encoder alone; ``--tta 1 4 8`` adds each head predicted with ``--tta``.
 ``--parts fast --bins 2 --tta 1 2 4 8 --reference-src ../before/src`` times the prediction
 copy (:mod:`pixnet.models.inference`) at each ``--tta`` count against another checkout.
+``--parts gene-scales --bins 2`` times the same random network without and with
+``--gene-scales`` (widths spread from 0.3 to 8 map cells) and their forward passes.
 Without ``--model`` a randomly initialised ``cpu``-preset model with 250 genes is used:
 speed and memory do not depend on the weights. Prints a Markdown report.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -68,6 +71,10 @@ def random_model(path: Path, n_genes: int = 250, seed: int = 0, **overrides: obj
     torch.manual_seed(seed)
     cfg = from_preset("cpu", n_genes=n_genes, **overrides)
     model = PixNet(cfg)
+    if model.gene_scales is not None:  # widths spread log-uniformly from 0.3 to 8 cells
+        with torch.no_grad():
+            sigma = torch.logspace(math.log10(0.3), math.log10(8.0), n_genes)
+            model.gene_scales.log_variance.copy_(2 * sigma.log())
     panel = GenePanel(genes=[f"G{i}" for i in range(n_genes)], mean_targets=[1.0] * n_genes)
     geometry = {
         "working_mpp": 2.0,
@@ -214,6 +221,45 @@ def heads_part(
     for label, head, wall, rss in rows:
         print(
             f"| {label} | {head} | {wall:.1f} | {wall / enc:.1f}x | "
+            f"{wall / base[label]:.2f}x | {rss:.0f} |"
+        )
+
+
+def gene_scales_part(manifest: str, sample: str, tmp: Path, bins: list[float]) -> None:
+    """``pixnet predict`` with the same random network without and with ``--gene-scales``
+    (widths spread log-uniformly from 0.3 to 8 map cells over the 250 genes: the widest
+    case costs the most), side by side, for the section's own spots and each bin size;
+    then the forward passes of their prediction copies over the same tissue tiles against
+    the encoder alone."""
+    from pixnet.models.inference import inference_network
+    from pixnet.predict.tiled import load_predictor
+
+    models = {"default": tmp / "plain.pt", "--gene-scales": tmp / "gs.pt"}
+    random_model(models["default"])
+    random_model(models["--gene-scales"], gene_scales=True)
+    rows = []
+    for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
+        for name, model in models.items():
+            r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b)
+            rows.append((label, name, r["wall_s"], r["peak_rss_mib"]))
+            print(f"{label}, {name}: {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
+    nets = {name: inference_network(load_predictor(m).model) for name, m in models.items()}
+    imgs, side = tissue_tile_images(manifest, sample, load_predictor(models["default"]).working_mpp)
+    with torch.inference_mode():
+        enc = forward_seconds(nets["default"].encoder, imgs, channels_last=True)
+        forward = {n: forward_seconds(net, imgs, channels_last=True) for n, net in nets.items()}
+    print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes (copies):\n")
+    print("| network | forward s | / encoder alone |")
+    print("|---|---:|---:|")
+    print(f"| encoder alone | {enc:.1f} | 1.0x |")
+    for name, sec in forward.items():
+        print(f"| {name} | {sec:.1f} | {sec / enc:.1f}x |")
+    print("\n| prediction | model | wall s | / encoder alone | / default | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|")
+    base = {label: wall for label, name, wall, _ in rows if name == "default"}
+    for label, name, wall, rss in rows:
+        print(
+            f"| {label} | {name} | {wall:.1f} | {wall / enc:.1f}x | "
             f"{wall / base[label]:.2f}x | {rss:.0f} |"
         )
 
@@ -524,14 +570,15 @@ def main() -> None:
         "--parts",
         nargs="+",
         default=["speed"],
-        choices=["speed", "dense", "large", "ensemble", "window", "heads", "fast"],
+        choices=["speed", "dense", "large", "ensemble", "window", "heads", "fast", "gene-scales"],
         help="speed: the table below; dense: dense map vs 2 um .h5ad on --sample; "
         "large: generated 0.25 um/px slides with tissue islands (--large-slides); "
         "ensemble: ensembles of --members sizes (own spots and --bins); "
         "window: whole-row attention against the default window (own spots and --bins); "
         "heads: models of each --heads decoder head (own spots and --bins); "
         "fast: the prediction copy of the network at each --tta count, against "
-        "--reference-src (--bins)",
+        "--reference-src (--bins); gene-scales: a random model without and with "
+        "--gene-scales (own spots and --bins)",
     )
     ap.add_argument(
         "--heads",
@@ -592,6 +639,8 @@ def main() -> None:
         ensemble_part(args.samples, args.sample, tmp, args.members, args.bins)
     if "heads" in args.parts:
         heads_part(args.samples, args.sample, tmp, args.heads, args.bins, args.tta)
+    if "gene-scales" in args.parts:
+        gene_scales_part(args.samples, args.sample, tmp, args.bins)
     if "fast" in args.parts:
         fast_part(model, args.samples, args.sample, tmp, args.bins, args.tta, args.reference_src)
     if "speed" not in args.parts:
