@@ -104,3 +104,27 @@ def test_spot_means_determine_each_genes_width() -> None:
         opt.step()
     got = fit.sigma_cells().detach()
     torch.testing.assert_close(got, torch.tensor(truth), rtol=0.2, atol=0)
+
+
+def test_predictor_reports_the_widths_in_micrometres() -> None:
+    """sigma (cells) x map stride x working mpp; an ensemble gives its members' mean and
+    a model without the smoothing gives None."""
+    from pixnet.data.preprocess import GenePanel
+    from pixnet.models.ensemble import PixNetEnsemble
+    from pixnet.predict.tiled import Predictor
+
+    panel = GenePanel(genes=["A", "B"], mean_targets=[0.0, 0.0])
+    members = []
+    for sigmas in ([1.0, 2.0], [3.0, 2.0]):
+        m = PixNet(from_preset("cpu", n_genes=2, gene_scales=True))
+        m.gene_scales = _with_sigmas(sigmas)
+        members.append(m)
+    one = Predictor(model=members[0], panel=panel, working_mpp=4.0, readout="mean")
+    np.testing.assert_allclose(one.gene_widths_um(), [8.0, 16.0], rtol=1e-6)
+    both = Predictor(model=PixNetEnsemble(members), panel=panel, working_mpp=4.0, readout="mean")
+    np.testing.assert_allclose(both.gene_widths_um(), [16.0, 16.0], rtol=1e-6)
+    plain = PixNet(from_preset("cpu", n_genes=2))
+    assert (
+        Predictor(model=plain, panel=panel, working_mpp=4.0, readout="mean").gene_widths_um()
+        is None
+    )
