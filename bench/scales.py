@@ -32,7 +32,10 @@ Methods: PixNet with each read-out (``sum``, the paper's literal sum; ``mean``;
 ``density``), the ST-Net-style spot-crop regressor (one vector per crop; every region,
 bins included, gets the crop centred on it) and the training mean. The table follows
 the paper's Table 3 (MSE, MAE, PCC@M per scale); the script ends by naming the read-out
-with the lowest mean MSE over the scales it was not trained at (2, 8, 16, 55 um).
+with the lowest mean MSE over the scales it was not trained at (2, 8, 16, 55 um). Two
+references read the known field and train nothing (:func:`reference_predictions`): the
+true 100 um disk around each region (a perfect sliding spot-crop model) and the field
+averaged over PixNet's map cells (a perfect map).
 
 Structure finer than ``field_mpp`` does not exist in the field: at the default 4 um/px a
 2 um bin takes the value of the field pixel(s) it lies in. PixNet's map cell is
@@ -415,7 +418,7 @@ class Variant(NamedTuple):
 
 def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
     """Every PixNet the run makes: read-outs x attentions x smoothness x heads x
-    consistency weights, named like ``pixnet-mean-axial-sm3-stride8-eq1``."""
+    consistency weights x gene scales, named like ``pixnet-mean-axial-sm3-stride8-eq1-gs``."""
     out = []
     for r, a, w, h, c, gs in itertools.product(
         cfg.readouts, cfg.attentions, cfg.smoothness, cfg.heads, cfg.consistency, cfg.gene_scales
