@@ -204,23 +204,32 @@ def heads_part(
                 rss = r["peak_rss_mib"]
                 print(f"{label}, {name}: {r['wall_s']:.1f} s, {rss:.0f} MiB", flush=True)
     torch.set_grad_enabled(False)
-    first = load_predictor(models[heads[0]])
-    imgs, side = tissue_tile_images(manifest, sample, first.working_mpp)
-    nets = {"encoder alone": first.model.encoder.eval()}
-    nets.update({h: load_predictor(m).model.eval() for h, m in models.items()})
+    loaded = {h: load_predictor(m) for h, m in models.items()}
+    imgs, side = tissue_tile_images(manifest, sample, loaded[heads[0]].working_mpp)
+    nets = {"encoder alone": loaded[heads[0]].model.encoder.eval()}
+    nets.update({h: p.model.eval() for h, p in loaded.items()})
     forward = {name: forward_seconds(net, imgs) for name, net in nets.items()}
-    enc = forward["encoder alone"]
     print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes:\n")
+    print_side_by_side(forward, rows, heads[0], "head")
+
+
+def print_side_by_side(
+    forward: dict[str, float], rows: list[tuple[str, str, float, float]], reference: str, what: str
+) -> None:
+    """Markdown tables of a side-by-side part: ``forward`` seconds per network (``"encoder
+    alone"`` first) against the encoder; ``rows`` ``(prediction, name, wall s, peak RSS
+    MiB)`` against the encoder and against the ``reference`` name's row."""
+    enc = forward["encoder alone"]
     print("| network | forward s | / encoder alone |")
     print("|---|---:|---:|")
     for name, sec in forward.items():
         print(f"| {name} | {sec:.1f} | {sec / enc:.1f}x |")
-    print(f"\n| prediction | head | wall s | / encoder alone | / {heads[0]} | peak RSS MiB |")
+    print(f"\n| prediction | {what} | wall s | / encoder alone | / {reference} | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|")
-    base = {label: wall for label, head, wall, _ in rows if head == heads[0]}
-    for label, head, wall, rss in rows:
+    base = {label: wall for label, name, wall, _ in rows if name == reference}
+    for label, name, wall, rss in rows:
         print(
-            f"| {label} | {head} | {wall:.1f} | {wall / enc:.1f}x | "
+            f"| {label} | {name} | {wall:.1f} | {wall / enc:.1f}x | "
             f"{wall / base[label]:.2f}x | {rss:.0f} |"
         )
 
@@ -243,25 +252,18 @@ def gene_scales_part(manifest: str, sample: str, tmp: Path, bins: list[float]) -
             r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b)
             rows.append((label, name, r["wall_s"], r["peak_rss_mib"]))
             print(f"{label}, {name}: {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
-    nets = {name: inference_network(load_predictor(m).model) for name, m in models.items()}
-    imgs, side = tissue_tile_images(manifest, sample, load_predictor(models["default"]).working_mpp)
+    loaded = {name: load_predictor(m) for name, m in models.items()}
+    nets = {name: inference_network(p.model) for name, p in loaded.items()}
+    imgs, side = tissue_tile_images(manifest, sample, loaded["default"].working_mpp)
     with torch.inference_mode():
-        enc = forward_seconds(nets["default"].encoder, imgs, channels_last=True)
-        forward = {n: forward_seconds(net, imgs, channels_last=True) for n, net in nets.items()}
-    print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes (copies):\n")
-    print("| network | forward s | / encoder alone |")
-    print("|---|---:|---:|")
-    print(f"| encoder alone | {enc:.1f} | 1.0x |")
-    for name, sec in forward.items():
-        print(f"| {name} | {sec:.1f} | {sec / enc:.1f}x |")
-    print("\n| prediction | model | wall s | / encoder alone | / default | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|")
-    base = {label: wall for label, name, wall, _ in rows if name == "default"}
-    for label, name, wall, rss in rows:
-        print(
-            f"| {label} | {name} | {wall:.1f} | {wall / enc:.1f}x | "
-            f"{wall / base[label]:.2f}x | {rss:.0f} |"
+        forward = {
+            "encoder alone": forward_seconds(nets["default"].encoder, imgs, channels_last=True)
+        }
+        forward.update(
+            {n: forward_seconds(net, imgs, channels_last=True) for n, net in nets.items()}
         )
+    print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes (copies):\n")
+    print_side_by_side(forward, rows, "default", "model")
 
 
 def fast_part(

@@ -55,6 +55,10 @@ class GeneScales(nn.Module):
         """``(G,)`` kernel widths (standard deviations) in map cells."""
         return self.log_variance.exp().sqrt().clamp(max=MAX_SIGMA_CELLS)
 
+    def widths_um(self, map_stride: int, working_mpp: float) -> Tensor:
+        """``(G,)`` kernel widths in micrometres (no gradient, on the CPU)."""
+        return self.sigma_cells().detach().cpu() * map_stride * working_mpp
+
     def forward(self, maps: Tensor, genes_per_chunk: int = 32) -> Tensor:
         """Smooth each gene's map with its kernel (float32 maths; the input's dtype back).
 
@@ -93,8 +97,7 @@ def _blur(x: Tensor, sigma: Tensor) -> Tensor:
     # the support is a rectangle: its blur is the outer product of two 1-D blurs
     along_w = F.conv1d(x.new_ones((1, n, w)), taps[:, None, :], padding=reach, groups=n)
     along_h = F.conv1d(x.new_ones((1, n, h)), taps[:, None, :], padding=reach, groups=n)
-    support = along_h[..., :, None] * along_w[..., None, :]
-    return y.div_(support) if not torch.is_grad_enabled() else y / support
+    return y / (along_h[..., :, None] * along_w[..., None, :])
 
 
 def margin_px_needed(map_stride: int) -> int:

@@ -80,13 +80,11 @@ class Predictor:
         without."""
         nets = self.model.members if isinstance(self.model, PixNetEnsemble) else [self.model]
         widths = [
-            n.gene_scales.sigma_cells().detach().cpu().numpy()
+            n.gene_scales.widths_um(n.map_stride, self.working_mpp).numpy()
             for n in nets
             if isinstance(n, PixNet) and n.gene_scales is not None
         ]
-        if not widths:
-            return None
-        return np.mean(widths, axis=0) * PixNet.map_stride * self.working_mpp
+        return np.mean(widths, axis=0) if widths else None
 
     @property
     def stride(self) -> int:

@@ -451,7 +451,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             )
         record.update(validate(kept, slides, val_masks, cfg))
         if kept.gene_scales is not None:  # --gene-scales: how wide the smoothing has grown
-            um = kept.gene_scales.sigma_cells().detach().cpu() * kept.map_stride * cfg.working_mpp
+            um = kept.gene_scales.widths_um(kept.map_stride, cfg.working_mpp)
             record["gene_width_um"] = {
                 "min": round(float(um.min()), 2),
                 "median": round(float(um.median()), 2),
