@@ -156,7 +156,8 @@ class ScalesConfig:
     )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     reuse: bool = field(
-        default=False, metadata=_h("reuse finished PixNet runs in --out instead of training")
+        default=False,
+        metadata=_h("reuse finished PixNet and spot-crop runs in --out instead of training"),
     )
     tta: list[int] = field(
         default_factory=list,
@@ -178,6 +179,14 @@ class ScalesConfig:
         metadata=_h(
             "also predict every PixNet with these attention windows (predict "
             "--attention-window-px; 0: whole rows), each a row '<method>-w<N>'"
+        ),
+    )
+    slid: bool = field(
+        default=False,
+        metadata=_h(
+            "also read every PixNet's map over the 100 um disk centred on each region, i.e. "
+            "PixNet used as a sliding spot-crop model (same prediction pass), a row "
+            "'<method>-slid': what the map's detail inside a spot adds"
         ),
     )
     spot_crop_px: int = field(default=0, metadata=_h("spot-crop side, working px (0: auto)"))
@@ -401,6 +410,14 @@ def eval_regions(sample: Sample, scales_um: list[float], max_bins: int, seed: in
     return out
 
 
+def slid_regions(regions: Regions, mpp: float) -> Regions:
+    """The training spot (a 100 um disk) centred on every region of ``regions``: what a
+    sliding spot-crop model reads for them."""
+    return Regions(
+        f"{regions.name}, slid", "disk", TRAIN_SPOT_UM, regions.centres_px, TRAIN_SPOT_UM / mpp
+    )
+
+
 # -- predictions --------------------------------------------------------------------------
 
 
@@ -615,7 +632,11 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                 ),
                 train_samples,
             )
-        preds[name] = predict_pixnet(model, test.sample, regions, cfg.tile_px, cfg.margin_px)
+        slid = [slid_regions(r, test.sample.mpp) for r in regions] if cfg.slid else []
+        both = predict_pixnet(model, test.sample, regions + slid, cfg.tile_px, cfg.margin_px)
+        preds[name] = both[: len(regions)]
+        if cfg.slid:
+            preds[f"{name}-slid"] = both[len(regions) :]
         for w in cfg.attention_windows_px:
             preds[f"{name}-w{w}"] = predict_pixnet(
                 model, test.sample, regions, cfg.tile_px, cfg.margin_px, attention_window_px=w
@@ -648,7 +669,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         sx, sy = slide.scale_xy
         runs = [Path(d) / "spotcrop" for d in cfg.members_from] or [out / "spotcrop"]
         members = []
-        if cfg.members_from:  # finished runs (check_member_runs) are read back, not trained
+        if cfg.members_from or cfg.reuse:  # finished runs are read back, not trained
             tcfg = dataclasses.replace(tcfg, resume=True, overwrite=False)
         for run in runs:
             res = train_spot_crop(tcfg, data, cfg.spot_crop_px, out=run)
@@ -773,6 +794,8 @@ def label(method: str) -> str:
     """The table label of a method name (``pixnet-mean-axial-sm3``: its parts spelled out)."""
     if method in LABELS:
         return LABELS[method]
+    if method.endswith("-slid"):
+        return f"{label(method.removesuffix('-slid'))}: its 100 um spot slid over the regions"
     if "-tta" in method:  # test-time augmentation of any method
         base, n = method.rsplit("-tta", 1)
         return f"{label(base)}, --tta {n}"

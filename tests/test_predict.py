@@ -228,9 +228,10 @@ def test_load_predictor_gives_attention_the_training_crop_by_default(tmp_path: P
 
 
 def test_predict_writes_each_genes_learned_width(tmp_path: Path) -> None:
-    """A ``--gene-scales`` model's prediction files carry ``var["smoothing_um"]``; a plain
-    model's have no such column."""
+    """A ``--gene-scales`` model's prediction files carry ``var["smoothing_um"]``, in the
+    dense map's SpatialData tables too; a plain model's have no such column."""
     import anndata
+    import spatialdata
     from fixtures_run import run_cli, tiny_model_file
 
     from pixnet.data.example import write_example_dataset
@@ -242,12 +243,18 @@ def test_predict_writes_each_genes_learned_width(tmp_path: Path) -> None:
         model = tiny_model_file(manifest, tmp_path / f"{name}.pt", **options)
         out = tmp_path / name / "EX1.h5ad"
         argv = ["predict", "--model", model, "--samples", manifest, "--sample", "EX1"]
-        code, _, err = run_cli([*argv, "--out", out])
+        dense = ["--dense-map", tmp_path / name / "map", "--dense-map-formats", "zarr"]
+        code, _, err = run_cli([*argv, "--out", out, *dense])
         assert code == 0, err
         var = anndata.read_h5ad(out).var
+        tables = spatialdata.read_zarr(tmp_path / name / "map.zarr").tables
+        assert len(tables) == 1
+        table_var = next(iter(tables.values())).var
         widths = load_predictor(model).gene_widths_um()
         if widths is None:
             assert SMOOTHING_COLUMN not in var.columns and name == "plain"
+            assert SMOOTHING_COLUMN not in table_var.columns
         else:
             np.testing.assert_allclose(var[SMOOTHING_COLUMN].to_numpy(), widths, rtol=1e-6)
             assert name == "gs" and len(widths) == var.shape[0]
+            np.testing.assert_allclose(table_var[SMOOTHING_COLUMN].to_numpy(), widths, rtol=1e-6)

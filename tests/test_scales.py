@@ -181,18 +181,36 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     md = (tmp_path / "scales.md").read_text()
     assert "Best read-out across scales" in md and "| PixNet, density |" in md
 
-    # --reuse re-predicts the finished runs (here with whole rows too) without training
+    # --reuse re-predicts the finished runs (here with whole rows too, and PixNet's own
+    # 100 um spot slid over the regions) without training, the spot-crop run included
     model = tmp_path / "runs" / "pixnet-mean" / "model.pt"
-    stamp = model.stat().st_mtime_ns
+    stamps = [f.stat().st_mtime_ns for f in (model, tmp_path / "runs" / "spotcrop" / "log.jsonl")]
     again = scales.run_scales(
         dataclasses.replace(
-            cfg, readouts=["mean"], spotcrop=False, reuse=True, attention_windows_px=[0]
+            cfg, readouts=["mean"], reuse=True, attention_windows_px=[0], slid=True
         ),
         samples,
     )
-    assert model.stat().st_mtime_ns == stamp
-    assert list(again["metrics"]) == ["pixnet-mean", "pixnet-mean-w0", "mean", *REFS]
+    assert [
+        model.stat().st_mtime_ns,
+        (tmp_path / "runs" / "spotcrop" / "log.jsonl").stat().st_mtime_ns,
+    ] == stamps
+    assert list(again["metrics"]) == [
+        "pixnet-mean",
+        "pixnet-mean-slid",
+        "pixnet-mean-w0",
+        "spotcrop",
+        "mean",
+        *REFS,
+    ]
     assert again["metrics"]["pixnet-mean"] == r["metrics"]["pixnet-mean"]
+    assert again["metrics"]["spotcrop"] == r["metrics"]["spotcrop"]
+    slid = again["metrics"]["pixnet-mean-slid"]
+    assert slid["100 um disk"] == r["metrics"]["pixnet-mean"]["100 um disk"]  # the same disks
+    assert slid["2 um square"]["MSE"] != r["metrics"]["pixnet-mean"]["2 um square"]["MSE"]
+    assert scales.label("pixnet-mean-gs-slid") == (
+        "PixNet, mean, --gene-scales: its 100 um spot slid over the regions"
+    )
     assert scales.label("pixnet-mean-w0").endswith("whole-row attention")
     assert scales.label("pixnet-mean-sm3-stride8-local") == (
         "PixNet, mean, --smoothness 3, --context-stride 8, --local-path"

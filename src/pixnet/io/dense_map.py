@@ -586,7 +586,7 @@ def _spot_elements(ss: SpotSetLike, h5ad: Path, mpp: float, n_genes: int) -> tup
             },
             index=ids,
         ),
-        var=pd.DataFrame(index=adata.var_names),
+        var=adata.var.copy(),  # with its columns, e.g. smoothing_um of --gene-scales models
         obsm={"spatial": xy},
     )
     table = TableModel.parse(table, region=ss.name, region_key="region", instance_key="instance_id")
