@@ -175,6 +175,30 @@ def forward_seconds(
     return time.perf_counter() - t
 
 
+def predict_side_by_side(
+    models: dict[str, Path],
+    manifest: str,
+    sample: str,
+    tmp: Path,
+    bins: list[float],
+    tta: list[int],
+) -> list[tuple[str, str, float, float]]:
+    """``pixnet predict`` of each named model with each ``--tta`` count, for the
+    section's own spots and each bin size: rows ``(prediction, name, wall s, peak RSS
+    MiB)``, the name with `` --tta N`` for N > 1."""
+    rows = []
+    for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
+        for kind, model in models.items():
+            for n in tta:
+                name = kind if n == 1 else f"{kind} --tta {n}"
+                extra = () if n == 1 else ("--tta", str(n))
+                r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b, extra)
+                rows.append((label, name, r["wall_s"], r["peak_rss_mib"]))
+                rss = r["peak_rss_mib"]
+                print(f"{label}, {name}: {r['wall_s']:.1f} s, {rss:.0f} MiB", flush=True)
+    return rows
+
+
 def heads_part(
     manifest: str,
     sample: str,
@@ -193,16 +217,7 @@ def heads_part(
     for head in heads:
         models[head] = tmp / f"{head}.pt"
         random_model(models[head], **head_options(head))
-    rows = []
-    for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
-        for head, model in models.items():
-            for n in tta:
-                name = head if n == 1 else f"{head} --tta {n}"
-                extra = () if n == 1 else ("--tta", str(n))
-                r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b, extra)
-                rows.append((label, name, r["wall_s"], r["peak_rss_mib"]))
-                rss = r["peak_rss_mib"]
-                print(f"{label}, {name}: {r['wall_s']:.1f} s, {rss:.0f} MiB", flush=True)
+    rows = predict_side_by_side(models, manifest, sample, tmp, bins, tta)
     torch.set_grad_enabled(False)
     loaded = {h: load_predictor(m) for h, m in models.items()}
     imgs, side = tissue_tile_images(manifest, sample, loaded[heads[0]].working_mpp)
@@ -234,24 +249,21 @@ def print_side_by_side(
         )
 
 
-def gene_scales_part(manifest: str, sample: str, tmp: Path, bins: list[float]) -> None:
+def gene_scales_part(
+    manifest: str, sample: str, tmp: Path, bins: list[float], tta: list[int]
+) -> None:
     """``pixnet predict`` with the same random network without and with ``--gene-scales``
     (widths spread log-uniformly from 0.3 to 8 map cells over the 250 genes: the widest
-    case costs the most), side by side, for the section's own spots and each bin size;
-    then the forward passes of their prediction copies over the same tissue tiles against
-    the encoder alone."""
+    case costs the most) and each ``--tta`` count, side by side, for the section's own
+    spots and each bin size; then the forward passes of their prediction copies over the
+    same tissue tiles against the encoder alone."""
     from pixnet.models.inference import inference_network
     from pixnet.predict.tiled import load_predictor
 
     models = {"default": tmp / "plain.pt", "--gene-scales": tmp / "gs.pt"}
     random_model(models["default"])
     random_model(models["--gene-scales"], gene_scales=True)
-    rows = []
-    for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
-        for name, model in models.items():
-            r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b)
-            rows.append((label, name, r["wall_s"], r["peak_rss_mib"]))
-            print(f"{label}, {name}: {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
+    rows = predict_side_by_side(models, manifest, sample, tmp, bins, tta)
     loaded = {name: load_predictor(m) for name, m in models.items()}
     nets = {name: inference_network(p.model) for name, p in loaded.items()}
     imgs, side = tissue_tile_images(manifest, sample, loaded["default"].working_mpp)
@@ -596,7 +608,7 @@ def main() -> None:
         nargs="+",
         choices=sorted(TTA_TRANSFORMS),
         default=[1],
-        help="for --parts heads and fast: predict with each of these --tta counts",
+        help="for --parts heads, gene-scales and fast: predict with each of these --tta counts",
     )
     ap.add_argument(
         "--reference-src",
@@ -642,7 +654,7 @@ def main() -> None:
     if "heads" in args.parts:
         heads_part(args.samples, args.sample, tmp, args.heads, args.bins, args.tta)
     if "gene-scales" in args.parts:
-        gene_scales_part(args.samples, args.sample, tmp, args.bins)
+        gene_scales_part(args.samples, args.sample, tmp, args.bins, args.tta)
     if "fast" in args.parts:
         fast_part(model, args.samples, args.sample, tmp, args.bins, args.tta, args.reference_src)
     if "speed" not in args.parts:

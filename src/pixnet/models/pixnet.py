@@ -278,9 +278,15 @@ class PixNet(nn.Module):
             PixNetInputError: wrong shape or dtype, or H/W not multiples of 32 (the
                 message gives the padded size).
         """
-        check_input(images)
-        maps = self.decoder(self.encoder(images))
+        maps = self.unsmoothed(images)
         return maps if self.gene_scales is None else self.gene_scales(maps)
+
+    def unsmoothed(self, images: Tensor) -> Tensor:
+        """:meth:`forward` before the per-gene smoothing (:attr:`gene_scales`; the same
+        as :meth:`forward` without it). The smoothing is linear and commutes with flips
+        and quarter turns, so a mean of turned maps can be smoothed once."""
+        check_input(images)
+        return self.decoder(self.encoder(images))
 
     def features(self, images: Tensor) -> Tensor:
         """Decoder output before the 1x1 head (D1 for the paper's decoder).

@@ -45,6 +45,9 @@ class Readout:
     the name written to configurations, model files and outputs."""
 
     name: ClassVar[str]
+    #: :meth:`prepare` is the identity: linear operations on the head's map (averages,
+    #: smoothing) commute with it
+    prepare_is_identity: ClassVar[bool] = True
 
     def prepare(self, head: Tensor) -> Tensor:
         """The integrand ``(B, G, H, W)``: what is integrated over spots, from the decoder
@@ -141,6 +144,7 @@ class DensityReadout(Readout):
     """``log1p`` of the mean over the spot of ``exp(head)``, a non-negative density."""
 
     name = "density"
+    prepare_is_identity = False
 
     def prepare(self, head: Tensor) -> Tensor:
         return torch.exp(head.clamp(max=_MAX_LOG_DENSITY))

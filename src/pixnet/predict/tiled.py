@@ -110,7 +110,15 @@ class Predictor:
         def run(t: torch.Tensor) -> torch.Tensor:
             return model_integrand(net, t if network is None else as_input(t, net), readout)
 
-        return run(x) if self.tta == 1 else group_average(run, x, self.tta)
+        if self.tta == 1:
+            return run(x)
+        if isinstance(net, PixNet) and net.gene_scales is not None and readout.prepare_is_identity:
+            # the smoothing commutes with the transforms: smooth the mean once, not each map
+            def unsmoothed(t: torch.Tensor) -> torch.Tensor:
+                return net.unsmoothed(t if network is None else as_input(t, net))
+
+            return net.gene_scales(group_average(unsmoothed, x, self.tta))
+        return group_average(run, x, self.tta)
 
 
 def network_from_payload(payload: dict[str, Any]) -> PixNet | PixNetEnsemble:
