@@ -185,11 +185,12 @@ def predict_side_by_side(
 ) -> list[tuple[str, str, float, float]]:
     """``pixnet predict`` of each named model with each ``--tta`` count, for the
     section's own spots and each bin size: rows ``(prediction, name, wall s, peak RSS
-    MiB)``, the name with `` --tta N`` for N > 1."""
+    MiB)``, the name with `` --tta N`` for N > 1. The models take turns at each count, so
+    that a change in the machine's load over the run falls on them alike."""
     rows = []
     for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
-        for kind, model in models.items():
-            for n in tta:
+        for n in tta:
+            for kind, model in models.items():
                 name = kind if n == 1 else f"{kind} --tta {n}"
                 extra = () if n == 1 else ("--tta", str(n))
                 r = run_predict(model, manifest, sample, tmp / f"{sample}.h5ad", b, extra)
