@@ -256,10 +256,10 @@ def gene_scales_part(
     """``pixnet predict`` with the same random network without and with ``--gene-scales``
     (widths spread log-uniformly from 0.3 to 8 map cells over the 250 genes: the widest
     case costs the most) and each ``--tta`` count, side by side, for the section's own
-    spots and each bin size; then the forward passes of their prediction copies over the
-    same tissue tiles against the encoder alone."""
+    spots and each bin size; then the forward passes of their prediction copies (with
+    each ``--tta`` count) over the same tissue tiles against the encoder alone."""
     from pixnet.models.inference import inference_network
-    from pixnet.predict.tiled import load_predictor
+    from pixnet.predict.tiled import Predictor, load_predictor
 
     models = {"default": tmp / "plain.pt", "--gene-scales": tmp / "gs.pt"}
     random_model(models["default"])
@@ -272,9 +272,12 @@ def gene_scales_part(
         forward = {
             "encoder alone": forward_seconds(nets["default"].encoder, imgs, channels_last=True)
         }
-        forward.update(
-            {n: forward_seconds(net, imgs, channels_last=True) for n, net in nets.items()}
-        )
+        for n in tta:  # the models take turns at each count, as in the rows above
+            for name, p in loaded.items():
+                pn = Predictor(p.model, p.panel, p.working_mpp, p.readout, tta=n)
+                forward[name if n == 1 else f"{name} --tta {n}"] = forward_seconds(
+                    lambda x, pn=pn, net=nets[name]: pn.integrand(x, net), imgs
+                )
     print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes (copies):\n")
     print_side_by_side(forward, rows, "default", "model")
 
