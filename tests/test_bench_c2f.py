@@ -60,6 +60,20 @@ def test_combine_pools_folds_and_seeds() -> None:
     assert "| PixNet | 3 (2 x 1) | 0.467 ± 0.058 | 0.300 ± 0.100 | 0.133 ± 0.058 | 0.141 |" in md
 
 
+def test_combine_over_seeds_of_a_method_without_pcc() -> None:
+    """The training mean run with several seeds: no PCC in any of them (None), so no
+    PCC and no seed std of it; its MSE has both."""
+    c2f = _load("coarse_to_fine")
+    runs = [
+        {"folds": [_fold("A", m=(0.6, None, 0.0))]},
+        {"folds": [_fold("A", m=(0.7, None, 0.0))]},
+    ]
+    out = c2f.combine(runs, ["m"])["m"]
+    assert out["PCC@M"]["n"] == 0 and out["PCC@M"]["seed_std"] is None
+    assert out["MSE"]["seed_std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    assert "| m | 2 (1 x 2) | 0.650 ± 0.071 | n/a |" in c2f.table({"m": out}, {})
+
+
 def test_quick_run_two_seeds(tmp_path: Path) -> None:
     """One fold of the generated sections, 2 x 2 regions, two seeds: every method of the
     first seed runs, the second seed runs only the multi-seed ones; the test section's
