@@ -103,13 +103,12 @@ def combine(results: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]
             continue
         row: dict[str, Any] = {"n_folds": len(per_fold)}
         for key in SHOWN:
-            known = {  # per fold, the seeds' finite values (none: e.g. the mean's PCC)
-                name: [float(v[key]) for v in vs if v.get(key) is not None]
-                for name, vs in per_fold.items()
-            }
-            known = {name: [x for x in xs if np.isfinite(x)] for name, xs in known.items()}
-            arr = np.array([x for xs in known.values() for x in xs], dtype=float)
-            seed_std = [float(np.std(xs, ddof=1)) for xs in known.values() if len(xs) > 1]
+            known = [  # per fold, the seeds' finite values (none: e.g. the mean's PCC)
+                [x for v in vs if (x := v.get(key)) is not None and np.isfinite(x)]
+                for vs in per_fold.values()
+            ]
+            arr = np.array([x for xs in known for x in xs], dtype=float)
+            seed_std = [float(np.std(xs, ddof=1)) for xs in known if len(xs) > 1]
             row[key] = {
                 "mean": float(arr.mean()) if arr.size else float("nan"),
                 "std": float(arr.std(ddof=1)) if arr.size > 1 else float("nan"),

@@ -184,17 +184,15 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     # --reuse re-predicts the finished runs (here with whole rows too, and PixNet's own
     # 100 um spot slid over the regions) without training, the spot-crop run included
     model = tmp_path / "runs" / "pixnet-mean" / "model.pt"
-    stamps = [f.stat().st_mtime_ns for f in (model, tmp_path / "runs" / "spotcrop" / "log.jsonl")]
+    spot_log = tmp_path / "runs" / "spotcrop" / "log.jsonl"
+    stamps = [f.stat().st_mtime_ns for f in (model, spot_log)]
     again = scales.run_scales(
         dataclasses.replace(
             cfg, readouts=["mean"], reuse=True, attention_windows_px=[0], slid=True
         ),
         samples,
     )
-    assert [
-        model.stat().st_mtime_ns,
-        (tmp_path / "runs" / "spotcrop" / "log.jsonl").stat().st_mtime_ns,
-    ] == stamps
+    assert [f.stat().st_mtime_ns for f in (model, spot_log)] == stamps
     assert list(again["metrics"]) == [
         "pixnet-mean",
         "pixnet-mean-slid",

@@ -107,17 +107,17 @@ class Predictor:
         readout = self.readout_maths
         net = self.model if network is None else network
 
+        def inp(t: torch.Tensor) -> torch.Tensor:
+            return t if network is None else as_input(t, net)
+
         def run(t: torch.Tensor) -> torch.Tensor:
-            return model_integrand(net, t if network is None else as_input(t, net), readout)
+            return model_integrand(net, inp(t), readout)
 
         if self.tta == 1:
             return run(x)
         if isinstance(net, PixNet) and net.gene_scales is not None and readout.prepare_is_identity:
             # the smoothing commutes with the transforms: smooth the mean once, not each map
-            def unsmoothed(t: torch.Tensor) -> torch.Tensor:
-                return net.unsmoothed(t if network is None else as_input(t, net))
-
-            return net.gene_scales(group_average(unsmoothed, x, self.tta))
+            return net.gene_scales(group_average(lambda t: net.unsmoothed(inp(t)), x, self.tta))
         return group_average(run, x, self.tta)
 
 
