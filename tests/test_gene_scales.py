@@ -130,29 +130,41 @@ def test_predictor_reports_the_widths_in_micrometres() -> None:
     )
 
 
+@pytest.mark.parametrize("members", [1, 2])
 @pytest.mark.parametrize("readout", ["mean", "density"])
 def test_tta_smooths_the_mean_of_the_turned_maps_once(
-    readout: str, monkeypatch: pytest.MonkeyPatch
+    readout: str, members: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With ``--tta``, a linear read-out's integrand is the mean of the turned, unsmoothed
     maps smoothed once (the smoothing commutes with the transforms): the same numbers as
-    smoothing every turned map, at one smoothing per tile; ``density`` (exp of the
-    smoothed map) keeps one smoothing per transform. With and without the prediction copy."""
+    smoothing every turned map, at one smoothing per member and tile; ``density`` (exp of
+    the smoothed map) keeps one smoothing per transform. Single models and ensembles (each
+    member its own widths), with and without the prediction copy."""
     from pixnet.data.preprocess import GenePanel
+    from pixnet.models.ensemble import PixNetEnsemble
     from pixnet.models.inference import inference_network
     from pixnet.ops.dihedral import group_average
     from pixnet.ops.readout import get_readout
     from pixnet.predict.tiled import Predictor
 
     torch.manual_seed(4)
-    model = PixNet(from_preset("cpu", n_genes=3, gene_scales=True)).eval()
-    with torch.no_grad():
-        model.gene_scales.log_variance.copy_(torch.log(torch.tensor([0.5, 2.0, 6.0]) ** 2))
+    nets = []
+    for k in range(members):
+        net = PixNet(from_preset("cpu", n_genes=3, gene_scales=True)).eval()
+        with torch.no_grad():
+            sigmas = torch.tensor([0.5, 2.0, 6.0]) * (1 + k)
+            net.gene_scales.log_variance.copy_(torch.log(sigmas**2))
+        nets.append(net)
+    model = nets[0] if members == 1 else PixNetEnsemble(nets).eval()
     panel = GenePanel(genes=["G0", "G1", "G2"], mean_targets=[0.0] * 3)
     x = torch.rand(1, 3, 64, 96)  # not square: the transposes change the map's shape
     maths = get_readout(readout)
+
+    def smoothed_each_time(t: torch.Tensor) -> torch.Tensor:
+        return torch.stack([maths.prepare(n(t)) for n in nets]).mean(0)
+
     with torch.inference_mode():
-        want = group_average(lambda t: maths.prepare(model(t)), x, 8)
+        want = group_average(smoothed_each_time, x, 8)
     calls: list[int] = []
     real = GeneScales.forward
     monkeypatch.setattr(GeneScales, "forward", lambda s, m, **k: calls.append(1) or real(s, m, **k))
@@ -163,4 +175,4 @@ def test_tta_smooths_the_mean_of_the_turned_maps_once(
             got = pred.integrand(x, network)
         assert got.shape == want.shape == (1, 3, 32, 48)
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=5e-5, rtol=1e-4)
-        assert len(calls) == (1 if readout == "mean" else 8)
+        assert len(calls) == members * (1 if readout == "mean" else 8)

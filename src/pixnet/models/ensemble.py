@@ -13,15 +13,22 @@ integrated over spots, so an ensemble is read out like one model at every spot s
 
 Members run one after another on each input, accumulating into one buffer, so peak
 memory is one member's activations plus the running mean (and K sets of weights).
+
+Test-time augmentation (``tta`` > 1, :func:`~pixnet.ops.dihedral.group_average`) is
+applied per member: a member trained with ``--gene-scales`` under a linear read-out
+averages its turned, unsmoothed maps and smooths the mean once (the isotropic smoothing
+commutes with flips and quarter turns), one smoothing per member and tile instead of one
+per member, transform and tile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
 from pixnet.models.pixnet import PixNet
+from pixnet.ops.dihedral import group_average
 from pixnet.ops.readout import Readout
 
 
@@ -48,18 +55,46 @@ class PixNetEnsemble(nn.Module):
     def __len__(self) -> int:
         return len(self.members)
 
-    def integrand(self, x: Tensor, readout: Readout) -> Tensor:
-        """Mean over members of ``readout.prepare(member(x))``: ``(B, G, H/s, W/s)``."""
+    def integrand(
+        self, x: Tensor, readout: Readout, tta: int = 1, layout: InputLayout | None = None
+    ) -> Tensor:
+        """Mean over members of :func:`member_integrand`: ``(B, G, H/s, W/s)``."""
         acc: Tensor | None = None
         for member in self.members:
-            y = readout.prepare(member(x)).float()
+            assert isinstance(member, PixNet)
+            y = member_integrand(member, x, readout, tta, layout).float()
             acc = y if acc is None else acc.add_(y)
         assert acc is not None
         return acc.div_(len(self.members))
 
 
-def model_integrand(model: nn.Module, x: Tensor, readout: Readout) -> Tensor:
-    """The integrand of a single model or an ensemble for input ``x``."""
+InputLayout = Callable[[Tensor], Tensor]
+"""Puts an input tile in the memory layout the network runs fastest on
+(:func:`~pixnet.models.inference.as_input`); applied to every turned tile."""
+
+
+def member_integrand(
+    net: PixNet, x: Tensor, readout: Readout, tta: int = 1, layout: InputLayout | None = None
+) -> Tensor:
+    """``readout.prepare(net(x))``, or with ``tta`` > 1 its mean over the turned tiles
+    mapped back (smoothed once for a ``--gene-scales`` model under a linear read-out)."""
+
+    def inp(t: Tensor) -> Tensor:
+        return t if layout is None else layout(t)
+
+    if tta == 1:
+        return readout.prepare(net(inp(x)))
+    if net.gene_scales is not None and readout.prepare_is_identity:
+        return net.gene_scales(group_average(lambda t: net.unsmoothed(inp(t)), x, tta))
+    return group_average(lambda t: readout.prepare(net(inp(t))), x, tta)
+
+
+def model_integrand(
+    model: nn.Module, x: Tensor, readout: Readout, tta: int = 1, layout: InputLayout | None = None
+) -> Tensor:
+    """The integrand of a single model or an ensemble for input ``x``, with ``tta``
+    transforms (1: none) and each network input put through ``layout``."""
     if isinstance(model, PixNetEnsemble):
-        return model.integrand(x, readout)
-    return readout.prepare(model(x))
+        return model.integrand(x, readout, tta, layout)
+    assert isinstance(model, PixNet)
+    return member_integrand(model, x, readout, tta, layout)

@@ -39,7 +39,7 @@ from pixnet.models.ensemble import PixNetEnsemble, model_integrand
 from pixnet.models.inference import as_input, inference_network
 from pixnet.models.pixnet import PixNet, PixNetConfig, model_device
 from pixnet.ops.aggregate import integrate_spots
-from pixnet.ops.dihedral import TTA_TRANSFORMS, group_average
+from pixnet.ops.dihedral import TTA_TRANSFORMS
 from pixnet.ops.readout import READOUTS, Readout, get_readout
 from pixnet.predict.spotsets import SpotBlock, SpotSet
 from pixnet.runtime import resolve_device
@@ -104,21 +104,9 @@ class Predictor:
         :attr:`model` to run instead of it (same outputs, faster); made by the caller
         once per slide, after any BatchNorm adaptation.
         """
-        readout = self.readout_maths
         net = self.model if network is None else network
-
-        def inp(t: torch.Tensor) -> torch.Tensor:
-            return t if network is None else as_input(t, net)
-
-        def run(t: torch.Tensor) -> torch.Tensor:
-            return model_integrand(net, inp(t), readout)
-
-        if self.tta == 1:
-            return run(x)
-        if isinstance(net, PixNet) and net.gene_scales is not None and readout.prepare_is_identity:
-            # the smoothing commutes with the transforms: smooth the mean once, not each map
-            return net.gene_scales(group_average(lambda t: net.unsmoothed(inp(t)), x, self.tta))
-        return group_average(run, x, self.tta)
+        layout = None if network is None else (lambda t: as_input(t, net))
+        return model_integrand(net, x, self.readout_maths, self.tta, layout)
 
 
 def network_from_payload(payload: dict[str, Any]) -> PixNet | PixNetEnsemble:
