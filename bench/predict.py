@@ -63,7 +63,9 @@ PIXNET = [
 ]
 
 
-def random_model(path: Path, n_genes: int = 250, seed: int = 0, **overrides: object) -> None:
+def random_model(
+    path: Path, n_genes: int = 250, seed: int = 0, readout: str = "mean", **overrides: object
+) -> None:
     from pixnet.data.preprocess import GenePanel
     from pixnet.io.modelfile import save_model_file
     from pixnet.models.pixnet import PixNet, from_preset
@@ -89,7 +91,7 @@ def random_model(path: Path, n_genes: int = 250, seed: int = 0, **overrides: obj
         model_config=cfg.to_dict(),
         panel=panel.to_dict(),
         geometry=geometry,
-        readout="density",
+        readout=readout,
         train_config={"seed": seed},
     )
 
@@ -134,7 +136,7 @@ def window_part(model: Path, manifest: str, sample: str, tmp: Path, bins: list[f
 
 
 def ensemble_part(
-    manifest: str, sample: str, tmp: Path, sizes: list[int], bins: list[float]
+    manifest: str, sample: str, tmp: Path, sizes: list[int], bins: list[float], readout: str
 ) -> None:
     """``pixnet predict`` with ensembles of ``sizes`` random members (weights do not change
     speed or memory), for the section's own spots and each bin size, side by side."""
@@ -143,7 +145,7 @@ def ensemble_part(
     members = []
     for k in range(max(sizes)):
         members.append(tmp / f"member{k}.pt")
-        random_model(members[-1], seed=k)
+        random_model(members[-1], seed=k, readout=readout)
     rows = []
     for label, b in [("own spots", []), *[(f"{v:g} um bins", [v]) for v in bins]]:
         for size in sizes:
@@ -207,6 +209,7 @@ def heads_part(
     heads: list[str],
     bins: list[float],
     tta: list[int],
+    readout: str,
 ) -> None:
     """``pixnet predict`` with random models of each decoder head (``--context-stride``,
     ``--local-path``) and each ``--tta`` count, side by side, for the section's own spots
@@ -217,7 +220,7 @@ def heads_part(
     models = {}
     for head in heads:
         models[head] = tmp / f"{head}.pt"
-        random_model(models[head], **head_options(head))
+        random_model(models[head], readout=readout, **head_options(head))
     rows = predict_side_by_side(models, manifest, sample, tmp, bins, tta)
     torch.set_grad_enabled(False)
     loaded = {h: load_predictor(m) for h, m in models.items()}
@@ -251,19 +254,22 @@ def print_side_by_side(
 
 
 def gene_scales_part(
-    manifest: str, sample: str, tmp: Path, bins: list[float], tta: list[int]
+    manifest: str, sample: str, tmp: Path, bins: list[float], tta: list[int], readout: str
 ) -> None:
     """``pixnet predict`` with the same random network without and with ``--gene-scales``
     (widths spread log-uniformly from 0.3 to 8 map cells over the 250 genes: the widest
     case costs the most) and each ``--tta`` count, side by side, for the section's own
     spots and each bin size; then the forward passes of their prediction copies (with
-    each ``--tta`` count) over the same tissue tiles against the encoder alone."""
-    from pixnet.models.inference import inference_network
+    each ``--tta`` count) over the same tissue tiles against the encoder alone, and for
+    each count above 1 the same with every turned map computed in full ("every map
+    turned": the head and smoothing once per transform, as before session 12)."""
+    from pixnet.models.inference import as_input, inference_network
+    from pixnet.ops.dihedral import group_average
     from pixnet.predict.tiled import Predictor, load_predictor
 
     models = {"default": tmp / "plain.pt", "--gene-scales": tmp / "gs.pt"}
-    random_model(models["default"])
-    random_model(models["--gene-scales"], gene_scales=True)
+    random_model(models["default"], readout=readout)
+    random_model(models["--gene-scales"], readout=readout, gene_scales=True)
     rows = predict_side_by_side(models, manifest, sample, tmp, bins, tta)
     loaded = {name: load_predictor(m) for name, m in models.items()}
     nets = {name: inference_network(p.model) for name, p in loaded.items()}
@@ -277,6 +283,14 @@ def gene_scales_part(
                 pn = Predictor(p.model, p.panel, p.working_mpp, p.readout, tta=n)
                 forward[name if n == 1 else f"{name} --tta {n}"] = forward_seconds(
                     lambda x, pn=pn, net=nets[name]: pn.integrand(x, net), imgs
+                )
+            for name, p in loaded.items() if n > 1 else ():
+                maths = p.readout_maths
+                forward[f"{name} --tta {n}, every map turned"] = forward_seconds(
+                    lambda x, net=nets[name], maths=maths, n=n: group_average(
+                        lambda t: maths.prepare(net(as_input(t, net))), x, n
+                    ),
+                    imgs,
                 )
     print(f"\n{len(imgs)} tissue tiles of {side}x{side} working px, forward passes (copies):\n")
     print_side_by_side(forward, rows, "default", "model")
@@ -620,6 +634,14 @@ def main() -> None:
         help="for --parts fast: the src folder of another checkout (e.g. a git worktree of "
         "the commit before), predicted side by side with --tta 1",
     )
+    ap.add_argument(
+        "--readout",
+        choices=["mean", "density", "sum"],
+        default="mean",
+        help="the read-out of the random models (the training default; runs before "
+        "2026-11-30 session 12 used density, under which --tta blurs every turned map of a "
+        "--gene-scales model)",
+    )
     ap.add_argument("--members", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--dense-genes", nargs="+", default=["G0", "G1", "G2", "G3"])
     ap.add_argument(
@@ -641,10 +663,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pixnet-bench-"))
     model = Path(args.model) if args.model else tmp / "random.pt"
     if not args.model:
-        random_model(model)
+        random_model(model, readout=args.readout)
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
-        f"model: {args.model or 'random init, cpu preset, 250 genes'}; sample {args.sample}\n"
+        f"model: {args.model or f'random init, cpu preset, 250 genes, {args.readout} read-out'}; "
+        f"sample {args.sample}\n"
     )
     if "dense" in args.parts:
         dense_part(model, args.samples, args.sample, tmp, args.dense_genes)
@@ -654,11 +677,11 @@ def main() -> None:
     if "window" in args.parts:
         window_part(model, args.samples, args.sample, tmp, args.bins)
     if "ensemble" in args.parts:
-        ensemble_part(args.samples, args.sample, tmp, args.members, args.bins)
+        ensemble_part(args.samples, args.sample, tmp, args.members, args.bins, args.readout)
     if "heads" in args.parts:
-        heads_part(args.samples, args.sample, tmp, args.heads, args.bins, args.tta)
+        heads_part(args.samples, args.sample, tmp, args.heads, args.bins, args.tta, args.readout)
     if "gene-scales" in args.parts:
-        gene_scales_part(args.samples, args.sample, tmp, args.bins, args.tta)
+        gene_scales_part(args.samples, args.sample, tmp, args.bins, args.tta, args.readout)
     if "fast" in args.parts:
         fast_part(model, args.samples, args.sample, tmp, args.bins, args.tta, args.reference_src)
     if "speed" not in args.parts:

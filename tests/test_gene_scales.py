@@ -130,16 +130,18 @@ def test_predictor_reports_the_widths_in_micrometres() -> None:
     )
 
 
+@pytest.mark.parametrize("gene_scales", [True, False])
 @pytest.mark.parametrize("members", [1, 2])
 @pytest.mark.parametrize("readout", ["mean", "density"])
-def test_tta_smooths_the_mean_of_the_turned_maps_once(
-    readout: str, members: int, monkeypatch: pytest.MonkeyPatch
+def test_tta_applies_the_head_and_smoothing_once(
+    readout: str, members: int, gene_scales: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With ``--tta``, a linear read-out's integrand is the mean of the turned, unsmoothed
-    maps smoothed once (the smoothing commutes with the transforms): the same numbers as
-    smoothing every turned map, at one smoothing per member and tile; ``density`` (exp of
-    the smoothed map) keeps one smoothing per transform. Single models and ensembles (each
-    member its own widths), with and without the prediction copy."""
+    """With ``--tta`` and a linear read-out, the integrand is the head and smoothing (both
+    linear, commuting with the transforms) applied once to the mean of the turned decoder
+    features: the same numbers as averaging the turned maps, at one head and one smoothing
+    per member and tile; ``density`` (exp of the map) keeps one per transform. Single
+    models and ensembles (each member its own widths), with and without ``--gene-scales``
+    and the prediction copy."""
     from pixnet.data.preprocess import GenePanel
     from pixnet.models.ensemble import PixNetEnsemble
     from pixnet.models.inference import inference_network
@@ -150,29 +152,36 @@ def test_tta_smooths_the_mean_of_the_turned_maps_once(
     torch.manual_seed(4)
     nets = []
     for k in range(members):
-        net = PixNet(from_preset("cpu", n_genes=3, gene_scales=True)).eval()
-        with torch.no_grad():
-            sigmas = torch.tensor([0.5, 2.0, 6.0]) * (1 + k)
-            net.gene_scales.log_variance.copy_(torch.log(sigmas**2))
+        net = PixNet(from_preset("cpu", n_genes=3, gene_scales=gene_scales)).eval()
+        if gene_scales:
+            with torch.no_grad():
+                sigmas = torch.tensor([0.5, 2.0, 6.0]) * (1 + k)
+                net.gene_scales.log_variance.copy_(torch.log(sigmas**2))
         nets.append(net)
     model = nets[0] if members == 1 else PixNetEnsemble(nets).eval()
     panel = GenePanel(genes=["G0", "G1", "G2"], mean_targets=[0.0] * 3)
     x = torch.rand(1, 3, 64, 96)  # not square: the transposes change the map's shape
     maths = get_readout(readout)
 
-    def smoothed_each_time(t: torch.Tensor) -> torch.Tensor:
+    def each_map_turned(t: torch.Tensor) -> torch.Tensor:
         return torch.stack([maths.prepare(n(t)) for n in nets]).mean(0)
 
     with torch.inference_mode():
-        want = group_average(smoothed_each_time, x, 8)
-    calls: list[int] = []
-    real = GeneScales.forward
-    monkeypatch.setattr(GeneScales, "forward", lambda s, m, **k: calls.append(1) or real(s, m, **k))
+        want = group_average(each_map_turned, x, 8)
+    blurs: list[int] = []
+    heads: list[int] = []
+    real_blur, real_map = GeneScales.forward, PixNet.map_from_features
+    monkeypatch.setattr(
+        GeneScales, "forward", lambda s, m, **k: blurs.append(1) or real_blur(s, m, **k)
+    )
+    monkeypatch.setattr(PixNet, "map_from_features", lambda s, f: heads.append(1) or real_map(s, f))
     for network in (None, inference_network(model)):
-        calls.clear()
+        blurs.clear()
+        heads.clear()
         pred = Predictor(model=model, panel=panel, working_mpp=4.0, readout=readout, tta=8)
         with torch.inference_mode():
             got = pred.integrand(x, network)
         assert got.shape == want.shape == (1, 3, 32, 48)
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=5e-5, rtol=1e-4)
-        assert len(calls) == members * (1 if readout == "mean" else 8)
+        once = members * (1 if readout == "mean" else 8)
+        assert (len(heads), len(blurs)) == (once, once if gene_scales else 0)

@@ -15,10 +15,12 @@ Members run one after another on each input, accumulating into one buffer, so pe
 memory is one member's activations plus the running mean (and K sets of weights).
 
 Test-time augmentation (``tta`` > 1, :func:`~pixnet.ops.dihedral.group_average`) is
-applied per member: a member trained with ``--gene-scales`` under a linear read-out
-averages its turned, unsmoothed maps and smooths the mean once (the isotropic smoothing
-commutes with flips and quarter turns), one smoothing per member and tile instead of one
-per member, transform and tile.
+applied per member. Under a linear read-out (``mean``, ``sum``) a member averages its
+decoder's turned features (:meth:`~pixnet.models.pixnet.PixNet.features`, 128 channels)
+and applies the 1x1 head and any ``--gene-scales`` smoothing once to the mean
+(:meth:`~pixnet.models.pixnet.PixNet.map_from_features`): both are linear and commute with
+flips and quarter turns, so the numbers are those of averaging the turned maps, at one
+head and one smoothing per member and tile instead of one per transform.
 """
 
 from __future__ import annotations
@@ -77,15 +79,16 @@ def member_integrand(
     net: PixNet, x: Tensor, readout: Readout, tta: int = 1, layout: InputLayout | None = None
 ) -> Tensor:
     """``readout.prepare(net(x))``, or with ``tta`` > 1 its mean over the turned tiles
-    mapped back (smoothed once for a ``--gene-scales`` model under a linear read-out)."""
+    mapped back (under a linear read-out: head and smoothing applied once to the mean of
+    the turned features)."""
 
     def inp(t: Tensor) -> Tensor:
         return t if layout is None else layout(t)
 
     if tta == 1:
         return readout.prepare(net(inp(x)))
-    if net.gene_scales is not None and readout.prepare_is_identity:
-        return net.gene_scales(group_average(lambda t: net.unsmoothed(inp(t)), x, tta))
+    if readout.prepare_is_identity:
+        return net.map_from_features(group_average(lambda t: net.features(inp(t)), x, tta))
     return group_average(lambda t: readout.prepare(net(inp(t))), x, tta)
 
 

@@ -278,15 +278,16 @@ class PixNet(nn.Module):
             PixNetInputError: wrong shape or dtype, or H/W not multiples of 32 (the
                 message gives the padded size).
         """
-        maps = self.unsmoothed(images)
-        return maps if self.gene_scales is None else self.gene_scales(maps)
-
-    def unsmoothed(self, images: Tensor) -> Tensor:
-        """:meth:`forward` before the per-gene smoothing (:attr:`gene_scales`; the same
-        as :meth:`forward` without it). The smoothing is linear and commutes with flips
-        and quarter turns, so a mean of turned maps can be smoothed once."""
         check_input(images)
-        return self.decoder(self.encoder(images))
+        return self.map_from_features(self.decoder.decode(self.encoder(images)))
+
+    def map_from_features(self, features: Tensor) -> Tensor:
+        """The map from :meth:`features`: the 1x1 :attr:`head`, then the per-gene smoothing
+        (:attr:`gene_scales`) if any. Both are linear and commute with flips and quarter
+        turns (the smoothing is isotropic), so a mean of turned maps is this applied once
+        to the mean of the turned features (``--tta``, :mod:`pixnet.models.ensemble`)."""
+        maps = self.head(features)
+        return maps if self.gene_scales is None else self.gene_scales(maps)
 
     def features(self, images: Tensor) -> Tensor:
         """Decoder output before the 1x1 head (D1 for the paper's decoder).
