@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import anndata
@@ -38,7 +39,17 @@ def coarse_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
         coarsen=2,
     )
     samples = load_manifest(manifest, ["EX1"])
-    return train(cfg, samples), out, manifest
+    handler = logging.FileHandler(root / "train-log.txt")
+    loop_log = logging.getLogger("pixnet.train.loop")
+    level = loop_log.level
+    loop_log.addHandler(handler)
+    loop_log.setLevel(logging.INFO)
+    try:
+        return train(cfg, samples), out, manifest
+    finally:
+        loop_log.removeHandler(handler)
+        loop_log.setLevel(level)
+        handler.close()
 
 
 def test_run_records_regions(coarse_run: tuple[Path, Path, Path]) -> None:
@@ -49,6 +60,11 @@ def test_run_records_regions(coarse_run: tuple[Path, Path, Path]) -> None:
     (sample,) = load_manifest(manifest, ["EX1"])
     assert sum(int(k) * v for k, v in members.items()) == sample.n_spots
     assert members["4"] >= 8  # mostly full 2 x 2 blocks (9 on this fixture)
+    # the log counts training targets as regions (validation is scored on member spots)
+    text = (out.parent / "train-log.txt").read_text()
+    assert (
+        f"{cfg['n_train_spots']} supervised regions, {cfg['n_val_spots']} validation spots" in text
+    )
 
 
 def test_coarse_training_beats_upsampled_measurement_at_single_spots(

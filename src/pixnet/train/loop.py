@@ -379,9 +379,10 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     log.info(
-        "training on %s: %d supervised spots, %d validation spots, %d genes, %d crops/epoch",
+        "training on %s: %d supervised %s, %d validation spots, %d genes, %d crops/epoch",
         ", ".join(s.sample_id for s in samples),
         len(sampler.anchors),
+        "regions" if any(sl.region is not None for sl in slides) else "spots",
         n_val,
         panel.n_genes,
         sampler.crops_per_epoch,
