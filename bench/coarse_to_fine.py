@@ -119,6 +119,75 @@ def combine(results: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]
     return out
 
 
+PAIRED_REFERENCE = "spotcrop"
+"""The method every PixNet method is paired with: the spot-crop regressor slid with a
+region-sized crop (the issue's bar at single spots)."""
+
+
+def paired(results: list[dict[str, Any]], methods: list[str], reference: str) -> dict[str, Any]:
+    """Per method other than ``reference``: the method minus ``reference`` in the same
+    fold and seed (PCC@M and skill), mean ± std over those runs and how many are higher.
+    Runs where either value is missing or not finite are left out."""
+    out: dict[str, Any] = {}
+    for m in methods:
+        if m == reference:
+            continue
+        diffs: dict[str, list[float]] = {"PCC@M": [], "skill": []}
+        for res in results:
+            for f in res["folds"]:
+                if m not in f["methods"] or reference not in f["methods"]:
+                    continue
+                a, b = f["methods"][m]["fold"], f["methods"][reference]["fold"]
+                for key, ds in diffs.items():
+                    x, y = a.get(key), b.get(key)
+                    if x is not None and y is not None and np.isfinite(x) and np.isfinite(y):
+                        ds.append(float(x) - float(y))
+        if not diffs["PCC@M"]:
+            continue
+        out[m] = {
+            key: {
+                "mean": float(np.mean(ds)),
+                "std": float(np.std(ds, ddof=1)) if len(ds) > 1 else float("nan"),
+                "n": len(ds),
+                "higher": int(sum(d > 0 for d in ds)),
+            }
+            for key, ds in diffs.items()
+        }
+    return out
+
+
+def paired_table(pairs: dict[str, Any], labels: dict[str, str], reference: str) -> str:
+    lines = [
+        f"| minus {labels.get(reference, reference)} (same fold and seed) | runs | ΔPCC@M | "
+        "higher | Δskill | higher |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m, row in pairs.items():
+        cells = []
+        for key in ("PCC@M", "skill"):
+            v = row[key]
+            std = f" ± {v['std']:.3f}" if np.isfinite(v["std"]) else ""
+            cells += [f"{v['mean']:+.3f}{std}", f"{v['higher']} of {v['n']}"]
+        lines.append(f"| {labels.get(m, m)} | {row['PCC@M']['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_run(results: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    """``{method: {"<fold>/seed<base>": {MSE, PCC@M, skill}}}``: every run's values, so
+    that tables of other runs (e.g. the same models with ``--tta``) can be paired later."""
+    out: dict[str, Any] = {}
+    for res in results:
+        base = res.get("seeds", {}).get("base")
+        for f in res["folds"]:
+            for m in methods:
+                if m in f["methods"]:
+                    v = f["methods"][m]["fold"]
+                    out.setdefault(m, {})[f"{f['name']}/seed{base}"] = {
+                        key: v.get(key) for key in SHOWN
+                    }
+    return out
+
+
 def table(combined: dict[str, Any], labels: dict[str, str]) -> str:
     lines = [
         "| method | runs (folds x seeds) | MSE | PCC@M | skill | seed std of PCC@M |",
@@ -225,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_crossval(cfg, samples))
             methods_run = [m for m in args.methods if any(m in r["methods"] for r in runs)]
             combined = combine(runs, methods_run)
+            pairs = (
+                paired(runs, [m for m in methods_run if m.startswith("pixnet")], PAIRED_REFERENCE)
+                if PAIRED_REFERENCE in methods_run
+                else {}
+            )
             labels = {m: method_label(m, "mean") for m in methods_run}
             key = f"{name}/k{k}"
             report["tables"][key] = {
@@ -232,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 "folds": only,
                 "seeds": args.seeds,
                 "combined": combined,
+                "paired_against": {PAIRED_REFERENCE: pairs},
+                "per_run": per_run(runs, methods_run),
                 "method_seconds": {
                     m: round(
                         sum(
@@ -254,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 table(combined, labels),
             ]
+            if pairs:
+                md += [paired_table(pairs, labels, PAIRED_REFERENCE)]
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     md.append(f"Total wall time: {report['wall_seconds'] / 60:.1f} min.\n")
     text = "\n".join(md)

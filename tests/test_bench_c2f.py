@@ -74,6 +74,42 @@ def test_combine_over_seeds_of_a_method_without_pcc() -> None:
     assert "| m | 2 (1 x 2) | 0.650 ± 0.071 | n/a |" in c2f.table({"m": out}, {})
 
 
+def test_paired_with_the_sliding_regressor() -> None:
+    """Each PixNet run minus the regressor of the same fold and seed; a run where either
+    value is missing (or the regressor did not run) is left out."""
+    c2f = _load("coarse_to_fine")
+    runs = [
+        {
+            "seeds": {"base": 0},
+            "folds": [
+                _fold("A", p=(0.5, 0.30, 0.1), spotcrop=(0.6, 0.20, 0.0)),
+                _fold("B", p=(0.5, np.nan, 0.2), spotcrop=(0.6, 0.25, 0.1)),
+            ],
+        },
+        {
+            "seeds": {"base": 100},
+            "folds": [
+                _fold("A", p=(0.5, 0.10, -0.1), spotcrop=(0.4, 0.15, 0.0)),
+                _fold("B", p=(1, 1, 1)),
+            ],
+        },
+    ]
+    out = c2f.paired(runs, ["p", "spotcrop"], "spotcrop")
+    assert set(out) == {"p"}
+    pcc, skill = out["p"]["PCC@M"], out["p"]["skill"]
+    assert (pcc["n"], pcc["higher"]) == (2, 1)
+    assert pcc["mean"] == pytest.approx(0.025) and pcc["std"] == pytest.approx(
+        np.std([0.10, -0.05], ddof=1)
+    )
+    assert (skill["n"], skill["higher"]) == (3, 2) and skill["mean"] == pytest.approx(0.1 / 3)
+    md = c2f.paired_table(out, {"p": "PixNet", "spotcrop": "regressor"}, "spotcrop")
+    assert "| minus regressor (same fold and seed) |" in md
+    assert "| PixNet | 2 | +0.025 ± 0.106 | 1 of 2 | +0.033 ± 0.115 | 2 of 3 |" in md
+    values = c2f.per_run(runs, ["p"])["p"]
+    assert set(values) == {"A/seed0", "B/seed0", "A/seed100", "B/seed100"}
+    assert values["A/seed100"] == {"MSE": 0.5, "PCC@M": 0.10, "skill": -0.1}
+
+
 def test_quick_run_two_seeds(tmp_path: Path) -> None:
     """One fold of the generated sections, 2 x 2 regions, two seeds: every method of the
     first seed runs, the second seed runs only the multi-seed ones; the test section's
@@ -98,6 +134,8 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     assert got["mean"]["skill"]["mean"] == pytest.approx(0.0)
     assert got["upsampled"]["skill"]["mean"] > 0.0
     assert np.isfinite(got["pixnet-mean"]["PCC@M"]["mean"])
+    assert set(tab["per_run"]["pixnet-mean"]) == {f"{tab['folds'][0]}/seed{s}" for s in (0, 1)}
+    assert tab["paired_against"] == {"spotcrop": {}}  # the regressor did not run
     # the second seed's run folder holds only the multi-seed method
     seed1 = tmp_path / "run" / "example" / "k2" / "seed1"
     fold = tab["folds"][0]
