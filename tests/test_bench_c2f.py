@@ -143,3 +143,32 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     md = results.with_suffix(".md").read_text()
     assert "trained on 2 x 2 regions, tested on single spots" in md
     assert "base seeds 0, 1" in md
+
+
+def test_compare_pairs_run_folders_by_fold_and_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/c2f_compare.py: two run folders' methods matched by fold and seed folder;
+    runs only one side has, and non-finite values, are left out; bad specs are refused."""
+    cmp = _load("c2f_compare")
+
+    def write(out: str, seed: int, **folds: tuple[float, float, float]) -> None:
+        d = tmp_path / out / "mob" / "k2" / f"seed{seed}"
+        d.mkdir(parents=True)
+        res = {"folds": [_fold(name, m=v) for name, v in folds.items()]}
+        (d / "results.json").write_text(json.dumps(res))
+
+    write("a", 0, F1=(1, 0.30, 0.1), F2=(1, 0.20, 0.0))
+    write("a", 100, F1=(1, 0.25, 0.2))
+    write("b", 0, F1=(1, 0.20, 0.1), F2=(1, np.nan, 0.1))
+    write("b", 100, F1=(1, 0.35, 0.0))
+    write("b", 200, F1=(1, 0.99, 0.9))  # no partner
+    assert cmp.main([f"{tmp_path / 'a'}:m", f"{tmp_path / 'b'}:m"]) == 0
+    text = capsys.readouterr().out
+    assert "3 runs matched by fold and seed" in text
+    assert f"| PCC@M | 2 | +0.000 ± {np.std([0.1, -0.1], ddof=1):.3f} | 1 of 2 |" in text
+    assert "| skill | 3 | +0.033 ± 0.153 | 1 of 3 |" in text
+    with pytest.raises(SystemExit):
+        cmp.main([str(tmp_path / "a"), f"{tmp_path / 'b'}:m"])
+    with pytest.raises(SystemExit, match="no finished run of method 'x'"):
+        cmp.main([f"{tmp_path / 'a'}:x", f"{tmp_path / 'b'}:m"])

@@ -1,0 +1,92 @@
+"""Pair two methods of coarse-to-fine runs made apart, per fold and seed.
+
+    .venv/bin/python bench/c2f_compare.py runs/c2f-mob-gs-tta4:pixnet-mean \
+        runs/c2f-mob-tta4:spotcrop [--dataset mob --coarsen 2]
+
+Each side is ``OUT:METHOD``: a ``bench/coarse_to_fine.py --out`` folder and a method run
+in it. The runs of the two sides are matched by (fold, base seed) from the per-seed
+``results.json`` files (``OUT/<dataset>/k<K>/seed<S>/results.json``), and the table gives
+the first minus the second in PCC@M and MSE skill: mean ± std over the matched runs and
+how many are higher. Used when the two were trained or predicted in different run
+folders (e.g. ``--gene-scales`` models predicted with ``--tta 4`` against the regressor
+predicted with ``--tta 4``); within one run set ``coarse_to_fine.py`` prints the pairing
+with the sliding regressor itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEYS = ("PCC@M", "skill")
+
+
+def run_values(out: Path, dataset: str, coarsen: int, method: str) -> dict[str, dict[str, Any]]:
+    """``{"<fold>/seed<S>": fold metrics}`` of ``method`` in every seed folder of ``out``."""
+    root = out / dataset / f"k{coarsen}"
+    if not root.is_dir():
+        raise SystemExit(f"{root}: no such folder (the --out of bench/coarse_to_fine.py?)")
+    values: dict[str, dict[str, Any]] = {}
+    for path in sorted(root.glob("seed*/results.json")):
+        res = json.loads(path.read_text())
+        for f in res["folds"]:
+            if method in f["methods"]:
+                values[f"{f['name']}/{path.parent.name}"] = f["methods"][method]["fold"]
+    if not values:
+        raise SystemExit(f"{root}: no finished run of method {method!r}")
+    return values
+
+
+def compare(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``a`` minus ``b`` over the runs both have, per metric (non-finite values left out)."""
+    out: dict[str, Any] = {"runs": sorted(set(a) & set(b))}
+    for key in KEYS:
+        d = [
+            float(a[r][key]) - float(b[r][key])
+            for r in out["runs"]
+            if a[r].get(key) is not None
+            and b[r].get(key) is not None
+            and np.isfinite(a[r][key])
+            and np.isfinite(b[r][key])
+        ]
+        out[key] = {
+            "mean": float(np.mean(d)) if d else float("nan"),
+            "std": float(np.std(d, ddof=1)) if len(d) > 1 else float("nan"),
+            "n": len(d),
+            "higher": int(sum(x > 0 for x in d)),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("first", help="OUT:METHOD")
+    ap.add_argument("second", help="OUT:METHOD")
+    ap.add_argument("--dataset", default="mob")
+    ap.add_argument("--coarsen", type=int, default=2)
+    args = ap.parse_args(argv)
+    sides = []
+    for spec in (args.first, args.second):
+        folder, sep, method = spec.rpartition(":")
+        if not sep or not folder or not method:
+            ap.error(f"{spec!r}: give OUT:METHOD, e.g. runs/c2f-mob:pixnet-mean")
+        sides.append((spec, run_values(Path(folder), args.dataset, args.coarsen, method)))
+    res = compare(sides[0][1], sides[1][1])
+    print(f"{sides[0][0]} minus {sides[1][0]} ({args.dataset}, K = {args.coarsen}), ", end="")
+    print(f"{len(res['runs'])} runs matched by fold and seed\n")
+    print("| metric | runs | mean ± std | first higher |\n|---|---:|---:|---:|")
+    for key in KEYS:
+        v = res[key]
+        print(
+            f"| {key} | {v['n']} | {v['mean']:+.3f} ± {v['std']:.3f} | {v['higher']} of {v['n']} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
