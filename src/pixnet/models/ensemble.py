@@ -63,7 +63,6 @@ class PixNetEnsemble(nn.Module):
         """Mean over members of :func:`member_integrand`: ``(B, G, H/s, W/s)``."""
         acc: Tensor | None = None
         for member in self.members:
-            assert isinstance(member, PixNet)
             y = member_integrand(member, x, readout, tta, layout).float()
             acc = y if acc is None else acc.add_(y)
         assert acc is not None
@@ -76,18 +75,19 @@ InputLayout = Callable[[Tensor], Tensor]
 
 
 def member_integrand(
-    net: PixNet, x: Tensor, readout: Readout, tta: int = 1, layout: InputLayout | None = None
+    net: nn.Module, x: Tensor, readout: Readout, tta: int = 1, layout: InputLayout | None = None
 ) -> Tensor:
     """``readout.prepare(net(x))``, or with ``tta`` > 1 its mean over the turned tiles
-    mapped back (under a linear read-out: head and smoothing applied once to the mean of
-    the turned features)."""
+    mapped back (for a :class:`PixNet` under a linear read-out: head and smoothing applied
+    once to the mean of the turned features). ``net``: a PixNet, or any module mapping
+    tiles to maps."""
 
     def inp(t: Tensor) -> Tensor:
         return t if layout is None else layout(t)
 
     if tta == 1:
         return readout.prepare(net(inp(x)))
-    if readout.prepare_is_identity:
+    if isinstance(net, PixNet) and readout.prepare_is_identity:
         return net.map_from_features(group_average(lambda t: net.features(inp(t)), x, tta))
     return group_average(lambda t: readout.prepare(net(inp(t))), x, tta)
 
@@ -99,5 +99,4 @@ def model_integrand(
     transforms (1: none) and each network input put through ``layout``."""
     if isinstance(model, PixNetEnsemble):
         return model.integrand(x, readout, tta, layout)
-    assert isinstance(model, PixNet)
     return member_integrand(model, x, readout, tta, layout)
