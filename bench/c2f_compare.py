@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-KEYS = ("PCC@M", "skill")
+from coarse_to_fine import PAIRED_KEYS, difference_summary  # noqa: E402
 
 
 def run_values(out: Path, dataset: str, coarsen: int, method: str) -> dict[str, dict[str, Any]]:
@@ -43,23 +43,12 @@ def run_values(out: Path, dataset: str, coarsen: int, method: str) -> dict[str, 
 
 
 def compare(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``a`` minus ``b`` over the runs both have, per metric (non-finite values left out)."""
-    out: dict[str, Any] = {"runs": sorted(set(a) & set(b))}
-    for key in KEYS:
-        d = [
-            float(a[r][key]) - float(b[r][key])
-            for r in out["runs"]
-            if a[r].get(key) is not None
-            and b[r].get(key) is not None
-            and np.isfinite(a[r][key])
-            and np.isfinite(b[r][key])
-        ]
-        out[key] = {
-            "mean": float(np.mean(d)) if d else float("nan"),
-            "std": float(np.std(d, ddof=1)) if len(d) > 1 else float("nan"),
-            "n": len(d),
-            "higher": int(sum(x > 0 for x in d)),
-        }
+    """``a`` minus ``b`` over the runs both have, per metric (non-finite values left out;
+    :func:`coarse_to_fine.difference_summary`)."""
+    runs = sorted(set(a) & set(b))
+    out: dict[str, Any] = {"runs": runs}
+    for key in PAIRED_KEYS:
+        out[key] = difference_summary([(a[r].get(key), b[r].get(key)) for r in runs])
     return out
 
 
@@ -80,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sides[0][0]} minus {sides[1][0]} ({args.dataset}, K = {args.coarsen}), ", end="")
     print(f"{len(res['runs'])} runs matched by fold and seed\n")
     print("| metric | runs | mean ± std | first higher |\n|---|---:|---:|---:|")
-    for key in KEYS:
+    for key in PAIRED_KEYS:
         v = res[key]
         print(
             f"| {key} | {v['n']} | {v['mean']:+.3f} ± {v['std']:.3f} | {v['higher']} of {v['n']} |"

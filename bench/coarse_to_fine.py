@@ -124,35 +124,45 @@ PAIRED_REFERENCE = "spotcrop"
 region-sized crop (the issue's bar at single spots)."""
 
 
+def difference_summary(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """``x - y`` over the ``(x, y)`` pairs where both are finite numbers (``None`` and NaN
+    left out): mean, sample std, how many, and how many are positive."""
+    ds = [
+        float(x) - float(y)
+        for x, y in pairs
+        if x is not None and y is not None and np.isfinite(x) and np.isfinite(y)
+    ]
+    return {
+        "mean": float(np.mean(ds)) if ds else float("nan"),
+        "std": float(np.std(ds, ddof=1)) if len(ds) > 1 else float("nan"),
+        "n": len(ds),
+        "higher": int(sum(d > 0 for d in ds)),
+    }
+
+
+PAIRED_KEYS = ("PCC@M", "skill")
+
+
 def paired(results: list[dict[str, Any]], methods: list[str], reference: str) -> dict[str, Any]:
     """Per method other than ``reference``: the method minus ``reference`` in the same
-    fold and seed (PCC@M and skill), mean ± std over those runs and how many are higher.
-    Runs where either value is missing or not finite are left out."""
+    fold and seed (PCC@M and skill), :func:`difference_summary` over those runs. Runs where
+    either value is missing or not finite are left out."""
     out: dict[str, Any] = {}
     for m in methods:
         if m == reference:
             continue
-        diffs: dict[str, list[float]] = {"PCC@M": [], "skill": []}
-        for res in results:
-            for f in res["folds"]:
-                if m not in f["methods"] or reference not in f["methods"]:
-                    continue
-                a, b = f["methods"][m]["fold"], f["methods"][reference]["fold"]
-                for key, ds in diffs.items():
-                    x, y = a.get(key), b.get(key)
-                    if x is not None and y is not None and np.isfinite(x) and np.isfinite(y):
-                        ds.append(float(x) - float(y))
-        if not diffs["PCC@M"]:
-            continue
-        out[m] = {
-            key: {
-                "mean": float(np.mean(ds)),
-                "std": float(np.std(ds, ddof=1)) if len(ds) > 1 else float("nan"),
-                "n": len(ds),
-                "higher": int(sum(d > 0 for d in ds)),
-            }
-            for key, ds in diffs.items()
+        both = [
+            (f["methods"][m]["fold"], f["methods"][reference]["fold"])
+            for res in results
+            for f in res["folds"]
+            if m in f["methods"] and reference in f["methods"]
+        ]
+        row = {
+            key: difference_summary([(a.get(key), b.get(key)) for a, b in both])
+            for key in PAIRED_KEYS
         }
+        if row["PCC@M"]["n"]:
+            out[m] = row
     return out
 
 
@@ -164,7 +174,7 @@ def paired_table(pairs: dict[str, Any], labels: dict[str, str], reference: str) 
     ]
     for m, row in pairs.items():
         cells = []
-        for key in ("PCC@M", "skill"):
+        for key in PAIRED_KEYS:
             v = row[key]
             std = f" ± {v['std']:.3f}" if np.isfinite(v["std"]) else ""
             cells += [f"{v['mean']:+.3f}{std}", f"{v['higher']} of {v['n']}"]
