@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _report import emit
 
 # (run folder, fold, parsed arguments, scratch folder) -> one run's record
@@ -34,6 +37,83 @@ def run_manifest(config: dict[str, Any]) -> str:
     path = Path(config["samples"])
     here = Path(__file__).resolve().parents[1] / "configs" / path.name
     return str(here if not path.is_file() and here.is_file() else path)
+
+
+@dataclass
+class HeldOut:
+    """A run's held-out section, its measured expression on the run's gene panel and the
+    training mean, for scoring models of that run."""
+
+    config: dict[str, Any]
+    sample: Any
+    genes: list[str]
+    truth: np.ndarray
+    train_mean: np.ndarray
+
+    def predict(self, model: Path, tmp: Path, **options: Any) -> np.ndarray:
+        """``model`` (a model file) predicted at the section's own spots with the
+        prediction ``options`` of :func:`pixnet.eval.crossval.predict_own_spots`."""
+        from pixnet.eval.crossval import predict_own_spots
+
+        return predict_own_spots(model, self.sample, self.genes, tmp, **options)
+
+    def metrics(self, pred: np.ndarray) -> dict[str, float]:
+        """PCC@M, MSE skill and MSE of ``pred`` against the measured expression."""
+        from pixnet.eval.metrics import summarise
+
+        s = summarise(pred, self.truth, self.train_mean)
+        return {k: float(s[k]) for k in ("PCC@M", "skill", "MSE")}
+
+    def score(self, model: Path, tmp: Path, **options: Any) -> dict[str, float]:
+        """:meth:`predict` then :meth:`metrics`."""
+        return self.metrics(self.predict(model, tmp, **options))
+
+
+def held_out(run: Path, fold: str) -> HeldOut:
+    """The held-out section ``fold`` of the finished run folder ``run``."""
+    from pixnet.data.preprocess import GenePanel
+    from pixnet.io.manifest import load_manifest
+    from pixnet.io.modelfile import load_model_file
+
+    config = json.loads((run / "config.json").read_text())
+    (sample,) = load_manifest(run_manifest(config), [fold])
+    panel = GenePanel.from_dict(dict(load_model_file(run / "model.pt")["panel"]))
+    return HeldOut(
+        config=config,
+        sample=sample,
+        genes=list(panel.genes),
+        truth=panel.transform(sample),
+        train_mean=np.asarray(panel.mean_targets, dtype=np.float64),
+    )
+
+
+def difference_line(label: str, d: Sequence[float]) -> str:
+    """One Markdown bullet: mean ± sample std of the paired differences ``d`` and in how
+    many they are positive."""
+    a = np.asarray(d, dtype=np.float64)
+    sd = a.std(ddof=1) if a.size > 1 else 0.0
+    return (
+        f"- {label}: {a.mean():+.4f} ± {sd:.4f} over {a.size} fold runs, "
+        f"higher in {(a > 0).sum()} of {a.size}"
+    )
+
+
+def per_fold_lines(results: Results, columns: Sequence[str], metric: str = "PCC@M") -> list[str]:
+    """Markdown bullets of ``metric`` per (dataset, fold) over seeds, mean ± std for each
+    of ``columns`` (entries of every record); none when no fold has several seeds."""
+    by_fold: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for (ds, fold, _), r in results.items():
+        for c in columns:
+            by_fold.setdefault((ds, fold), {}).setdefault(c, []).append(r[c][metric])
+    if not any(len(v[columns[0]]) > 1 for v in by_fold.values()):
+        return []
+    lines = ["", f"{metric} per fold over seeds, mean ± std: {' / '.join(columns)}", ""]
+    for (ds, fold), v in by_fold.items():
+        n = len(v[columns[0]])
+        if n > 1:
+            cells = [f"{np.mean(v[c]):.3f} ± {np.std(v[c], ddof=1):.3f}" for c in columns]
+            lines.append(f"- {ds} {fold} ({n} seeds): " + " / ".join(cells))
+    return lines
 
 
 def rescore_main(

@@ -20,7 +20,6 @@ the same model weights in every column. Writes Markdown (``--out``) and JSON bes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,40 +27,22 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _rescore import Results, rescore_main, run_manifest  # noqa: E402
+from _rescore import Results, difference_line, held_out, rescore_main  # noqa: E402
 
 
 def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     windows, tiles = args.windows, args.tiles
-    from pixnet.data.preprocess import GenePanel
-    from pixnet.eval.crossval import predict_own_spots
-    from pixnet.eval.metrics import summarise
-    from pixnet.io.manifest import load_manifest
-    from pixnet.io.modelfile import load_model_file
-
-    config = json.loads((run / "config.json").read_text())
-    (sample,) = load_manifest(run_manifest(config), [fold])
-    panel = GenePanel.from_dict(dict(load_model_file(run / "model.pt")["panel"]))
-    truth = panel.transform(sample)
-    train_mean = np.asarray(panel.mean_targets, dtype=np.float64)
+    held = held_out(run, fold)
+    config = held.config
     rec: dict[str, Any] = {"seed": config["seed"], "crop_px": config["crop_px"], "windows": {}}
     for w in windows:
         preds = {
-            t: predict_own_spots(
-                run / "model.pt", sample, panel.genes, tmp, tile_px=t, attention_window_px=w
-            )
-            for t in tiles
+            t: held.predict(run / "model.pt", tmp, tile_px=t, attention_window_px=w) for t in tiles
         }
-        s = summarise(preds[tiles[0]], truth, train_mean)
         moved = float("nan")
         if len(tiles) > 1:
             moved = np.abs(preds[tiles[0]] - preds[tiles[1]]).mean() / preds[tiles[0]].std()
-        rec["windows"][str(w)] = {
-            "PCC@M": s["PCC@M"],
-            "skill": s["skill"],
-            "MSE": s["MSE"],
-            "tile_change": float(moved),
-        }
+        rec["windows"][str(w)] = {**held.metrics(preds[tiles[0]]), "tile_change": float(moved)}
     return rec
 
 
@@ -87,14 +68,8 @@ def format_markdown(results: Results, args: argparse.Namespace) -> str:
     base = windows[0]
     for w in windows[1:]:
         for k in ("PCC@M", "skill"):
-            d = np.array(
-                [r["windows"][str(w)][k] - r["windows"][str(base)][k] for r in results.values()]
-            )
-            sd = d.std(ddof=1) if d.size > 1 else 0.0
-            lines.append(
-                f"- {k}, {name[w]} minus {name[base]}: {d.mean():+.4f} ± {sd:.4f} "
-                f"over {d.size} fold runs, higher in {(d > 0).sum()} of {d.size}"
-            )
+            d = [r["windows"][str(w)][k] - r["windows"][str(base)][k] for r in results.values()]
+            lines.append(difference_line(f"{k}, {name[w]} minus {name[base]}", d))
     return "\n".join(lines) + "\n"
 
 

@@ -27,10 +27,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _rescore import Results, rescore_main, run_manifest  # noqa: E402
+from _rescore import (  # noqa: E402
+    Results,
+    difference_line,
+    held_out,
+    per_fold_lines,
+    rescore_main,
+    run_manifest,
+)
 
 COLUMNS = {"train": "recomputed", "test": "adapted to the test slide"}
 
@@ -71,18 +76,8 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
 
 
 def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from pixnet.data.preprocess import GenePanel
-    from pixnet.eval.crossval import predict_own_spots
-    from pixnet.eval.metrics import summarise
-    from pixnet.io.manifest import load_manifest
-    from pixnet.io.modelfile import load_model_file
-
-    config = json.loads((run / "config.json").read_text())
-    (sample,) = load_manifest(run_manifest(config), [fold])
-    panel = GenePanel.from_dict(dict(load_model_file(run / "model.pt")["panel"]))
-    truth = panel.transform(sample)
-    train_mean = np.asarray(panel.mean_targets, dtype=np.float64)
-    rec: dict[str, Any] = {"seed": config["seed"]}
+    held = held_out(run, fold)
+    rec: dict[str, Any] = {"seed": held.config["seed"]}
     runs: dict[str, tuple[Path, dict[str, Any]]] = {"as trained": (run / "model.pt", {})}
     if "train" in args.sources:
         path, rec["train_recalibration_s"] = recalibrated_model(run, args.batches, tmp / "r.pt")
@@ -90,9 +85,7 @@ def measure(run: Path, fold: str, args: argparse.Namespace, tmp: Path) -> dict[s
     if "test" in args.sources:  # what pixnet predict --adapt-bn-batches does
         runs[COLUMNS["test"]] = (run / "model.pt", {"adapt_bn_batches": args.batches})
     for name, (model, extra) in runs.items():
-        pred = predict_own_spots(model, sample, panel.genes, tmp, **extra)
-        s = summarise(pred, truth, train_mean)
-        rec[name] = {k: float(s[k]) for k in ("PCC@M", "skill", "MSE")}
+        rec[name] = held.score(model, tmp, **extra)
     return rec
 
 
@@ -115,22 +108,9 @@ def format_markdown(results: Results, args: argparse.Namespace) -> str:
     lines.append("")
     for c in cols[1:]:
         for k in ("PCC@M", "skill", "MSE"):
-            d = np.array([r[c][k] - r["as trained"][k] for r in results.values()])
-            sd = d.std(ddof=1) if d.size > 1 else 0.0
-            lines.append(
-                f"- {k}, {c} minus as trained: {d.mean():+.4f} ± {sd:.4f} over {d.size} "
-                f"fold runs, higher in {(d > 0).sum()} of {d.size}"
-            )
-    by_fold: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for (ds, fold, _), r in results.items():
-        for c in cols:
-            by_fold.setdefault((ds, fold), {}).setdefault(c, []).append(r[c]["PCC@M"])
-    if any(len(v["as trained"]) > 1 for v in by_fold.values()):
-        lines += ["", f"PCC@M per fold over seeds, mean ± std: {' / '.join(cols)}", ""]
-        for (ds, fold), v in by_fold.items():
-            if len(v["as trained"]) > 1:
-                cells = [f"{np.mean(v[c]):.3f} ± {np.std(v[c], ddof=1):.3f}" for c in cols]
-                lines.append(f"- {ds} {fold} ({len(v['as trained'])} seeds): " + " / ".join(cells))
+            d = [r[c][k] - r["as trained"][k] for r in results.values()]
+            lines.append(difference_line(f"{k}, {c} minus as trained", d))
+    lines += per_fold_lines(results, cols)
     return "\n".join(lines) + "\n"
 
 

@@ -141,6 +141,42 @@ def test_members_from_seed_runs_and_the_seed_spread_table(
     assert len(mse) == 3
     assert "recomputed minus as trained" in out.read_text()
 
+    # the epoch picked on the validation band against the last epoch (checkpoint.pt)
+    last = _load("last_epoch")
+    run = runs[0] / "example" / "EX1" / "pixnet" / "run"
+    path, picked, final = last.last_epoch_model(run, tmp_path / "last.pt")
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    written = torch.load(path, map_location="cpu", weights_only=True)
+    assert picked == final == ckpt["epoch"] == 0  # one epoch
+    assert written["training"]["best_epoch"] == final
+    for k, v in ckpt["model"].items():
+        assert torch.equal(written["state_dict"][k], v), k
+    # a run that picked an earlier epoch: both are predicted (the same weights here)
+    copy = tmp_path / "picked" / "example" / "EX1" / "pixnet"
+    shutil.copytree(runs[0] / "example" / "EX1" / "pixnet", copy)
+    payload = torch.load(copy / "run" / "model.pt", map_location="cpu", weights_only=True)
+    payload["training"]["best_epoch"] = -3
+    torch.save(payload, copy / "run" / "model.pt")
+    out = tmp_path / "last.md"
+    roots = [str(runs[0]), str(tmp_path / "picked")]
+    assert last.main([*roots, "--out", str(out)]) == 0
+    same, earlier = json.loads(out.with_suffix(".json").read_text())
+    assert (same["picked_epoch"], earlier["picked_epoch"]) == (0, -3)
+    for rec in (same, earlier):
+        assert rec["picked"]["PCC@M"] == pytest.approx(scored["PCC@M"], abs=1e-6)
+        assert rec["last"] == pytest.approx(rec["picked"], abs=1e-6)
+    md = out.read_text()
+    assert "| example | EX1 | 0 | -3 / 0 |" in md and "PCC@M, last minus picked" in md
+    assert "EX1 (2 seeds)" in md  # two records of one fold: the per-fold line
+
+
+def test_last_epoch_weights_are_the_weight_average_under_ema() -> None:
+    last = _load("last_epoch")
+    w, avg = torch.ones(2), torch.zeros(2)
+    ckpt = {"model": {"a.weight": w}, "ema": {"module.a.weight": avg, "n_averaged": 5}}
+    assert last.final_weights(ckpt) == {"a.weight": avg}
+    assert last.final_weights({"model": {"a.weight": w}}) == {"a.weight": w}
+
 
 def _result_file(
     path: Path, seed: int, scores: dict[str, dict[str, tuple]], dataset: str = "mob"
