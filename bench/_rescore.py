@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 from _report import emit
 
+# what every re-scored model gets, in this order
+METRICS = ("PCC@M", "skill", "MSE")
+
 # (run folder, fold, parsed arguments, scratch folder) -> one run's record
 Measure = Callable[[Path, str, argparse.Namespace, Path], dict[str, Any]]
 Results = dict[tuple[str, str, str], Any]
@@ -62,7 +65,7 @@ class HeldOut:
         from pixnet.eval.metrics import summarise
 
         s = summarise(pred, self.truth, self.train_mean)
-        return {k: float(s[k]) for k in ("PCC@M", "skill", "MSE")}
+        return {k: float(s[k]) for k in METRICS}
 
     def score(self, model: Path, tmp: Path, **options: Any) -> dict[str, float]:
         """:meth:`predict` then :meth:`metrics`."""
@@ -114,6 +117,32 @@ def per_fold_lines(results: Results, columns: Sequence[str], metric: str = "PCC@
             cells = [f"{np.mean(v[c]):.3f} ± {np.std(v[c], ddof=1):.3f}" for c in columns]
             lines.append(f"- {ds} {fold} ({n} seeds): " + " / ".join(cells))
     return lines
+
+
+def columns_table(
+    results: Results,
+    columns: Sequence[str],
+    extra: tuple[str, Callable[[dict[str, Any]], str]] | None = None,
+) -> list[str]:
+    """Markdown lines comparing models of the same runs: one row per run with every
+    metric of every one of ``columns`` (``extra``: a column name and its cell, after the
+    seed), each later column minus the first (:func:`difference_line`), and
+    :func:`per_fold_lines`."""
+    head = ["dataset", "fold", "seed", *([extra[0]] if extra else [])]
+    lines = [
+        "| " + " | ".join(head + [f"{k} {c}" for k in METRICS for c in columns]) + " |",
+        "|---|---|---:|" + ("---|" if extra else "") + "---:|" * (len(METRICS) * len(columns)),
+    ]
+    for (ds, fold, _), r in results.items():
+        cells = [ds, fold, str(r["seed"]), *([extra[1](r)] if extra else [])]
+        cells += [f"{r[c][k]:.3f}" for k in METRICS for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for c in columns[1:]:
+        for k in METRICS:
+            d = [r[c][k] - r[columns[0]][k] for r in results.values()]
+            lines.append(difference_line(f"{k}, {c} minus {columns[0]}", d))
+    return lines + per_fold_lines(results, columns)
 
 
 def rescore_main(

@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _rescore import Results, difference_line, held_out, per_fold_lines, rescore_main  # noqa: E402
+from _rescore import Results, columns_table, held_out, rescore_main  # noqa: E402
 
 COLUMNS = ("picked", "last")
-METRICS = ("PCC@M", "skill", "MSE")
+
+
+def epochs(rec: dict[str, Any]) -> str:
+    """The table cell of a run's picked and last epoch."""
+    return f"{rec['picked_epoch']} / {rec['last_epoch']}"
 
 
 def final_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -75,20 +79,8 @@ def format_markdown(results: Results, args: argparse.Namespace) -> str:
         "Weights of the epoch picked on the validation band (model.pt) against those of the "
         "last epoch (checkpoint.pt; the weight average under --ema), same runs.",
         "",
-        "| dataset | fold | seed | epoch picked / last | "
-        + " | ".join(f"{k} {c}" for k in METRICS for c in COLUMNS)
-        + " |",
-        "|---|---|---:|---|" + "---:|" * (2 * len(METRICS)),
+        *columns_table(results, COLUMNS, ("epoch picked / last", epochs)),
     ]
-    for (ds, fold, _), r in results.items():
-        cells = [f"{r[c][k]:.3f}" for k in METRICS for c in COLUMNS]
-        epochs = f"{r['picked_epoch']} / {r['last_epoch']}"
-        lines.append(f"| {ds} | {fold} | {r['seed']} | {epochs} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for k in METRICS:
-        d = [r["last"][k] - r["picked"][k] for r in results.values()]
-        lines.append(difference_line(f"{k}, last minus picked", d))
-    lines += per_fold_lines(results, COLUMNS)
     return "\n".join(lines) + "\n"
 
 

@@ -30,9 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _rescore import (  # noqa: E402
     Results,
-    difference_line,
+    columns_table,
     held_out,
-    per_fold_lines,
     rescore_main,
     run_manifest,
 )
@@ -97,20 +96,8 @@ def format_markdown(results: Results, args: argparse.Namespace) -> str:
         "held-out section's tissue, images only, as pixnet predict --adapt-bn-batches); "
         "same weights.",
         "",
-        "| dataset | fold | seed | "
-        + " | ".join(f"{k} {c}" for k in ("PCC@M", "skill", "MSE") for c in cols)
-        + " |",
-        "|---|---|---:|" + "---:|" * (3 * len(cols)),
+        *columns_table(results, cols),
     ]
-    for (ds, fold, _), r in results.items():
-        cells = [f"{r[c][k]:.3f}" for k in ("PCC@M", "skill", "MSE") for c in cols]
-        lines.append(f"| {ds} | {fold} | {r['seed']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for c in cols[1:]:
-        for k in ("PCC@M", "skill", "MSE"):
-            d = [r[c][k] - r["as trained"][k] for r in results.values()]
-            lines.append(difference_line(f"{k}, {c} minus as trained", d))
-    lines += per_fold_lines(results, cols)
     return "\n".join(lines) + "\n"
 
 
