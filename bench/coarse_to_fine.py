@@ -243,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--resume", action="store_true", help="reuse finished (fold, method) results")
+    ap.add_argument(
+        "--crop-px",
+        type=int,
+        default=0,
+        help="PixNet training crop, working px (0: the smallest multiple of 32 holding 1.5x "
+        "the largest region, at least the dataset's crop)",
+    )
     add_model_flags(ap)
     add_tta_flag(ap)
     args = ap.parse_args(argv)
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if not only:
             continue
         for k in args.coarsen:
-            crop_px = auto_crop_px(samples, k, spec["working_mpp"], spec["crop_px"])
+            crop_px = args.crop_px or auto_crop_px(samples, k, spec["working_mpp"], spec["crop_px"])
             runs = []
             for i, seed in enumerate(args.seeds):
                 methods = [m for m in args.methods if i == 0 or m in args.multi_seed_methods]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -187,6 +188,24 @@ def test_crops_supervise_only_whole_regions_and_validate_whole_regions() -> None
     assert torch.bincount(batch.groups).tolist() == [4] * len(idx)
     with pytest.raises(ValueError, match="regions"):
         CropSampler([slide], 24, seed=0)  # spots (10 px) fit, 2 x 2 regions (30 px) do not
+
+
+@pytest.mark.parametrize("crop_px", [64, 96])
+@pytest.mark.parametrize("regions", [True, False])
+def test_default_epoch_supervises_each_spot_or_region_about_once(
+    crop_px: int, regions: bool
+) -> None:
+    slide = _region_slide()
+    if not regions:
+        slide = dataclasses.replace(slide, region=None)
+    sampler = CropSampler([slide], crop_px, seed=3)
+    per_epoch = [
+        sum(len(item[2]) for items in sampler.epoch_items(e, 4) for item in items) for e in range(4)
+    ]
+    # counted as training counts them: whole regions (one target row each) or spots
+    ratio = np.mean(per_epoch) / len(sampler.anchors)
+    assert 0.85 < ratio < 1.2, (per_epoch, sampler.crops_per_epoch)
+    assert sampler.targets_per_crop() == CropSampler([slide], crop_px, seed=9).targets_per_crop()
 
 
 def test_grid_anisotropy_sees_horizontal_stripes() -> None:

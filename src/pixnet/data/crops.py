@@ -27,6 +27,9 @@ from pixnet.io.slide import open_slide
 
 log = logging.getLogger(__name__)
 
+ESTIMATE_DRAWS = 512
+"""Crops placed to estimate supervised targets per crop (:meth:`CropSampler.targets_per_crop`)."""
+
 
 @dataclass
 class SlideSpots:
@@ -310,14 +313,34 @@ class CropSampler:
                     f"{self.crop_px}px crop; raise crop_px or working_mpp"
                 )
         if crops_per_epoch is None:
-            pitch = float(np.mean([_median_pitch(s.centres_wpx) for s in slides]))
-            members = float(np.mean([np.mean(n) if n is not None else 1 for n in self.n_members]))
-            pitch *= np.sqrt(members)  # a region of m spots spans about sqrt(m) pitches
-            spots_per_crop = max(1.0, (self.crop_px / max(pitch, 1.0)) ** 2 * 0.5)
-            crops_per_epoch = int(np.ceil(len(self.anchors) / spots_per_crop))
+            crops_per_epoch = int(np.ceil(len(self.anchors) / self.targets_per_crop()))
         self.crops_per_epoch = int(crops_per_epoch)
 
-    def _crop(self, rng: np.random.Generator, slide_i: int, spot_j: int) -> tuple:
+    def targets_per_crop(self, n_draws: int = ESTIMATE_DRAWS) -> float:
+        """Mean number of supervised targets (spots, or whole regions) in a training crop.
+
+        Counted on ``n_draws`` crops placed exactly as training places them (geometry
+        only, a fixed generator: the same for every seed), so the default epoch gives
+        about one supervision per spot or region whatever the crop, spot and region
+        sizes.
+        """
+        rng = np.random.default_rng(0)
+        picks = rng.integers(0, len(self.anchors), size=n_draws)
+        counts = []
+        for a in picks:
+            slide_i, spot_j = self.anchors[a]
+            _, _, inside = self._place(rng, int(slide_i), int(spot_j))
+            region = self.slides[slide_i].region
+            counts.append(
+                np.count_nonzero(inside) if region is None else len(np.unique(region[inside]))
+            )
+        return max(1.0, float(np.mean(counts)))
+
+    def _place(
+        self, rng: np.random.Generator, slide_i: int, spot_j: int
+    ) -> tuple[int, int, np.ndarray]:
+        """A crop's corner ``(x0, y0)`` around anchor ``spot_j`` of slide ``slide_i``, and
+        the spots it supervises (wholly inside; a region only with all its members)."""
         s = self.slides[slide_i]
         S = self.crop_px
         half = 0.5 * s.size_wpx
@@ -329,7 +352,6 @@ class CropSampler:
         lo_y, hi_y = c_hi[1] + half - S, c_lo[1] - half
         x0 = int(np.floor(rng.uniform(lo_x, hi_x))) if hi_x > lo_x else int(np.floor(lo_x))
         y0 = int(np.floor(rng.uniform(lo_y, hi_y))) if hi_y > lo_y else int(np.floor(lo_y))
-        img = crop_image(s.image, x0, y0, S)
         local = s.centres_wpx - np.array([x0, y0], dtype=np.float64)
         inside = (
             s.supervised
@@ -344,7 +366,14 @@ class CropSampler:
             # a region is supervised only when all its members are in the crop
             n_in = np.bincount(s.region[inside], minlength=len(n_members))
             inside &= n_in[s.region] == n_members[s.region]
-        pts = local[inside]
+        return x0, y0, inside
+
+    def _crop(self, rng: np.random.Generator, slide_i: int, spot_j: int) -> tuple:
+        s = self.slides[slide_i]
+        S = self.crop_px
+        x0, y0, inside = self._place(rng, slide_i, spot_j)
+        img = crop_image(s.image, x0, y0, S)
+        pts = s.centres_wpx[inside] - np.array([x0, y0], dtype=np.float64)
         if self.augment:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
             img = rot_flip_image(img, k, flip)
@@ -463,16 +492,6 @@ def _anchor_spots(s: SlideSpots) -> np.ndarray:
         return sup
     _, first = np.unique(s.region[sup], return_index=True)
     return np.sort(sup[first])
-
-
-def _median_pitch(centres: np.ndarray) -> float:
-    """Median nearest-neighbour distance between spot centres."""
-    if len(centres) < 2:
-        return 1.0
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(centres).query(centres, k=2)
-    return float(np.median(d[:, 1]))
 
 
 def regions_as_spots(slide: SlideSpots, val_mask: np.ndarray) -> tuple[SlideSpots, np.ndarray]:
