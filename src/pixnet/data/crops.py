@@ -278,7 +278,8 @@ class CropSampler:
         seed: base seed; epoch ``e`` uses ``(seed, e)`` so a resumed run sees the same
             crops as an uninterrupted one.
         augment: flips, rotations and stain jitter.
-        crops_per_epoch: crops per epoch; default: about one supervision per spot.
+        crops_per_epoch: crops per epoch; default: about one supervision per spot (or
+            per region), from :meth:`targets_per_crop`.
     """
 
     def __init__(
