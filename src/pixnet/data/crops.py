@@ -327,15 +327,15 @@ class CropSampler:
         """
         rng = np.random.default_rng(0)
         picks = rng.integers(0, len(self.anchors), size=n_draws)
-        counts = []
-        for a in picks:
+        counts = np.zeros(n_draws)
+        for d, a in enumerate(picks):
             slide_i, spot_j = self.anchors[a]
             _, _, inside = self._place(rng, int(slide_i), int(spot_j))
             region = self.slides[slide_i].region
-            counts.append(
+            counts[d] = (
                 np.count_nonzero(inside) if region is None else len(np.unique(region[inside]))
             )
-        return max(1.0, float(np.mean(counts)))
+        return max(1.0, float(counts.mean()))
 
     def _place(
         self, rng: np.random.Generator, slide_i: int, spot_j: int
