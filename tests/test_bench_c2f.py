@@ -144,6 +144,26 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     assert "trained on 2 x 2 regions, tested on single spots" in md
     assert "base seeds 0, 1" in md
 
+    # bench/readout_scale.py on the same runs: a disk of the spots' own diameter reads the
+    # map out exactly as the spots do; a wider one differs
+    from pixnet.data.example import EXAMPLE_SPOT_DIAMETER_UM as d_um
+
+    rs = _load("readout_scale")
+    out_md = tmp_path / "readout.md"
+    argv = [str(tmp_path / "run"), "--dataset", "example", "--coarsen", "2"]
+    argv += ["--diameters-um", f"{d_um:g}", f"{3 * d_um:g}", "--out", str(out_md)]
+    argv += ["--reference", f"{tmp_path / 'run'}:pixnet-mean"]
+    assert rs.main(argv) == 0
+    got_rs = json.loads(out_md.with_suffix(".json").read_text())
+    assert sorted(got_rs) == sorted(f"{fold}/seed{s}" for s in (0, 1))
+    for rec in got_rs.values():
+        assert rec["spot_um"] == pytest.approx(d_um)
+        for k in ("PCC@M", "skill", "MSE"):
+            assert rec[f"{d_um:g} um"][k] == pytest.approx(rec["spot"][k], abs=1e-4)
+        assert rec[f"{3 * d_um:g} um"]["MSE"] != pytest.approx(rec["spot"]["MSE"], abs=1e-4)
+    # paired with itself (the run's own recorded spot read-out), the difference is zero
+    assert "PCC@M, spot minus pixnet-mean: +0.0000 ± 0.0000 over 2 fold runs" in out_md.read_text()
+
 
 def test_compare_pairs_run_folders_by_fold_and_seed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
