@@ -6,14 +6,18 @@ spots better from the map around them?
         --out bench/results/readout-scale-mob-k2.md
 
 Takes the finished PixNet runs of ``bench/coarse_to_fine.py`` (``OUT/<dataset>/k<K>/
-seed<S>/<fold>/<method>/run/model.pt``, any number of ``OUT`` folders) and predicts each
-fold's held-out section once, reading the same dense map out at every test spot's centre
-over the spot itself and over disks of ``--diameters-um`` (``pixnet predict
---spot-diameters-um``). Each read-out is scored against the spots' measured expression
-with the benchmark's metrics. No training; the disk sizes are fixed in advance, not
-chosen on any test fold. ``--reference OUT:METHOD`` pairs every column with another method
-of the same folds and seeds (e.g. the sliding regressor, which reads a region-sized crop
-around each test spot). Writes Markdown (``--out``) and JSON beside it.
+seed<S>/<fold>/<method>/run/model.pt``, any number of ``OUT`` folders; with ``--coarsen 0``
+the PixNet runs of ``bench/accuracy.py``, trained on the spots themselves, one ``OUT`` per
+seed) and predicts each fold's held-out section once, reading the same dense map out at
+every test spot's centre over the spot itself and over disks of ``--diameters-um``
+(``pixnet predict --spot-diameters-um``). Each read-out is scored against the spots'
+measured expression with the benchmark's metrics, plus how far its per-gene means are off
+on the section (the part of the MSE no pattern within the section explains). No
+training; the disk sizes are fixed in advance, not chosen on any test fold.
+``--reference OUT:METHOD`` pairs every column with another method of the same folds and
+seeds (e.g. the sliding regressor, which reads a region-sized crop around each test
+spot) and adds its offsets and those of the test section's own region values
+(``upsampled``) where that run has them. Writes Markdown (``--out``) and JSON beside it.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit  # noqa: E402
-from _rescore import METRICS, difference_line, held_out  # noqa: E402
+from _rescore import METRICS, difference_line, finished_runs, held_out  # noqa: E402
 from c2f_compare import run_values  # noqa: E402
+
+OFFSET = ("offset", "signed", "above")
 
 
 def finished_c2f_runs(
@@ -46,8 +52,29 @@ def finished_c2f_runs(
     ]
 
 
-def measure(run: Path, fold: str, diameters_um: list[float], tmp: Path) -> dict[str, Any]:
-    """Metrics of the own-spot read-out and of each disk read-out of one run's model."""
+def mean_offset(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """How far the per-gene means on the section are off: ``offset`` is the part of the
+    MSE they make (mean over genes of (mean prediction - mean measurement)^2), ``signed``
+    the mean over genes of the difference and ``above`` the fraction of genes predicted
+    too high."""
+    d = np.nanmean(pred, axis=0) - truth.mean(axis=0)
+    return {
+        "offset": float(np.mean(d**2)),
+        "signed": float(np.mean(d)),
+        "above": float(np.mean(d > 0)),
+    }
+
+
+def measure(
+    run: Path,
+    fold: str,
+    diameters_um: list[float],
+    tmp: Path,
+    others: dict[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Metrics and :func:`mean_offset` of the own-spot read-out and of each disk read-out
+    of one run's model; ``offsets``: :func:`mean_offset` of the training mean and of
+    ``others`` (label -> another method's ``pred.npz`` of the same fold, where it exists)."""
     from pixnet.eval.crossval import align_predictions
     from pixnet.io.prediction import PredictionFile
 
@@ -61,11 +88,16 @@ def measure(run: Path, fold: str, diameters_um: list[float], tmp: Path) -> dict[
         tta=options.get("tta", 1),
         spot_diameters_um=diameters_um,
     )
-    rec: dict[str, Any] = {"spot": h.metrics(own), "spot_um": h.sample.spot_size_um}
+    rec: dict[str, Any] = {"spot_um": h.sample.spot_size_um}
+    rec["spot"] = {**h.metrics(own), **mean_offset(own, h.truth)}
     for d in diameters_um:
         p = PredictionFile(tmp / f"{fold}.disk_{d:g}um.h5ad", fold, require_spots=False)
         pred = align_predictions(p.values(), p.spot_ids(), p.genes, h.sample.spot_ids, h.genes)
-        rec[f"{d:g} um"] = h.metrics(pred)
+        rec[f"{d:g} um"] = {**h.metrics(pred), **mean_offset(pred, h.truth)}
+    rec["offsets"] = {"training mean": mean_offset(h.train_mean[None, :], h.truth)}
+    for label, path in (others or {}).items():
+        if path.is_file():
+            rec["offsets"][label] = mean_offset(np.load(path)[fold], h.truth)
     return rec
 
 
@@ -86,17 +118,30 @@ def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, r
             v = refv.get(key)
             cells.append(f"{v['PCC@M']:.3f} / {v['skill']:.3f}" if v else "n/a")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", "| read-out | runs | PCC@M | skill | MSE |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| read-out | runs | PCC@M | skill | MSE | of which gene-mean offset | signed offset "
+        "| genes too high |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in columns:
-        vals = {k: np.array([r[c][k] for r in results.values()]) for k in METRICS}
+        vals = {k: np.array([r[c][k] for r in results.values()]) for k in (*METRICS, *OFFSET)}
         lines.append(
             f"| {c} | {len(results)} | "
             + " | ".join(
                 f"{vals[k].mean():.3f} ± {vals[k].std(ddof=1) if len(results) > 1 else 0:.3f}"
-                for k in ("PCC@M", "skill", "MSE")
+                for k in ("PCC@M", "skill", "MSE", *OFFSET)
             )
             + " |"
         )
+    labels = dict.fromkeys(k for r in results.values() for k in r["offsets"])
+    for label in labels:
+        got = [r["offsets"][label] for r in results.values() if label in r["offsets"]]
+        cells = []
+        for k in OFFSET:
+            a = np.array([g[k] for g in got])
+            cells.append(f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}")
+        lines.append(f"| {label} | {len(got)} | | | | " + " | ".join(cells) + " |")
     lines.append("")
     for c in columns[1:]:
         for k in ("PCC@M", "skill"):
@@ -116,9 +161,16 @@ def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, r
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("roots", nargs="+", help="--out folders of bench/coarse_to_fine.py")
+    ap.add_argument(
+        "roots", nargs="+", help="--out folders of bench/coarse_to_fine.py (bench/accuracy.py)"
+    )
     ap.add_argument("--dataset", default="mob")
-    ap.add_argument("--coarsen", type=int, default=2)
+    ap.add_argument(
+        "--coarsen",
+        type=int,
+        default=2,
+        help="region size K of the runs; 0: bench/accuracy.py runs, trained on the spots",
+    )
     ap.add_argument("--method", default="pixnet-mean")
     ap.add_argument("--diameters-um", nargs="+", type=float, required=True)
     ap.add_argument(
@@ -130,16 +182,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.coarsen == 0 and args.reference:
+        ap.error("--reference pairs coarse-to-fine runs (--coarsen K > 0) only")
     runs = [
         r
         for root in args.roots
-        for r in finished_c2f_runs(Path(root), args.dataset, args.coarsen, args.method)
+        for r in (
+            finished_c2f_runs(Path(root), args.dataset, args.coarsen, args.method)
+            if args.coarsen
+            else [
+                (f, Path(root).name, run)
+                for d, f, run in finished_runs(Path(root))
+                if d == args.dataset
+            ]
+        )
     ]
     if not runs:
         print(f"error: no finished {args.method} run under {args.roots}", file=sys.stderr)
         return 2
     refv: dict[str, Any] = {}
-    ref = ""
+    ref = folder = ""
     if args.reference:
         folder, _, method = args.reference.rpartition(":")
         refv, ref = run_values(Path(folder), args.dataset, args.coarsen, method), method
@@ -147,15 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pixnet-readout-") as tmp:
         for fold, seed, run in runs:
-            results[f"{fold}/{seed}"] = measure(run, fold, args.diameters_um, Path(tmp))
+            others = {}
+            if ref:  # the reference and the test section's own region values, where run
+                fold_dir = Path(folder) / args.dataset / f"k{args.coarsen}" / seed / fold
+                others = {m: fold_dir / m / "pred.npz" for m in (ref, "upsampled")}
+            results[f"{fold}/{seed}"] = measure(run, fold, args.diameters_um, Path(tmp), others)
             print(
                 fold,
                 seed,
                 {c: round(results[f"{fold}/{seed}"][c]["PCC@M"], 4) for c in columns},
                 flush=True,
             )
+    trained = f"{args.coarsen} x {args.coarsen} regions" if args.coarsen else "the spots"
     head = (
-        f"# Read-out diameter, {args.dataset} trained on {args.coarsen} x {args.coarsen} regions "
+        f"# Read-out diameter, {args.dataset} trained on {trained} "
         f"({args.method}), tested on single spots\n\n"
     )
     emit(head + markdown(results, columns, ref, refv), results, args.out)

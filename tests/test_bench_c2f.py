@@ -146,7 +146,9 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
 
     # bench/readout_scale.py on the same runs: a disk of the spots' own diameter reads the
     # map out exactly as the spots do; a wider one differs
-    from pixnet.data.example import EXAMPLE_SPOT_DIAMETER_UM as d_um
+    from pixnet.data.example import EXAMPLE_SPOT_DIAMETER_UM
+
+    d_um = EXAMPLE_SPOT_DIAMETER_UM
 
     rs = _load("readout_scale")
     out_md = tmp_path / "readout.md"
@@ -156,11 +158,24 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     assert rs.main(argv) == 0
     got_rs = json.loads(out_md.with_suffix(".json").read_text())
     assert sorted(got_rs) == sorted(f"{fold}/seed{s}" for s in (0, 1))
-    for rec in got_rs.values():
+    for key, rec in got_rs.items():
         assert rec["spot_um"] == pytest.approx(d_um)
         for k in ("PCC@M", "skill", "MSE"):
             assert rec[f"{d_um:g} um"][k] == pytest.approx(rec["spot"][k], abs=1e-4)
         assert rec[f"{3 * d_um:g} um"]["MSE"] != pytest.approx(rec["spot"]["MSE"], abs=1e-4)
+        # the gene-mean offset is part of the MSE; the reference (the same model's recorded
+        # spot predictions) has the same offset as the spot read-out
+        assert 0.0 <= rec["spot"]["offset"] <= rec["spot"]["MSE"]
+        assert rec["spot"]["signed"] ** 2 <= rec["spot"]["offset"] + 1e-9
+        for k in ("offset", "signed", "above"):
+            assert rec["offsets"]["pixnet-mean"][k] == pytest.approx(rec["spot"][k], abs=1e-4)
+        assert rec["offsets"]["training mean"]["offset"] > 0.0
+        # the test section's own region values: run in the first seed only
+        assert ("upsampled" in rec["offsets"]) == key.endswith("seed0")
+    with pytest.raises(SystemExit):  # runs trained on the spots have no regions to pair
+        rs.main(
+            [str(tmp_path / "run"), "--coarsen", "0", "--diameters-um", "1", "--reference", "a:b"]
+        )
     # paired with itself (the run's own recorded spot read-out), the difference is zero
     assert "PCC@M, spot minus pixnet-mean: +0.0000 ± 0.0000 over 2 fold runs" in out_md.read_text()
 
