@@ -101,6 +101,12 @@ def measure(
     return rec
 
 
+def _ms(values: list[float]) -> str:
+    """``mean ± sample std`` of ``values`` (std 0 for one value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
+
+
 def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, refv: dict) -> str:
     lines = [
         "| fold / seed | "
@@ -125,22 +131,12 @@ def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, r
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in columns:
-        vals = {k: np.array([r[c][k] for r in results.values()]) for k in (*METRICS, *OFFSET)}
-        lines.append(
-            f"| {c} | {len(results)} | "
-            + " | ".join(
-                f"{vals[k].mean():.3f} ± {vals[k].std(ddof=1) if len(results) > 1 else 0:.3f}"
-                for k in ("PCC@M", "skill", "MSE", *OFFSET)
-            )
-            + " |"
-        )
+        cells = [_ms([r[c][k] for r in results.values()]) for k in (*METRICS, *OFFSET)]
+        lines.append(f"| {c} | {len(results)} | " + " | ".join(cells) + " |")
     labels = dict.fromkeys(k for r in results.values() for k in r["offsets"])
     for label in labels:
         got = [r["offsets"][label] for r in results.values() if label in r["offsets"]]
-        cells = []
-        for k in OFFSET:
-            a = np.array([g[k] for g in got])
-            cells.append(f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}")
+        cells = [_ms([g[k] for g in got]) for k in OFFSET]
         lines.append(f"| {label} | {len(got)} | | | | " + " | ".join(cells) + " |")
     lines.append("")
     for c in columns[1:]:
