@@ -113,7 +113,8 @@ def test_paired_with_the_sliding_regressor() -> None:
 def test_quick_run_two_seeds(tmp_path: Path) -> None:
     """One fold of the generated sections, 2 x 2 regions, two seeds: every method of the
     first seed runs, the second seed runs only the multi-seed ones; the test section's
-    own region values (the upsampled reference) beat the training mean."""
+    own region values (the upsampled reference) beat the training mean. Then
+    bench/readout_scale.py re-scores the same models over wider disks."""
     torch.set_num_threads(1)
     c2f = _load("coarse_to_fine")
     results = tmp_path / "c2f.json"
