@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import mean_std  # noqa: E402
+
 METRICS = ("MSE", "MAE", "PCC@F", "PCC@S", "PCC@M", "skill")
 
 
@@ -35,13 +38,6 @@ def fold_values(result: dict[str, Any], method: str, key: str) -> dict[str, floa
         if r is not None and r["fold"].get(key) is not None:
             out[f["name"]] = float(r["fold"][key])
     return out
-
-
-def _pm(vals: list[float]) -> str:
-    if not vals:
-        return "n/a"
-    a = np.asarray(vals)
-    return f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" if a.size > 1 else f"{a.mean():.3f}"
 
 
 def _pretrain_minutes(result: dict[str, Any], method: str) -> str:
@@ -71,7 +67,7 @@ def dataset_table(name: str, rows: list[tuple[str, dict[str, Any], str]]) -> str
     for label, result, method in rows:
         vals = {k: fold_values(result, method, k) for k in METRICS}
         cells = [label, _pretrain_minutes(result, method)]
-        cells += [_pm(list(vals[k].values())) for k in METRICS]
+        cells += [mean_std(list(vals[k].values())) for k in METRICS]
         if method == ref_method and result is ref_result:
             cells += ["", "", ""]
         else:
@@ -81,7 +77,7 @@ def dataset_table(name: str, rows: list[tuple[str, dict[str, Any], str]]) -> str
             d_mse = [vals["MSE"][f] - ref["MSE"][f] for f in common]
             d_pcc = [vals["PCC@M"][f] - ref["PCC@M"][f] for f in common]
             better = sum(d > 0 for d in d_pcc)
-            cells += [_pm(d_mse), _pm(d_pcc), f"{better} of {len(common)}"]
+            cells += [mean_std(d_mse), mean_std(d_pcc), f"{better} of {len(common)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit  # noqa: E402
+from _report import emit, mean_std  # noqa: E402
 from _rescore import METRICS, difference_line, finished_runs, held_out  # noqa: E402
 from c2f_compare import run_values  # noqa: E402
 
@@ -101,12 +101,6 @@ def measure(
     return rec
 
 
-def _ms(values: list[float]) -> str:
-    """``mean ± sample std`` of ``values`` (std 0 for one value)."""
-    a = np.asarray(values, dtype=np.float64)
-    return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
-
-
 def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, refv: dict) -> str:
     lines = [
         "| fold / seed | "
@@ -131,12 +125,12 @@ def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, r
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in columns:
-        cells = [_ms([r[c][k] for r in results.values()]) for k in (*METRICS, *OFFSET)]
+        cells = [mean_std([r[c][k] for r in results.values()]) for k in (*METRICS, *OFFSET)]
         lines.append(f"| {c} | {len(results)} | " + " | ".join(cells) + " |")
     labels = dict.fromkeys(k for r in results.values() for k in r["offsets"])
     for label in labels:
         got = [r["offsets"][label] for r in results.values() if label in r["offsets"]]
-        cells = [_ms([g[k] for g in got]) for k in OFFSET]
+        cells = [mean_std([g[k] for g in got]) for k in OFFSET]
         lines.append(f"| {label} | {len(got)} | | | | " + " | ".join(cells) + " |")
     lines.append("")
     for c in columns[1:]:

@@ -20,18 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit  # noqa: E402
+from _report import emit, mean_std  # noqa: E402
 
 REFERENCE = "spotcrop"
-
-
-def _ms(values: list[float]) -> str:
-    a = np.asarray(values, dtype=float)
-    sd = float(a.std(ddof=1)) if a.size > 1 else float("nan")
-    return f"{a.mean():.3f} ± {sd:.3f}" if a.size > 1 else f"{a.mean():.3f}"
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,7 +61,7 @@ def format_markdown(res: dict[str, Any], label: Any) -> str:
         cells = []
         for s in scales:
             pcc = [v for v in row[s]["PCC@M"] if v is not None]
-            cells += [_ms(row[s]["MSE"]), _ms(pcc) if pcc else "n/a"]
+            cells += [mean_std(row[s]["MSE"]), mean_std(pcc)]
         lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -87,7 +79,7 @@ def format_markdown(res: dict[str, Any], label: Any) -> str:
         for s in scales:
             dm, dp = row[s]["dMSE_vs_spotcrop"], row[s]["dPCC@M_vs_spotcrop"]
             wins = sum(a < 0 and b > 0 for a, b in zip(dm, dp, strict=True))
-            cells += [_ms(dm), _ms(dp), f"{wins}/{len(dm)}"]
+            cells += [mean_std(dm), mean_std(dp), f"{wins}/{len(dm)}"]
         lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
