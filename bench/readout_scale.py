@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help="region size K of the runs; 0: bench/accuracy.py runs, trained on the spots",
     )
-    ap.add_argument("--method", default="pixnet-mean")
+    ap.add_argument(
+        "--method",
+        default="pixnet-mean",
+        help="PixNet method of the coarse-to-fine runs (--coarsen 0: accuracy.py's pixnet)",
+    )
     ap.add_argument("--diameters-um", nargs="+", type=float, required=True)
     ap.add_argument(
         "--reference", default="", help="OUT:METHOD to pair with, e.g. runs/c2f-mob:spotcrop"
