@@ -202,10 +202,11 @@ def model_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def add_tta_flag(ap: argparse.ArgumentParser) -> None:
-    """``--tta N``: PixNet and the spot-crop regressor predicted with test-time
-    augmentation (``predict --tta``); with ``--resume``, finished models are predicted
-    again, not retrained."""
+def add_prediction_flags(ap: argparse.ArgumentParser) -> None:
+    """``--tta N`` and ``--adapt-bn-batches N``: PixNet and the spot-crop regressor
+    predicted with test-time augmentation (``predict --tta``) and with BatchNorm
+    statistics from the test section's own images (``predict --adapt-bn-batches``); with
+    ``--resume``, finished models are predicted again, not retrained."""
     from pixnet.ops.dihedral import TTA_TRANSFORMS
 
     ap.add_argument(
@@ -215,6 +216,14 @@ def add_tta_flag(ap: argparse.ArgumentParser) -> None:
         choices=sorted(TTA_TRANSFORMS),
         help="PixNet and spot-crop prediction: test-time augmentation (predict --tta); with "
         "--resume, finished models are predicted again, not retrained",
+    )
+    ap.add_argument(
+        "--adapt-bn-batches",
+        type=int,
+        default=0,
+        help="PixNet and spot-crop prediction: BatchNorm statistics from this many batches "
+        "of crops of the test section's images, never its expression (predict "
+        "--adapt-bn-batches); with --resume, finished models are predicted again",
     )
 
 
@@ -271,14 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         help="BatchNorm statistics recomputed before validation (train --precise-bn-batches; "
         "0: the running averages, as runs before 2026-11-29)",
     )
-    ap.add_argument(
-        "--adapt-bn-batches",
-        type=int,
-        default=0,
-        help="PixNet prediction: BatchNorm statistics from the test section's images "
-        "(predict --adapt-bn-batches)",
-    )
-    add_tta_flag(ap)
+    add_prediction_flags(ap)
     ap.add_argument("--ensemble", type=int, default=1, help="PixNet members (train --ensemble)")
     ap.add_argument(
         "--members-from",

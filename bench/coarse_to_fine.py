@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from accuracy import (  # noqa: E402
     DATASETS,
     add_model_flags,
-    add_tta_flag,
+    add_prediction_flags,
     dataset_manifest,
     model_flags,
 )
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "the largest region, at least the dataset's crop)",
     )
     add_model_flags(ap)
-    add_tta_flag(ap)
+    add_prediction_flags(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     coarsen=k,
                     **model_flags(args),
                     tta=args.tta,
+                    adapt_bn_batches=args.adapt_bn_batches,
                     only_folds=only,
                     resume=args.resume,
                     overwrite=not args.resume,

@@ -208,3 +208,31 @@ def test_spot_crop_precise_bn_changes_statistics_not_weights(fold: B.FoldData) -
         for k in a:
             if k not in stats and not k.endswith("num_batches_tracked"):
                 assert torch.equal(a[k], b[k]), k
+
+
+def test_spot_crop_adapted_to_a_slide_changes_statistics_only(
+    fold: B.FoldData, samples: list[Sample]
+) -> None:
+    """adapt_spot_crop: a copy whose BatchNorm statistics come from the slide's own spot
+    crops (the same crops every time); its weights and the original model are unchanged,
+    and its predictions on that slide differ from the unadapted model's."""
+    torch.manual_seed(0)
+    model = build_spot_crop_regressor(8, mean_targets=fold.panel.mean_targets)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    test = B.load_test_slide(samples[1], fold.panel, 4.0)
+    adapted = B.adapt_spot_crop(model, test, 32, n_batches=2, batch_size=4)
+    again = B.adapt_spot_crop(model, test, 32, n_batches=2, batch_size=4)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the original is untouched
+    a = adapted.state_dict()
+    stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(a[k], before[k]) for k in stats)
+    for k in a:
+        assert torch.equal(a[k], again.state_dict()[k]), k
+        if k not in stats:
+            assert torch.equal(a[k], before[k]), k
+    plain = B.predict_spot_crop(model, test, 32)
+    assert not np.allclose(B.predict_spot_crop(adapted, test, 32), plain)
+    with pytest.raises(ValueError, match="no spots"):
+        empty = replace(test, centres_wpx=np.zeros((0, 2)), targets=None)
+        B.adapt_spot_crop(model, empty, 32, n_batches=1, batch_size=4)

@@ -250,30 +250,32 @@ def test_cli_registration_builds_the_config() -> None:
     assert args.func.__name__ == "_cmd_crossval"
 
 
-def test_resume_repredicts_pixnet_asked_to_adapt(
+def test_resume_repredicts_models_asked_to_adapt(
     cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
 ) -> None:
-    """Cached PixNet predictions made without --adapt-bn-batches are not reused for a run
-    that asks for it: the finished model is predicted again (not retrained)."""
+    """Cached PixNet and spot-crop predictions made without --adapt-bn-batches are not
+    reused for a run that asks for it: the finished models are predicted again (not
+    retrained), both with statistics from the test section."""
     import shutil
 
     first, src = cv
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    model = out / "patient-EX1" / "pixnet" / "run" / "model.pt"
-    stamp = model.stat().st_mtime_ns
-    kw = dict(resume=True, overwrite=False, methods=["pixnet"], only_folds=["patient-EX1"])
-    again = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
-    assert "patient-EX1/pixnet" not in again["reused"]
-    assert model.stat().st_mtime_ns == stamp
-    details = again["folds"][0]["methods"]["pixnet"]["details"]
-    assert details["adapt_bn_batches"] == 1
-    assert (
-        again["folds"][0]["methods"]["pixnet"]["fold"]
-        != first["folds"][0]["methods"]["pixnet"]["fold"]
+    fold = out / "patient-EX1"
+    weights = [fold / "pixnet" / "run" / "model.pt", fold / "spotcrop" / "spotcrop.pt"]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    kw = dict(
+        resume=True, overwrite=False, methods=["spotcrop", "pixnet"], only_folds=["patient-EX1"]
     )
+    again = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
+    assert not {"patient-EX1/pixnet", "patient-EX1/spotcrop"} & set(again["reused"])
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    for m in ("pixnet", "spotcrop"):
+        rec = again["folds"][0]["methods"][m]
+        assert rec["details"]["adapt_bn_batches"] == 1
+        assert rec["fold"] != first["folds"][0]["methods"][m]["fold"]
     same = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
-    assert "patient-EX1/pixnet" in same["reused"]
+    assert {"patient-EX1/pixnet", "patient-EX1/spotcrop"} <= set(same["reused"])
 
 
 def test_prediction_options_of_a_cached_fold_are_compared_with_the_run() -> None:

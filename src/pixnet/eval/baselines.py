@@ -252,6 +252,41 @@ def predict_spot_crop(
     return np.concatenate(out, axis=0)
 
 
+def adapt_spot_crop(
+    model: SpotCropRegressor,
+    slide: SlideSpots,
+    crop_px: int,
+    n_batches: int,
+    batch_size: int,
+    seed: int = 0,
+) -> SpotCropRegressor:
+    """A copy of ``model`` whose BatchNorm statistics come from ``slide``'s own images
+    (as ``pixnet predict --adapt-bn-batches`` does for PixNet): ``n_batches`` batches of
+    ``batch_size`` unaugmented ``crop_px`` crops centred on spots of ``slide`` drawn at
+    random (with replacement when there are fewer spots). Only images are read, never
+    the slide's expression; ``model`` itself is left unchanged."""
+    n_spots = len(slide.centres_wpx)
+    if n_spots == 0:
+        raise ValueError(f"{slide.sample_id}: no spots to adapt the BatchNorm statistics to")
+    n = int(n_batches) * int(batch_size)
+    rng = np.random.default_rng(seed + PRECISE_BN_SEED)
+    picks = rng.choice(n_spots, size=n, replace=n > n_spots)
+    adapted = copy.deepcopy(model)
+    images = (
+        spot_crops(slide, picks[b : b + batch_size], crop_px)[0] for b in range(0, n, batch_size)
+    )
+    passes = recalibrate_batchnorm(adapted, images)
+    adapted.eval()
+    log.info(
+        "spot-crop BatchNorm statistics adapted to %s: %d batches of %d crops of %d px",
+        slide.sample_id,
+        passes,
+        batch_size,
+        crop_px,
+    )
+    return adapted
+
+
 @dataclass
 class SpotCropResult:
     """A trained spot-crop regressor and its history.

@@ -162,8 +162,9 @@ class CrossValConfig(TrainConfig):
     adapt_bn_batches: int = field(
         default=0,
         metadata=_h(
-            "PixNet prediction: BatchNorm statistics from this many batches of crops of the "
-            "test section's own images (predict --adapt-bn-batches; no expression is read)",
+            "PixNet and spot-crop prediction: BatchNorm statistics from this many batches of "
+            "crops of the test section's own images (predict --adapt-bn-batches; no "
+            "expression is read)",
             ge=0,
         ),
     )
@@ -410,7 +411,7 @@ PREDICT_OPTIONS = {"tile_px": 512, "margin_px": 64, "adapt_bn_batches": 0, "tta"
 
 
 # the spot-crop regressor's prediction options (one vector per crop: no tiles)
-SPOTCROP_PREDICT_OPTIONS = {"tta": 1}
+SPOTCROP_PREDICT_OPTIONS = {"tta": 1, "adapt_bn_batches": 0}
 
 
 def prediction_options_differ(
@@ -505,10 +506,19 @@ def _run_method(
         if base == "spotcrop-spot":
             crop_px = B.default_spot_crop_px(next(iter(tests.values())).size_wpx)
         preds = {
-            k: B.predict_spot_crop(res.model, s, crop_px, tta=cfg.tta) for k, s in tests.items()
+            k: B.predict_spot_crop(
+                B.adapt_spot_crop(res.model, s, crop_px, cfg.adapt_bn_batches, cfg.spot_batch_size)
+                if cfg.adapt_bn_batches
+                else res.model,
+                s,
+                crop_px,
+                tta=cfg.tta,
+            )
+            for k, s in tests.items()
         }
         return preds, {
             "tta": cfg.tta,
+            "adapt_bn_batches": cfg.adapt_bn_batches,
             "applied_crop_px": crop_px,
             "crop_px": res.crop_px,
             "best_epoch": res.best_epoch,
