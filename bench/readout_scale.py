@@ -13,7 +13,9 @@ every test spot's centre over the spot itself and over disks of ``--diameters-um
 (``pixnet predict --spot-diameters-um``). Each read-out is scored against the spots'
 measured expression with the benchmark's metrics, plus how far its per-gene means are off
 on the section (the part of the MSE no pattern within the section explains). No
-training; the disk sizes are fixed in advance, not chosen on any test fold.
+training; the disk sizes are fixed in advance, not chosen on any test fold. The
+prediction options are the run's own (``method.json``: tiles, ``--tta``,
+``--adapt-bn-batches``), so runs re-predicted with adaptation are read out adapted.
 ``--reference OUT:METHOD`` pairs every column with another method of the same folds and
 seeds (e.g. the sliding regressor, which reads a region-sized crop around each test
 spot) and adds its offsets and those of the test section's own region values
@@ -86,6 +88,7 @@ def measure(
         tile_px=options.get("tile_px", 512),
         margin_px=options.get("margin_px", 64),
         tta=options.get("tta", 1),
+        adapt_bn_batches=options.get("adapt_bn_batches", 0),
         spot_diameters_um=diameters_um,
     )
     rec: dict[str, Any] = {"spot_um": h.sample.spot_size_um}

@@ -156,6 +156,7 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     argv = [str(tmp_path / "run"), "--dataset", "example", "--coarsen", "2"]
     argv += ["--diameters-um", f"{d_um:g}", f"{3 * d_um:g}", "--out", str(out_md)]
     argv += ["--reference", f"{tmp_path / 'run'}:pixnet-mean"]
+    argv_rs = [a for a in argv if a not in ("--out", str(out_md))]
     assert rs.main(argv) == 0
     got_rs = json.loads(out_md.with_suffix(".json").read_text())
     assert sorted(got_rs) == sorted(f"{fold}/seed{s}" for s in (0, 1))
@@ -179,6 +180,21 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
         )
     # paired with itself (the run's own recorded spot read-out), the difference is zero
     assert "PCC@M, spot minus pixnet-mean: +0.0000 ± 0.0000 over 2 fold runs" in out_md.read_text()
+
+    # re-predicted with statistics from the test section (--resume: nothing retrained),
+    # the models are read out adapted too: the pairing with their own recorded spot
+    # predictions is still exact, and the scores moved
+    argv = ["--quick", "--datasets", "example", "--threads", "1", "--coarsen", "2", "--resume"]
+    argv += ["--seeds", "0", "1", "--methods", "pixnet-mean", "--adapt-bn-batches", "1"]
+    argv += ["--multi-seed-methods", "pixnet-mean", "--out", str(tmp_path / "run")]
+    assert c2f.main([*argv, "--results", str(tmp_path / "adapted.json")]) == 0
+    adapted = json.loads((tmp_path / "adapted.json").read_text())["tables"]["example/k2"]
+    assert adapted["combined"]["pixnet-mean"]["MSE"] != got["pixnet-mean"]["MSE"]
+    assert rs.main([*argv_rs, "--out", str(tmp_path / "adapted-readout.md")]) == 0
+    text = (tmp_path / "adapted-readout.md").read_text()
+    assert "PCC@M, spot minus pixnet-mean: +0.0000 ± 0.0000 over 2 fold runs" in text
+    got_adapted = json.loads((tmp_path / "adapted-readout.json").read_text())
+    assert got_adapted[key]["spot"]["MSE"] != pytest.approx(got_rs[key]["spot"]["MSE"], abs=1e-6)
 
 
 def test_compare_pairs_run_folders_by_fold_and_seed(
