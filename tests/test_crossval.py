@@ -250,34 +250,6 @@ def test_cli_registration_builds_the_config() -> None:
     assert args.func.__name__ == "_cmd_crossval"
 
 
-def test_resume_repredicts_models_asked_to_adapt(
-    cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
-) -> None:
-    """Cached PixNet and spot-crop predictions made without --adapt-bn-batches are not
-    reused for a run that asks for it: the finished models are predicted again (not
-    retrained), both with statistics from the test section."""
-    import shutil
-
-    first, src = cv
-    out = tmp_path / "copy"
-    shutil.copytree(src, out)
-    fold = out / "patient-EX1"
-    weights = [fold / "pixnet" / "run" / "model.pt", fold / "spotcrop" / "spotcrop.pt"]
-    stamps = [w.stat().st_mtime_ns for w in weights]
-    kw = dict(
-        resume=True, overwrite=False, methods=["spotcrop", "pixnet"], only_folds=["patient-EX1"]
-    )
-    again = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
-    assert not {"patient-EX1/pixnet", "patient-EX1/spotcrop"} & set(again["reused"])
-    assert [w.stat().st_mtime_ns for w in weights] == stamps
-    for m in ("pixnet", "spotcrop"):
-        rec = again["folds"][0]["methods"][m]
-        assert rec["details"]["adapt_bn_batches"] == 1
-        assert rec["fold"] != first["folds"][0]["methods"][m]["fold"]
-    same = run_crossval(_tiny(out, adapt_bn_batches=1, **kw), example)  # type: ignore[arg-type]
-    assert {"patient-EX1/pixnet", "patient-EX1/spotcrop"} <= set(same["reused"])
-
-
 def test_prediction_options_of_a_cached_fold_are_compared_with_the_run() -> None:
     """A cached PixNet fold is reused only if it was predicted with this run's tile,
     margin and adaptation; caches from before those were recorded count as the defaults."""
@@ -347,11 +319,13 @@ def test_resume_refuses_folds_trained_with_other_options(
     assert str(pix / "run" / "config.json") in str(e.value)
 
 
-def test_resume_repredicts_with_test_time_augmentation(
-    cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
+@pytest.mark.parametrize("option", [{"tta": 4}, {"adapt_bn_batches": 1}])
+def test_resume_repredicts_with_other_prediction_options(
+    option: dict[str, int], cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
 ) -> None:
-    """--tta on --resume predicts the finished PixNet and spot-crop models again (neither
-    is retrained); the spot-crop regressor ignores PixNet's tile options."""
+    """--tta or --adapt-bn-batches on --resume predicts the finished PixNet and spot-crop
+    models again (neither is retrained), and a second such run reuses those predictions;
+    the spot-crop regressor ignores PixNet's tile options."""
     import shutil
 
     from pixnet.eval.crossval import SPOTCROP_PREDICT_OPTIONS
@@ -362,15 +336,15 @@ def test_resume_repredicts_with_test_time_augmentation(
     fold = out / "patient-EX1"
     weights = [fold / "pixnet" / "run" / "model.pt", fold / "spotcrop" / "spotcrop.pt"]
     stamps = [w.stat().st_mtime_ns for w in weights]
-    kw = dict(resume=True, overwrite=False, methods=["spotcrop", "pixnet"])
-    again = run_crossval(_tiny(out, tta=4, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
+    kw = dict(resume=True, overwrite=False, methods=["spotcrop", "pixnet"], **option)
+    again = run_crossval(_tiny(out, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
     assert not {"patient-EX1/pixnet", "patient-EX1/spotcrop"} & set(again["reused"])
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     for m in ("pixnet", "spotcrop"):
         rec = again["folds"][0]["methods"][m]
-        assert rec["details"]["tta"] == 4
+        assert {k: rec["details"][k] for k in option} == option
         assert rec["fold"] != first["folds"][0]["methods"][m]["fold"]
-    same = run_crossval(_tiny(out, tta=4, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
+    same = run_crossval(_tiny(out, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
     assert {"patient-EX1/pixnet", "patient-EX1/spotcrop"} <= set(same["reused"])
     cfg = CrossValConfig(samples="x.csv", out="o", tile_px=256)
     assert prediction_options_differ({"tta": 1}, cfg, SPOTCROP_PREDICT_OPTIONS) == ""
