@@ -227,6 +227,11 @@ def add_prediction_flags(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def prediction_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`add_prediction_flags`, as config fields."""
+    return {"tta": args.tta, "adapt_bn_batches": args.adapt_bn_batches}
+
+
 def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
     from pixnet.io.atomic import atomic_write_text
@@ -349,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup_epochs=args.warmup_epochs,
             select=args.select,
             precise_bn_batches=args.precise_bn_batches,
-            adapt_bn_batches=args.adapt_bn_batches,
-            tta=args.tta,
+            **prediction_flags(args),
             ensemble=args.ensemble,
             resume=args.resume,
             overwrite=not args.resume,

@@ -58,6 +58,7 @@ from accuracy import (  # noqa: E402
     add_prediction_flags,
     dataset_manifest,
     model_flags,
+    prediction_flags,
 )
 
 FULL_EPOCHS = 20
@@ -301,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed,
                     coarsen=k,
                     **model_flags(args),
-                    tta=args.tta,
-                    adapt_bn_batches=args.adapt_bn_batches,
+                    **prediction_flags(args),
                     only_folds=only,
                     resume=args.resume,
                     overwrite=not args.resume,
