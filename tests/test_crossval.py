@@ -19,6 +19,7 @@ from pixnet.eval.crossval import (
     align_predictions,
     fold_train_config,
     format_markdown,
+    lengthened,
     make_folds,
     parse_method,
     prediction_options_differ,
@@ -317,6 +318,49 @@ def test_resume_refuses_folds_trained_with_other_options(
     with pytest.raises(PixNetInputError, match=r"--smoothness 0.0 \(this run: 2.0\)") as e:
         run_crossval(_tiny(out, methods=["pixnet"], smoothness=2.0, **kw), example)  # type: ignore[arg-type]
     assert str(pix / "run" / "config.json") in str(e.value)
+
+
+def test_resume_with_more_epochs_continues_training(
+    cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
+) -> None:
+    """More --epochs on --resume continue the finished PixNet and spot-crop runs from their
+    checkpoints (the first epoch is kept, not retrained) and record the new count; only
+    a constant-rate single model is continued this way."""
+    import shutil
+
+    first, src = cv
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    fold = out / "patient-EX1"
+    log_path = fold / "pixnet" / "run" / "log.jsonl"
+    epoch0 = log_path.read_text().splitlines()[0]
+    kw = dict(resume=True, overwrite=False, methods=["spotcrop", "pixnet"], epochs=2)
+    again = run_crossval(_tiny(out, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
+    assert not {"patient-EX1/pixnet", "patient-EX1/spotcrop"} & set(again["reused"])
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == epoch0
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    spot_first = first["folds"][0]["methods"]["spotcrop"]["details"]
+    spot = json.loads((fold / "spotcrop" / "method.json").read_text())
+    assert [h["epoch"] for h in spot["history"]] == [0, 1]
+    assert (
+        spot["history"][0]
+        == json.loads((src / "patient-EX1" / "spotcrop" / "method.json").read_text())["history"][0]
+    )
+    assert spot_first["crop_px"] == spot["crop_px"]
+    for m in ("pixnet", "spotcrop"):
+        assert json.loads((fold / m / "method.json").read_text())["train_options"]["epochs"] == 2
+    same = run_crossval(_tiny(out, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
+    assert {"patient-EX1/pixnet", "patient-EX1/spotcrop"} <= set(same["reused"])
+    with pytest.raises(PixNetInputError, match=r"--epochs 2 \(this run: 1\)"):
+        run_crossval(_tiny(out, only_folds=["patient-EX1"], **{**kw, "epochs": 1}), example)  # type: ignore[arg-type]
+    rec = {"epochs": 2, "lr_schedule": "constant", "ensemble": 1, "seed": 5}
+    assert lengthened(rec, {**rec, "epochs": 4})
+    assert not lengthened(rec, {**rec, "epochs": 4, "seed": 6})
+    assert not lengthened(
+        {**rec, "lr_schedule": "cosine"}, {**rec, "lr_schedule": "cosine", "epochs": 4}
+    )
+    assert not lengthened({**rec, "ensemble": 3}, {**rec, "ensemble": 3, "epochs": 4})
 
 
 @pytest.mark.parametrize("option", [{"tta": 4}, {"adapt_bn_batches": 1}])

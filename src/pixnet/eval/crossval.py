@@ -24,7 +24,8 @@ Outputs in ``--out``: ``results.json`` and ``results.md`` (rewritten after every
 and per fold and method ``<fold>/<method>/`` with the predictions (``pred.npz``), what
 the method chose (``method.json``) and, for PixNet, its run folder and ``.h5ad``
 predictions. ``--resume`` reuses finished (fold, method) results and continues
-interrupted PixNet, SimCLR and spot-crop training from its checkpoint.
+interrupted PixNet, SimCLR and spot-crop training from its checkpoint; with more
+``--epochs`` (and a constant rate) it continues finished training to the new count.
 
 Metrics: :func:`pixnet.eval.metrics.evaluate_slides` per test slide (PCC across the
 spots of one slide) and pooled over the fold's test slides; a fold's value is the mean
@@ -116,7 +117,10 @@ class CrossValConfig(TrainConfig):
     )
     resume: bool = field(
         default=False,
-        metadata=_h("reuse finished (fold, method) results in OUT; resume PixNet training"),
+        metadata=_h(
+            "reuse finished (fold, method) results in OUT; resume training (more --epochs "
+            "continue finished constant-rate training)"
+        ),
     )
     methods: list[str] = field(
         default_factory=lambda: list(BASE_METHODS),
@@ -578,19 +582,38 @@ def training_options_differ(recorded: dict[str, Any], current: dict[str, Any]) -
     )
 
 
+def lengthened(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether ``current`` asks only for more epochs of what ``recorded`` trained, in a way
+    that continuing from the last checkpoint equals training that long from the start: a
+    constant learning rate (a decaying one depends on the total) and a single model (an
+    ensemble keeps its finished members)."""
+    differ = {key for key in recorded if key in current and recorded[key] != current[key]}
+    return (
+        differ == {"epochs"}
+        and int(recorded["epochs"]) < int(current["epochs"])
+        and current.get("lr_schedule", "constant") == "constant"
+        and int(current.get("ensemble", 1)) == 1
+    )
+
+
 def check_cached_training(
     mdir: Path, cached: dict[str, Any] | None, cfg: CrossValConfig, method: str, seed: int
-) -> None:
+) -> bool:
     """Refuse ``--resume`` onto a fold trained, or part-trained, with other options.
 
     A finished fold records its options in ``method.json``; a PixNet fold stopped during
     training has them in ``run/config.json``. The baseline ``mean`` depends on none.
 
+    Returns:
+        True when this run asks only for more ``--epochs`` (see :func:`lengthened`): the
+        fold's training continues from its checkpoint, and a finished fold's result is
+        not reused.
+
     Raises:
         PixNetInputError: naming the file, the options that differ and the fix.
     """
     if method == "mean":
-        return
+        return False
     current = training_options(cfg, method, seed)
     if cached is not None:
         source, recorded = mdir / "method.json", cached.get("train_options")
@@ -598,15 +621,18 @@ def check_cached_training(
         source = mdir / "run" / "config.json"
         recorded = json.loads(source.read_text()) if source.is_file() else None
     if not recorded:
-        return
+        return False
     differ = training_options_differ(recorded, current)
-    if differ:
-        raise PixNetInputError(
-            source,
-            f"--resume: {method} in this fold was trained with {differ}",
-            "run with the original options, use a new --out, or pass --overwrite "
-            "(without --resume) to train every fold again",
-        )
+    if not differ:
+        return False
+    if lengthened(recorded, current):
+        return True
+    raise PixNetInputError(
+        source,
+        f"--resume: {method} in this fold was trained with {differ}",
+        "run with the original options (more --epochs continue a constant-rate run), use "
+        "a new --out, or pass --overwrite (without --resume) to train every fold again",
+    )
 
 
 def _regions_as_spots(data: Any) -> Any:
@@ -756,8 +782,12 @@ def run_crossval(cfg: CrossValConfig, samples: list[Sample] | None = None) -> di
         for m in methods:
             mdir = method_dir(out, fold.name, m)
             cached = _load_method(mdir) if cfg.resume else None
-            if cfg.resume:
-                check_cached_training(mdir, cached[1] if cached else None, cfg, m, seed)
+            if cfg.resume and check_cached_training(
+                mdir, cached[1] if cached else None, cfg, m, seed
+            ):
+                if cached is not None:
+                    log.info("fold %s: %s continues to %d epochs", fold.name, m, cfg.epochs)
+                cached = None
             if cached is not None and ("model" in cached[1] or m.startswith("spotcrop")):
                 # predicted as asked? (PixNet and the spot-crop regressor)
                 options = PREDICT_OPTIONS if "model" in cached[1] else SPOTCROP_PREDICT_OPTIONS
