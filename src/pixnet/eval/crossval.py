@@ -571,14 +571,18 @@ def training_options(cfg: CrossValConfig, method: str, seed: int) -> dict[str, A
     return json.loads(json.dumps(json_safe(opts)))  # as read back from method.json
 
 
+def differing_options(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The options a cached fold was trained with whose value this run changes, in recorded
+    order. Options the cache did not record (written by an older version) are not compared."""
+    return [key for key in recorded if key in current and recorded[key] != current[key]]
+
+
 def training_options_differ(recorded: dict[str, Any], current: dict[str, Any]) -> str:
-    """The options a cached fold was trained with that differ from this run's, as flags
-    (``--smoothness 0.0 (this run: 3.0)``); '' when none does. Options the cache did not
-    record (written by an older version) are not compared."""
+    """:func:`differing_options` as flags (``--smoothness 0.0 (this run: 3.0)``); '' when
+    none differs."""
     return ", ".join(
         f"--{key.replace('_', '-')} {recorded[key]!r} (this run: {current[key]!r})"
-        for key in recorded
-        if key in current and recorded[key] != current[key]
+        for key in differing_options(recorded, current)
     )
 
 
@@ -587,12 +591,11 @@ def lengthened(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
     that continuing from the last checkpoint equals training that long from the start: a
     constant learning rate (a decaying one depends on the total) and a single model (an
     ensemble keeps its finished members)."""
-    differ = {key for key in recorded if key in current and recorded[key] != current[key]}
     return (
-        differ == {"epochs"}
+        differing_options(recorded, current) == ["epochs"]
         and int(recorded["epochs"]) < int(current["epochs"])
-        and current.get("lr_schedule", "constant") == "constant"
-        and int(current.get("ensemble", 1)) == 1
+        and current["lr_schedule"] == "constant"
+        and int(current["ensemble"]) == 1
     )
 
 
