@@ -224,3 +224,61 @@ def test_compare_pairs_run_folders_by_fold_and_seed(
         cmp.main([str(tmp_path / "a"), f"{tmp_path / 'b'}:m"])
     with pytest.raises(SystemExit, match="no finished run of method 'x'"):
         cmp.main([f"{tmp_path / 'a'}:x", f"{tmp_path / 'b'}:m"])
+
+
+def test_merge_pools_result_files_by_fold_and_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/c2f_merge.py: per-seed result JSONs pooled into one table (mean over runs,
+    seed std, pairing with the regressor); the same run with other values, a missing
+    table and a bad run key are refused."""
+    merge = _load("c2f_merge")
+
+    def write(name: str, per_run: dict, key: str = "mob/k3") -> Path:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"tables": {key: {"per_run": per_run}}}))
+        return path
+
+    def v(pcc: float, skill: float) -> dict:
+        return {"MSE": 1.0, "PCC@M": pcc, "skill": skill}
+
+    a = write(
+        "a",
+        {
+            "pixnet-mean": {"F1/seed0": v(0.30, 0.1), "F2/seed0": v(0.20, 0.0)},
+            "spotcrop": {"F1/seed0": v(0.20, 0.0), "F2/seed0": v(0.25, 0.1)},
+            "ridge": {"F1/seed0": v(0.10, 0.0)},
+        },
+    )
+    b = write(
+        "b",
+        {
+            "pixnet-mean": {"F1/seed100": v(0.40, 0.2), "F2/seed100": v(0.10, 0.0)},
+            "spotcrop": {"F1/seed100": v(0.30, 0.1), "F2/seed100": v(0.15, 0.1)},
+        },
+    )
+    out = tmp_path / "merged"
+    assert merge.main([str(a), str(b), "--table", "mob/k3", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["seeds"] == [0, 100]
+    row = report["combined"]["pixnet-mean"]
+    assert row["PCC@M"]["n"] == 4 and row["PCC@M"]["mean"] == pytest.approx(0.25)
+    seed_std = np.mean([np.std([0.3, 0.4], ddof=1), np.std([0.2, 0.1], ddof=1)])
+    assert row["PCC@M"]["seed_std"] == pytest.approx(seed_std)
+    assert report["combined"]["ridge"]["PCC@M"]["n"] == 1
+    pair = report["paired_against"]["spotcrop"]["pixnet-mean"]["PCC@M"]
+    assert pair["n"] == 4 and pair["higher"] == 2
+    assert pair["mean"] == pytest.approx(np.mean([0.1, -0.05, 0.1, -0.05]))
+    assert "| 4 (2 x 2) |" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    # the same input twice is the same runs, not more seeds
+    assert merge.main([str(a), str(a), "--table", "mob/k3", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["seeds"] == [0]
+    clash = write("clash", {"spotcrop": {"F1/seed0": v(0.21, 0.0)}})
+    with pytest.raises(SystemExit, match="spotcrop F1/seed0 differs"):
+        merge.main([str(a), str(clash), "--table", "mob/k3", "--out", str(out)])
+    with pytest.raises(SystemExit, match="no table 'her2st/k3'"):
+        merge.main([str(a), "--table", "her2st/k3", "--out", str(out)])
+    bad = write("bad", {"spotcrop": {"F1-seed0": v(0.2, 0.0)}})
+    with pytest.raises(SystemExit, match="is not '<fold>/seed<S>'"):
+        merge.main([str(bad), "--table", "mob/k3", "--out", str(out)])
