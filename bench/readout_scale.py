@@ -20,6 +20,11 @@ prediction options are the run's own (``method.json``: tiles, ``--tta``,
 seeds (e.g. the sliding regressor, which reads a region-sized crop around each test
 spot) and adds its offsets and those of the test section's own region values
 (``upsampled``) where that run has them. Writes Markdown (``--out``) and JSON beside it.
+
+Runs measured apart are pooled without predicting them again: ``--include`` takes earlier
+JSONs of this script (same diameters; e.g. a seed whose run folders are gone), and a
+reference may also be ``RESULTS.json:METHOD``, a ``bench/coarse_to_fine.py --results``
+file whose per-run values stand in for a run folder (``--reference`` can be repeated).
 """
 
 from __future__ import annotations
@@ -104,6 +109,44 @@ def measure(
     return rec
 
 
+def reference_values(spec: str, dataset: str, coarsen: int) -> tuple[str, str, dict]:
+    """``(method, run folder or "", {"<fold>/seed<S>": metrics})`` of one ``--reference``:
+    ``OUT:METHOD`` (a coarse-to-fine run folder) or ``RESULTS.json:METHOD`` (the per-run
+    values of a ``bench/coarse_to_fine.py --results`` file)."""
+    where, sep, method = spec.rpartition(":")
+    if not sep or not where or not method:
+        raise SystemExit(f"--reference {spec!r}: give OUT:METHOD or RESULTS.json:METHOD")
+    if not where.endswith(".json"):
+        return method, where, run_values(Path(where), dataset, coarsen, method)
+    key = f"{dataset}/k{coarsen}"
+    try:
+        per_run = json.loads(Path(where).read_text())["tables"][key]["per_run"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"{where}: no per-run values of table {key!r} ({exc!r})") from exc
+    if method not in per_run:
+        raise SystemExit(f"{where}: table {key!r} has no method {method!r}")
+    return method, "", per_run[method]
+
+
+def include(results: dict[str, Any], path: Path, columns: list[str]) -> None:
+    """Add the runs of an earlier JSON of this script to ``results``: they must have the
+    same columns (the same diameters) and none may be there already."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--include {path}: cannot read ({exc})") from exc
+    for key, rec in earlier.items():
+        has = [c for c in rec if c not in ("spot_um", "offsets")]
+        if sorted(has) != sorted(columns):
+            raise SystemExit(
+                f"--include {path}: run {key} has the read-outs {', '.join(has)}, not "
+                f"{', '.join(columns)}; give the same --diameters-um as that run"
+            )
+        if key in results:
+            raise SystemExit(f"--include {path}: run {key} is already in the table")
+        results[key] = rec
+
+
 def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, refv: dict) -> str:
     lines = [
         "| fold / seed | "
@@ -171,7 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--diameters-um", nargs="+", type=float, required=True)
     ap.add_argument(
-        "--reference", default="", help="OUT:METHOD to pair with, e.g. runs/c2f-mob:spotcrop"
+        "--reference",
+        action="append",
+        default=[],
+        help="OUT:METHOD or RESULTS.json:METHOD to pair with, e.g. runs/c2f-mob:spotcrop "
+        "(repeatable: the values are pooled; one method)",
+    )
+    ap.add_argument(
+        "--include",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="earlier JSONs of this script whose runs join the table (same diameters)",
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
@@ -198,18 +252,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no finished {args.method} run under {args.roots}", file=sys.stderr)
         return 2
     refv: dict[str, Any] = {}
-    ref = folder = ""
-    if args.reference:
-        folder, _, method = args.reference.rpartition(":")
-        refv, ref = run_values(Path(folder), args.dataset, args.coarsen, method), method
+    ref = ""
+    folders = []
+    for spec in args.reference:
+        method, folder, values = reference_values(spec, args.dataset, args.coarsen)
+        if ref and method != ref:
+            ap.error(f"--reference: one method to pair with, not {ref!r} and {method!r}")
+        ref = method
+        refv.update(values)
+        if folder:
+            folders.append(Path(folder))
     columns = ["spot"] + [f"{d:g} um" for d in args.diameters_um]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pixnet-readout-") as tmp:
         for fold, seed, run in runs:
             others = {}
-            if ref:  # the reference and the test section's own region values, where run
-                fold_dir = Path(folder) / args.dataset / f"k{args.coarsen}" / seed / fold
-                others = {m: fold_dir / m / "pred.npz" for m in (ref, "upsampled")}
+            for folder in folders:  # the reference and the test section's region values
+                fold_dir = folder / args.dataset / f"k{args.coarsen}" / seed / fold
+                for m in (ref, "upsampled"):
+                    if (fold_dir / m / "pred.npz").is_file():
+                        others[m] = fold_dir / m / "pred.npz"
             results[f"{fold}/{seed}"] = measure(run, fold, args.diameters_um, Path(tmp), others)
             print(
                 fold,
@@ -217,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                 {c: round(results[f"{fold}/{seed}"][c]["PCC@M"], 4) for c in columns},
                 flush=True,
             )
+    for path in args.include:
+        include(results, path, columns)
     trained = f"{args.coarsen} x {args.coarsen} regions" if args.coarsen else "the spots"
     head = (
         f"# Read-out diameter, {args.dataset} trained on {trained} "

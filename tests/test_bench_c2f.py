@@ -180,6 +180,27 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
         )
     # paired with itself (the run's own recorded spot read-out), the difference is zero
     assert "PCC@M, spot minus pixnet-mean: +0.0000 ± 0.0000 over 2 fold runs" in out_md.read_text()
+    # pooled with an earlier JSON (its run under another seed) and paired with the per-run
+    # values of the results file instead of the run folder: the same zero difference
+    earlier = {k.replace("/seed0", "/seed9"): v for k, v in got_rs.items() if k.endswith("seed0")}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    base = [str(tmp_path / "run"), "--dataset", "example", "--coarsen", "2"]
+    base += ["--diameters-um", f"{d_um:g}", f"{3 * d_um:g}"]
+    pooled_md = tmp_path / "pooled.md"
+    argv_inc = [*base, "--include", str(tmp_path / "earlier.json"), "--out", str(pooled_md)]
+    assert rs.main([*argv_inc, "--reference", f"{results}:pixnet-mean"]) == 0
+    assert sorted(json.loads(pooled_md.with_suffix(".json").read_text())) == sorted(
+        [*got_rs, f"{fold}/seed9"]
+    )
+    text = pooled_md.read_text()
+    assert "| spot | 3 |" in text
+    assert "PCC@M, spot minus pixnet-mean: +0.0000 ± 0.0000 over 2 fold runs" in text
+    with pytest.raises(SystemExit, match="already in the table"):
+        rs.main([*base, "--include", str(out_md.with_suffix(".json"))])
+    with pytest.raises(SystemExit, match="give the same --diameters-um"):
+        rs.main([*base[:-1], "--include", str(tmp_path / "earlier.json")])
+    with pytest.raises(SystemExit, match="has no method 'spotcrop'"):
+        rs.main([*base, "--reference", f"{results}:spotcrop"])
 
     # re-predicted with statistics from the test section (--resume: nothing retrained),
     # the models are read out adapted too: the pairing with their own recorded spot
