@@ -253,15 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     refv: dict[str, Any] = {}
     ref = ""
-    folders = []
+    folders: list[Path] = []
     for spec in args.reference:
-        method, folder, values = reference_values(spec, args.dataset, args.coarsen)
+        method, where, values = reference_values(spec, args.dataset, args.coarsen)
         if ref and method != ref:
             ap.error(f"--reference: one method to pair with, not {ref!r} and {method!r}")
         ref = method
         refv.update(values)
-        if folder:
-            folders.append(Path(folder))
+        if where:
+            folders.append(Path(where))
     columns = ["spot"] + [f"{d:g} um" for d in args.diameters_um]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pixnet-readout-") as tmp:
