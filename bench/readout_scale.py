@@ -198,7 +198,10 @@ def markdown(results: dict[str, dict[str, Any]], columns: list[str], ref: str, r
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "roots", nargs="+", help="--out folders of bench/coarse_to_fine.py (bench/accuracy.py)"
+        "roots",
+        nargs="*",
+        help="--out folders of bench/coarse_to_fine.py (bench/accuracy.py); none: only "
+        "pool the --include files",
     )
     ap.add_argument("--dataset", default="mob")
     ap.add_argument(
@@ -220,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         help="OUT:METHOD or RESULTS.json:METHOD to pair with, e.g. runs/c2f-mob:spotcrop "
         "(repeatable: the values are pooled; one method)",
     )
+    ap.add_argument("--only-folds", nargs="*", default=[], help="measure these folds' runs only")
     ap.add_argument(
         "--include",
         nargs="*",
@@ -247,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 if d == args.dataset
             ]
         )
+        if not args.only_folds or r[0] in args.only_folds
     ]
-    if not runs:
+    if not runs and not args.include:
         print(f"error: no finished {args.method} run under {args.roots}", file=sys.stderr)
         return 2
     refv: dict[str, Any] = {}

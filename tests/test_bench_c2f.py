@@ -195,6 +195,11 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     text = pooled_md.read_text()
     assert "| spot | 3 |" in text
     assert "PCC@M, spot minus pixnet-mean: +0.0000 ± 0.0000 over 2 fold runs" in text
+    # only the --include files (no run of the fold asked for is measured again)
+    only = [*base, "--only-folds", "nofold", "--out", str(tmp_path / "only.md")]
+    assert rs.main(only) == 2  # nothing to measure or pool
+    assert rs.main([*only, "--include", str(tmp_path / "earlier.json")]) == 0
+    assert list(json.loads((tmp_path / "only.json").read_text())) == [f"{fold}/seed9"]
     with pytest.raises(SystemExit, match="already in the table"):
         rs.main([*base, "--include", str(out_md.with_suffix(".json"))])
     with pytest.raises(SystemExit, match="give the same --diameters-um"):
