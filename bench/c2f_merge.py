@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "per_run": pooled,
     }
     md = [
-        f"# Coarse to fine, {args.table}: merged from {len(args.results)} result files",
+        f"# Coarse to fine, {args.table}: merged from {len(args.results)} result "
+        + ("file" if len(args.results) == 1 else "files"),
         "",
         f"Base seeds {', '.join(map(str, seeds))}; inputs: "
         + ", ".join(f"`{p}`" for p in args.results),
