@@ -42,24 +42,30 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(eq(a[k], b[k]) for k in a)
 
 
+def load_per_run(path: Path, key: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The ``per_run`` values (``{method: {"<fold>/seed<S>": metrics}}``) of table ``key``
+    (``<dataset>/k<K>``) of one ``bench/coarse_to_fine.py --results`` file."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read a results JSON ({exc})") from exc
+    tables = report.get("tables", {})
+    if key not in tables:
+        raise SystemExit(
+            f"{path}: no table {key!r} (it has {', '.join(tables) or 'none'}); "
+            "give the table as <dataset>/k<K>"
+        )
+    per_run = tables[key].get("per_run")
+    if not per_run:
+        raise SystemExit(f"{path}: table {key!r} has no per_run values")
+    return per_run
+
+
 def gather(paths: list[Path], key: str) -> dict[str, dict[str, dict[str, Any]]]:
     """``{method: {"<fold>/seed<S>": values}}`` pooled over the inputs' ``per_run``."""
     pooled: dict[str, dict[str, dict[str, Any]]] = {}
     for path in paths:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"{path}: cannot read a results JSON ({exc})") from exc
-        tables = report.get("tables", {})
-        if key not in tables:
-            raise SystemExit(
-                f"{path}: no table {key!r} (it has {', '.join(tables) or 'none'}); "
-                "give --table as <dataset>/k<K>"
-            )
-        per_run = tables[key].get("per_run")
-        if not per_run:
-            raise SystemExit(f"{path}: table {key!r} has no per_run values to merge")
-        for method, runs in per_run.items():
+        for method, runs in load_per_run(path, key).items():
             into = pooled.setdefault(method, {})
             for run, values in runs.items():
                 if run in into and not _same(into[run], values):

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, mean_std  # noqa: E402
 from _rescore import METRICS, difference_line, finished_runs, held_out  # noqa: E402
 from c2f_compare import run_values  # noqa: E402
+from c2f_merge import load_per_run  # noqa: E402
 
 OFFSET = ("offset", "signed", "above")
 
@@ -119,10 +120,7 @@ def reference_values(spec: str, dataset: str, coarsen: int) -> tuple[str, str, d
     if not where.endswith(".json"):
         return method, where, run_values(Path(where), dataset, coarsen, method)
     key = f"{dataset}/k{coarsen}"
-    try:
-        per_run = json.loads(Path(where).read_text())["tables"][key]["per_run"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise SystemExit(f"{where}: no per-run values of table {key!r} ({exc!r})") from exc
+    per_run = load_per_run(Path(where), key)
     if method not in per_run:
         raise SystemExit(f"{where}: table {key!r} has no method {method!r}")
     return method, "", per_run[method]
