@@ -30,8 +30,9 @@ one-thread processes side by side (``--methods mean ridge spotcrop pixnet`` and
 per fold and method.
 
 Outputs: Markdown on stdout and in ``--results`` with ``.md``; JSON in ``--results``
-(default ``bench/results/accuracy.json``, ``accuracy-quick.json`` with ``--quick``);
-run folders under ``--out``.
+(default ``bench/results/accuracy.json``, ``accuracy-quick.json`` with ``--quick``; with
+``--only-folds`` or the example dataset, ``accuracy.json`` in ``--out``, so a partial table
+never replaces the committed one); run folders under ``--out``.
 """
 
 from __future__ import annotations
@@ -232,6 +233,20 @@ def prediction_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {"tta": args.tta, "adapt_bn_batches": args.adapt_bn_batches}
 
 
+def results_path(
+    given: str, out: Path, datasets: list[str], only_folds: list[str], quick: bool
+) -> Path:
+    """Where the JSON table goes: ``given`` if any; else the committed table under
+    bench/results, except that a partial table (``--only-folds``) or the generated example
+    goes into ``out``, so that it never replaces the committed one by default."""
+    name = f"accuracy{'-quick' if quick else ''}.json"
+    if given:
+        return Path(given)
+    if "example" in datasets or only_folds:
+        return out / name
+    return ROOT / "bench" / "results" / name
+
+
 def main(argv: list[str] | None = None) -> int:
     from pixnet.eval.crossval import CrossValConfig, format_markdown, make_folds, run_crossval
     from pixnet.io.atomic import atomic_write_text
@@ -265,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         "over processes; combine the outputs with --resume",
     )
     ap.add_argument("--out", default="", help="run folders (default runs/bench-accuracy[-quick])")
-    ap.add_argument("--results", default="", help="JSON results file (Markdown beside it)")
+    ap.add_argument(
+        "--results",
+        default="",
+        help="JSON results file, Markdown beside it (default bench/results/accuracy.json; "
+        "accuracy.json in --out with --only-folds or the example)",
+    )
     ap.add_argument("--pretrained", default=None, help="encoder weights for every method")
     ap.add_argument("--encoder", default="resnet18", help="encoder by name (pixnet --encoder)")
     ap.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
@@ -304,9 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
     suffix = "-quick" if args.quick else ""
     out = Path(args.out or f"runs/bench-accuracy{suffix}")
-    results = Path(args.results or ROOT / "bench" / "results" / f"accuracy{suffix}.json")
-    if "example" in args.datasets and not args.results:
-        results = out / f"accuracy{suffix}.json"
+    results = results_path(args.results, out, args.datasets, args.only_folds, args.quick)
     epochs = args.epochs or (1 if args.quick else FULL_EPOCHS)
     t0 = time.perf_counter()
     combined: dict[str, Any] = {

@@ -277,3 +277,15 @@ def test_seed_spread_pairs_methods_per_fold_and_seed(tmp_path: Path) -> None:
     assert pair["mean"] == pytest.approx(d.mean())
     with pytest.raises(SystemExit):  # one variant: nothing to pair
         spread.main([*files, "--paired-variants"])
+
+
+def test_a_partial_table_never_replaces_the_committed_one(accuracy: ModuleType) -> None:
+    """Without --results, only a full run over real datasets writes bench/results; a run
+    of some folds (one process per fold) or of the example writes into --out."""
+    out = Path("runs/x")
+    committed = BENCH / "results" / "accuracy.json"
+    assert accuracy.results_path("", out, ["her2st"], [], False) == committed
+    assert accuracy.results_path("", out, ["her2st"], [], True).name == "accuracy-quick.json"
+    assert accuracy.results_path("", out, ["her2st"], ["C2"], False) == out / "accuracy.json"
+    assert accuracy.results_path("", out, ["example"], [], True) == out / "accuracy-quick.json"
+    assert accuracy.results_path("r.json", out, ["her2st"], ["C2"], False) == Path("r.json")
