@@ -145,6 +145,23 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     assert "trained on 2 x 2 regions, tested on single spots" in md
     assert "base seeds 0, 1" in md
 
+    # bench/within_region.py on the same runs: the single-spot scores are the driver's,
+    # and the test section's own region values have no deviation within a region
+    wr = _load("within_region")
+    wr_md = tmp_path / "within.md"
+    wr_argv = [str(tmp_path / "run"), "--dataset", "example", "--coarsen", "2"]
+    assert wr.main([*wr_argv, "--methods", "pixnet-mean", "upsampled", "--out", str(wr_md)]) == 0
+    split = json.loads(wr_md.with_suffix(".json").read_text())
+    assert list(split["upsampled"]) == [f"{fold}/seed0"]  # seed 1 has no upsampled run
+    ups = split["upsampled"][f"{fold}/seed0"]
+    assert ups["within"]["skill"] == pytest.approx(0.0) and np.isnan(ups["within"]["PCC@M"])
+    for m in ("pixnet-mean", "upsampled"):
+        want = tab["per_run"][m][f"{fold}/seed0"]
+        got_m = split[m][f"{fold}/seed0"]["spots"]
+        assert got_m["skill"] == pytest.approx(want["skill"], abs=1e-6)
+    assert "within PCC@M, pixnet-mean minus upsampled" in wr_md.read_text()
+    assert wr.main([*wr_argv, "--methods", "pixnet-mean", "absent"]) == 2
+
     # bench/readout_scale.py on the same runs: a disk of the spots' own diameter reads the
     # map out exactly as the spots do; a wider one differs
     from pixnet.data.example import EXAMPLE_SPOT_DIAMETER_UM
@@ -308,3 +325,27 @@ def test_merge_pools_result_files_by_fold_and_seed(
     bad = write("bad", {"spotcrop": {"F1-seed0": v(0.2, 0.0)}})
     with pytest.raises(SystemExit, match="is not '<fold>/seed<S>'"):
         merge.main([str(bad), "--table", "mob/k3", "--out", str(out)])
+
+
+def test_within_region_split_of_known_predictions() -> None:
+    """Between and within scores of predictions built from the measurement: itself, its
+    region means (no deviation) and itself shifted by one constant per region."""
+    wr = _load("within_region")
+    rng = np.random.default_rng(0)
+    index = np.repeat(np.arange(6), 4)
+    truth = rng.normal(size=(24, 5))
+    train_mean = np.zeros(5)
+    exact = wr.split_scores(truth, truth, train_mean, index)
+    assert all(exact[p]["PCC@M"] == pytest.approx(1.0) for p in ("spots", "between", "within"))
+    assert exact["within"]["skill"] == pytest.approx(1.0)
+    means, dev, counts = wr.decompose(truth, index, 6)
+    assert counts.tolist() == [4] * 6 and np.allclose(dev.reshape(6, 4, 5).sum(axis=1), 0)
+    flat = wr.split_scores(means[index], truth, train_mean, index)
+    assert flat["within"]["skill"] == pytest.approx(0.0) and np.isnan(flat["within"]["PCC@M"])
+    assert flat["between"]["PCC@M"] == pytest.approx(1.0)
+    shifted = wr.split_scores(truth + rng.normal(size=(6, 1))[index], truth, train_mean, index)
+    assert shifted["within"]["skill"] == pytest.approx(1.0)
+    assert shifted["between"]["PCC@M"] < 1.0
+    # a lone spot is its own region's mean: left out of the within-region scores
+    lone = wr.split_scores(truth, truth, train_mean, np.append(index[:-1], 6))
+    assert lone["sizes"] == {"regions": 7, "spots_in_shared": 23}

@@ -1,0 +1,188 @@
+"""What a coarse-trained model knows inside a region: the single-spot predictions of
+``bench/coarse_to_fine.py`` split into the region means and each spot's deviation from
+its region's mean.
+
+    .venv/bin/python bench/within_region.py runs/c2f-her2st-k3 --dataset her2st --coarsen 3 \\
+        --methods pixnet-mean spotcrop --fine runs/her2st-ens/s0 \\
+        --out bench/results/within-region-her2st-k3.md
+
+A model trained on K x K regions is scored on the held-out section's single spots, and
+PCC@M over single spots mixes two things: how well it ranks the regions (which the
+training targets could teach) and how well it places expression *within* a region (which
+they never showed; the dense map's reason to exist). This script scores the two apart,
+per finished run and method, from the ``pred.npz`` the driver saved (no prediction):
+
+* ``between``: the region means of prediction and measurement (mean of the members' log
+  values, regions of the held-out section cut as in training, ``--coarsen K``) scored
+  with the benchmark's metrics, one row per region;
+* ``within``: each spot's deviation from its own region's mean, prediction against
+  measurement, in regions of two or more spots. ``PCC@M`` is the mean over genes of the
+  correlation of the deviations; ``skill`` is ``1 - MSE / MSE(no deviation)``: above 0
+  only when the predicted deviations bring a spot closer to its measurement than its
+  region's mean does. The test section's own region values copied to their members (the
+  ``upsampled`` reference) have no deviation: within-region skill 0, no PCC.
+
+``--fine`` adds PixNet trained on the single spots of the same training sections
+(``bench/accuracy.py --out`` folders, one per seed; its own gene panel): what a model
+that saw single spots places within the same regions, a ceiling for the others. Paired
+differences are taken between the first method and each other one on the same runs.
+Writes Markdown (``--out``) and JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit, mean_std  # noqa: E402
+from _rescore import difference_line, finished_runs, held_out  # noqa: E402
+
+PARTS = ("spots", "between", "within")
+
+
+def decompose(values: np.ndarray, index: np.ndarray, n_regions: int) -> tuple[np.ndarray, ...]:
+    """``(region means (R, G), each spot's deviation from its region's mean (N, G),
+    members per region (R,))`` of ``values`` ``(N, G)`` with region ``index`` ``(N,)``."""
+    counts = np.bincount(index, minlength=n_regions).astype(np.float64)
+    sums = np.zeros((n_regions, values.shape[1]))
+    np.add.at(sums, index, values)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    return means, values - means[index], counts
+
+
+def split_scores(
+    pred: np.ndarray, truth: np.ndarray, train_mean: np.ndarray, index: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """PCC@M and MSE skill of ``pred`` on the single spots, between regions and within
+    them (see the module's docstring); ``index``: each spot's region."""
+    from pixnet.eval.metrics import summarise
+
+    n_regions = int(index.max()) + 1
+    p_mean, p_dev, counts = decompose(pred, index, n_regions)
+    t_mean, t_dev, _ = decompose(truth, index, n_regions)
+    shared = counts[index] >= 2  # a lone spot is its own region's mean
+    spots = summarise(pred, truth, train_mean)
+    between = summarise(p_mean[counts > 0], t_mean[counts > 0], train_mean)
+    zero = np.zeros(truth.shape[1])
+    within = summarise(p_dev[shared], t_dev[shared], zero)
+    return {
+        name: {"PCC@M": float(s["PCC@M"]), "skill": float(s["skill"])}
+        for name, s in (("spots", spots), ("between", between), ("within", within))
+    } | {"sizes": {"regions": int((counts > 0).sum()), "spots_in_shared": int(shared.sum())}}
+
+
+def fold_regions(sample: Any, coarsen: int) -> np.ndarray:
+    """Each spot's region when ``sample`` is cut into ``coarsen`` x ``coarsen`` blocks as
+    in training (:func:`pixnet.data.regions.coarsen_regions`)."""
+    from pixnet.data.regions import coarsen_regions
+
+    return np.asarray(coarsen_regions(sample, coarsen).index)
+
+
+def c2f_runs(
+    root: Path, dataset: str, coarsen: int, methods: list[str], folds: list[str]
+) -> Iterator[tuple[str, str, dict[str, Path], Path]]:
+    """``(fold, seed folder, {method: pred.npz}, a PixNet run folder for the panel)`` of
+    every fold and seed of a coarse-to-fine ``--out`` where all ``methods`` finished."""
+    base = root / dataset / f"k{coarsen}"
+    if not base.is_dir():
+        raise SystemExit(f"{base}: no such folder (the --out of bench/coarse_to_fine.py?)")
+    for fold_dir in sorted(base.glob("seed*/*/")):
+        fold = fold_dir.name
+        if folds and fold not in folds:
+            continue
+        preds = {m: fold_dir / m / "pred.npz" for m in methods}
+        runs = sorted(fold_dir.glob("pixnet-*/run/model.pt"))
+        if runs and all(p.is_file() for p in preds.values()):
+            yield fold, fold_dir.parent.name, preds, runs[0].parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("roots", nargs="+", help="--out folders of bench/coarse_to_fine.py")
+    ap.add_argument("--dataset", default="her2st")
+    ap.add_argument("--coarsen", type=int, default=3, help="region size K the runs trained on")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["pixnet-mean", "spotcrop"],
+        help="methods with a pred.npz in each fold; the first is paired against the others",
+    )
+    ap.add_argument(
+        "--fine",
+        nargs="*",
+        default=[],
+        help="bench/accuracy.py --out folders of PixNet trained on the single spots",
+    )
+    ap.add_argument("--only-folds", nargs="*", default=[])
+    ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
+    args = ap.parse_args(argv)
+    if args.coarsen < 2:
+        ap.error("--coarsen: regions of 2 x 2 spots or more")
+
+    results: dict[str, dict[str, Any]] = {m: {} for m in args.methods}
+    regions: dict[str, np.ndarray] = {}
+    for root in args.roots:
+        for fold, seed, preds, run in c2f_runs(
+            Path(root), args.dataset, args.coarsen, args.methods, args.only_folds
+        ):
+            h = held_out(run, fold)
+            index = regions.setdefault(fold, fold_regions(h.sample, args.coarsen))
+            for m, path in preds.items():
+                key = f"{fold}/{seed}" + ("" if len(args.roots) == 1 else f"@{root}")
+                pred = np.load(path)[fold]
+                results[m][key] = split_scores(pred, h.truth, h.train_mean, index)
+            print(fold, seed, {m: round(results[m][key]["within"]["PCC@M"], 4) for m in preds})
+    if not results[args.methods[0]]:
+        print(f"error: no fold of {args.roots} has all of {args.methods}", file=sys.stderr)
+        return 2
+    fine: dict[str, Any] = {}
+    for root in args.fine:
+        for dataset, fold, run in finished_runs(Path(root)):
+            if dataset != args.dataset or (args.only_folds and fold not in args.only_folds):
+                continue
+            h = held_out(run, fold)
+            index = regions.setdefault(fold, fold_regions(h.sample, args.coarsen))
+            pred = np.load(run.parent / "pred.npz")[fold]
+            fine[f"{fold}/{Path(root).name}"] = split_scores(pred, h.truth, h.train_mean, index)
+    if fine:
+        results["pixnet, trained on the spots"] = fine
+
+    lines = [
+        f"# Within and between regions: {args.dataset}, trained on {args.coarsen} x "
+        f"{args.coarsen} regions, tested on single spots",
+        "",
+        "| method | runs | " + " | ".join(f"PCC@M {p} | skill {p}" for p in PARTS) + " |",
+        "|---|---:|" + "---:|" * (2 * len(PARTS)),
+    ]
+    for m, runs in results.items():
+        cells = [
+            mean_std([r[p][k] for r in runs.values()]) for p in PARTS for k in ("PCC@M", "skill")
+        ]
+        lines.append(f"| {m} | {len(runs)} | " + " | ".join(cells) + " |")
+    sizes = {f: (len(np.unique(i)), len(i)) for f, i in regions.items()}
+    lines += [
+        "",
+        "Regions per held-out section (regions / spots): "
+        + ", ".join(f"{f} {r} / {n}" for f, (r, n) in sorted(sizes.items())),
+        "",
+    ]
+    first = args.methods[0]
+    for m in args.methods[1:]:
+        keys = [k for k in results[first] if k in results[m]]
+        for p in PARTS:
+            for k in ("PCC@M", "skill"):
+                d = [results[first][key][p][k] - results[m][key][p][k] for key in keys]
+                lines.append(difference_line(f"{p} {k}, {first} minus {m}", d))
+    emit("\n".join(lines) + "\n", results, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
