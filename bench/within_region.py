@@ -26,6 +26,9 @@ per finished run and method, from the ``pred.npz`` the driver saved (no predicti
 (``bench/accuracy.py --out`` folders, one per seed; its own gene panel): what a model
 that saw single spots places within the same regions, a ceiling for the others. Paired
 differences are taken between the first method and each other one on the same runs.
+``--average-seeds`` scores each method's predictions averaged over its seeds instead (one
+run per fold; for the ``mean`` read-out, which is linear, the prediction of the ensemble
+of those seeds' models): deviations the seeds disagree on shrink.
 Writes Markdown (``--out``) and JSON beside it.
 """
 
@@ -103,6 +106,17 @@ def c2f_runs(
             yield fold, fold_dir.parent.name, preds, runs[0].parent
 
 
+def averaged(fold: str, runs: list[tuple[str, np.ndarray, Any]]) -> tuple[str, np.ndarray, Any]:
+    """One run of a fold from several seeds': their predictions averaged (they must share
+    the gene panel)."""
+    genes = runs[0][2].genes
+    for key, _, h in runs[1:]:
+        if h.genes != genes:
+            raise SystemExit(f"{key}: another gene panel than {runs[0][0]}; cannot average")
+    pred = np.mean([p for _, p, _ in runs], axis=0)
+    return f"{fold}/mean of {len(runs)} seeds", pred, runs[0][2]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", nargs="+", help="--out folders of bench/coarse_to_fine.py")
@@ -121,38 +135,47 @@ def main(argv: list[str] | None = None) -> int:
         help="bench/accuracy.py --out folders of PixNet trained on the single spots",
     )
     ap.add_argument("--only-folds", nargs="*", default=[])
+    ap.add_argument(
+        "--average-seeds",
+        action="store_true",
+        help="score each method's predictions averaged over its seeds, one run per fold "
+        "(for a linear read-out such as mean, the ensemble of those seeds' models)",
+    )
     ap.add_argument("--out", default="", help="Markdown file (JSON beside it)")
     args = ap.parse_args(argv)
     if args.coarsen < 2:
         ap.error("--coarsen: regions of 2 x 2 spots or more")
 
-    results: dict[str, dict[str, Any]] = {m: {} for m in args.methods}
-    regions: dict[str, np.ndarray] = {}
+    # (label, fold) -> [(key, prediction, held-out section)]
+    got: dict[tuple[str, str], list[tuple[str, np.ndarray, Any]]] = {}
     for root in args.roots:
         for fold, seed, preds, run in c2f_runs(
             Path(root), args.dataset, args.coarsen, args.methods, args.only_folds
         ):
             h = held_out(run, fold)
-            index = regions.setdefault(fold, fold_regions(h.sample, args.coarsen))
+            key = f"{fold}/{seed}" + ("" if len(args.roots) == 1 else f"@{root}")
             for m, path in preds.items():
-                key = f"{fold}/{seed}" + ("" if len(args.roots) == 1 else f"@{root}")
-                pred = np.load(path)[fold]
-                results[m][key] = split_scores(pred, h.truth, h.train_mean, index)
-            print(fold, seed, {m: round(results[m][key]["within"]["PCC@M"], 4) for m in preds})
-    if not results[args.methods[0]]:
+                got.setdefault((m, fold), []).append((key, np.load(path)[fold], h))
+    if not got:
         print(f"error: no fold of {args.roots} has all of {args.methods}", file=sys.stderr)
         return 2
-    fine: dict[str, Any] = {}
+    fine = "pixnet, trained on the spots"
     for root in args.fine:
         for dataset, fold, run in finished_runs(Path(root)):
             if dataset != args.dataset or (args.only_folds and fold not in args.only_folds):
                 continue
-            h = held_out(run, fold)
-            index = regions.setdefault(fold, fold_regions(h.sample, args.coarsen))
             pred = np.load(run.parent / "pred.npz")[fold]
-            fine[f"{fold}/{Path(root).name}"] = split_scores(pred, h.truth, h.train_mean, index)
-    if fine:
-        results["pixnet, trained on the spots"] = fine
+            got.setdefault((fine, fold), []).append((f"{fold}/{root}", pred, held_out(run, fold)))
+    if args.average_seeds:
+        got = {k: [averaged(k[1], runs)] for k, runs in got.items()}
+
+    results: dict[str, dict[str, Any]] = {}
+    regions: dict[str, np.ndarray] = {}
+    for (label, fold), runs in got.items():
+        for key, pred, h in runs:
+            index = regions.setdefault(fold, fold_regions(h.sample, args.coarsen))
+            results.setdefault(label, {})[key] = split_scores(pred, h.truth, h.train_mean, index)
+            print(label, key, round(results[label][key]["within"]["PCC@M"], 4), flush=True)
 
     lines = [
         f"# Within and between regions: {args.dataset}, trained on {args.coarsen} x "
@@ -161,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         "| method | runs | " + " | ".join(f"PCC@M {p} | skill {p}" for p in PARTS) + " |",
         "|---|---:|" + "---:|" * (2 * len(PARTS)),
     ]
-    for m, runs in results.items():
+    for m, scored in results.items():
         cells = [
-            mean_std([r[p][k] for r in runs.values()]) for p in PARTS for k in ("PCC@M", "skill")
+            mean_std([r[p][k] for r in scored.values()]) for p in PARTS for k in ("PCC@M", "skill")
         ]
-        lines.append(f"| {m} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | {len(scored)} | " + " | ".join(cells) + " |")
     sizes = {f: (len(np.unique(i)), len(i)) for f, i in regions.items()}
     lines += [
         "",

@@ -161,6 +161,20 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
         assert got_m["skill"] == pytest.approx(want["skill"], abs=1e-6)
     assert "within PCC@M, pixnet-mean minus upsampled" in wr_md.read_text()
     assert wr.main([*wr_argv, "--methods", "pixnet-mean", "absent"]) == 2
+    # the two seeds averaged: one run of the fold, scored on the mean of their predictions
+    avg_md = tmp_path / "avg.md"
+    assert (
+        wr.main([*wr_argv, "--methods", "pixnet-mean", "--average-seeds", "--out", str(avg_md)])
+        == 0
+    )
+    avg = json.loads(avg_md.with_suffix(".json").read_text())["pixnet-mean"]
+    assert list(avg) == [f"{fold}/mean of 2 seeds"]
+    k2 = tmp_path / "run" / "example" / "k2"
+    seeds = [np.load(k2 / f"seed{s}" / fold / "pixnet-mean" / "pred.npz")[fold] for s in (0, 1)]
+    h = wr.held_out(k2 / "seed0" / fold / "pixnet-mean" / "run", fold)
+    index = wr.fold_regions(h.sample, 2)
+    want = wr.split_scores((seeds[0] + seeds[1]) / 2, h.truth, h.train_mean, index)
+    assert avg[f"{fold}/mean of 2 seeds"]["within"] == pytest.approx(want["within"])
 
     # bench/readout_scale.py on the same runs: a disk of the spots' own diameter reads the
     # map out exactly as the spots do; a wider one differs
