@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     regions: dict[str, np.ndarray] = {}
     for (label, fold), runs in got.items():
         for key, pred, h in runs:
-            index = regions.setdefault(fold, fold_regions(h.sample, args.coarsen))
+            if fold not in regions:  # cut each held-out section once
+                regions[fold] = fold_regions(h.sample, args.coarsen)
+            index = regions[fold]
             results.setdefault(label, {})[key] = split_scores(pred, h.truth, h.train_mean, index)
             print(label, key, round(results[label][key]["within"]["PCC@M"], 4), flush=True)
 
