@@ -560,11 +560,17 @@ UNRECORDED_TRAIN_FIELDS = frozenset(
 )
 
 
+# options of --distill-epochs (what a finished run can add without retraining)
+DISTILL_FIELDS = frozenset({"distill_epochs", "distill_weight", "distill_views"})
+
+
 def training_options(cfg: CrossValConfig, method: str, seed: int) -> dict[str, Any]:
     """What ``method``'s result in one fold depends on, as recorded in its ``method.json``:
     the fold's training fields (seed included) and, for SimCLR, the pretraining fields."""
     tcfg = method_train_config(cfg, method, Path("."), seed)
     opts = {k: v for k, v in asdict(tcfg).items() if k not in UNRECORDED_TRAIN_FIELDS}
+    if parse_method(method, cfg.readout)[0] != "pixnet":  # the baselines do not distil
+        opts = {k: v for k, v in opts.items() if k not in DISTILL_FIELDS}
     if method == SIMCLR_METHOD:  # the fold's own encoder, described by how it was made
         del opts["pretrained"]
         opts.update({k: v for k, v in asdict(cfg).items() if k.startswith("simclr_")})
@@ -588,15 +594,32 @@ def training_options_differ(recorded: dict[str, Any], current: dict[str, Any]) -
 
 def lengthened(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether ``current`` asks only for more epochs of what ``recorded`` trained, in a way
-    that continuing from the last checkpoint equals training that long from the start: a
-    constant learning rate (a decaying one depends on the total) and a single model (an
-    ensemble keeps its finished members)."""
-    return (
-        differing_options(recorded, current) == ["epochs"]
-        and int(recorded["epochs"]) < int(current["epochs"])
-        and current["lr_schedule"] == "constant"
-        and int(current["ensemble"]) == 1
-    )
+    that continuing from the last checkpoint equals training that long from the start, for
+    a single model (an ensemble keeps its finished members):
+
+    - more ``--epochs`` of a run without distillation, at a constant learning rate (a
+      decaying one depends on the total);
+    - ``--distill-epochs`` (and their options) added to a run without them: they start
+      after the spot epochs, with a schedule of their own;
+    - more ``--distill-epochs`` of a distilled run, at a constant learning rate.
+    """
+    differ = set(differing_options(recorded, current))
+    if not differ or int(current["ensemble"]) != 1:
+        return False
+    done = int(recorded.get("distill_epochs", 0))
+    constant = current["lr_schedule"] == "constant"
+    if differ == {"epochs"}:
+        return constant and done == 0 and int(recorded["epochs"]) < int(current["epochs"])
+    if not differ <= DISTILL_FIELDS or int(current["distill_epochs"]) <= done:
+        return False
+    return done == 0 or (constant and differ == {"distill_epochs"})
+
+
+def recorded_with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """``recorded`` with the :class:`TrainConfig` defaults of the fields it lacks (a cache
+    written before a field existed was trained without it)."""
+    defaults = json.loads(json.dumps(json_safe(asdict(TrainConfig()))))
+    return {**{k: v for k, v in defaults.items() if k not in UNRECORDED_TRAIN_FIELDS}, **recorded}
 
 
 def check_cached_training(
@@ -625,6 +648,7 @@ def check_cached_training(
         recorded = json.loads(source.read_text()) if source.is_file() else None
     if not recorded:
         return False
+    recorded = recorded_with_defaults(recorded)
     differ = training_options_differ(recorded, current)
     if not differ:
         return False

@@ -112,6 +112,35 @@ class TrainConfig:
             choices=tuple(CONSISTENCY_FRAMES),
         ),
     )
+    distill_epochs: int = field(
+        default=0,
+        metadata=_h(
+            "epochs after --epochs in which the map also learns, cell by cell, a frozen copy "
+            "of the trained model's map averaged over the flips and turns of the square "
+            "(what --tta 8 predicts), so that one forward pass gives it; the learning-rate "
+            "schedule restarts and the validation band picks among these epochs (0: off, "
+            "the paper). More --distill-epochs on --resume continue a finished run",
+            ge=0,
+        ),
+    )
+    distill_weight: float = field(
+        default=1.0,
+        metadata=_h(
+            "weight of the mean squared difference between the map and the teacher's in "
+            "--distill-epochs (beside the spot loss)",
+            ge=0,
+        ),
+    )
+    distill_views: int = field(
+        default=2,
+        metadata=_h(
+            "flips and turns the teacher's map is averaged over per step in "
+            "--distill-epochs, drawn at random from the 8 (over the steps the target is "
+            "their 8-frame mean); each costs one forward pass without gradients",
+            ge=1,
+            le=8,
+        ),
+    )
     readout: str = field(
         default="mean",
         metadata=_h("spot read-out: mean, density, or the paper's sum", choices=READOUTS),

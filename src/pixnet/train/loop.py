@@ -55,6 +55,13 @@ from pixnet.ops.losses import (
 from pixnet.ops.readout import Readout, get_readout, prepare_map, region_values, spot_values
 from pixnet.runtime import resolve_device
 from pixnet.train.config import TrainConfig
+from pixnet.train.distill import (
+    TEACHER_FILE,
+    Teacher,
+    build_teacher,
+    distill_penalty,
+    teacher_weights,
+)
 from pixnet.train.distributed import (
     DistInfo,
     barrier,
@@ -387,20 +394,31 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         panel.n_genes,
         sampler.crops_per_epoch,
     )
-    for epoch in range(start, cfg.epochs):
+    total = cfg.epochs + cfg.distill_epochs
+    teacher: Teacher | None = None
+    for epoch in range(start, total):
         t0 = time.perf_counter()
-        lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
+        distilling = epoch >= cfg.epochs
+        if distilling and teacher is None:
+            teacher, best = _start_distillation(
+                cfg, epoch, out, model_path, model, ema, best, info.is_main
+            )
+        if distilling:  # the schedule restarts for the distillation epochs
+            lr = cfg.lr * lr_factor(epoch - cfg.epochs, cfg.distill_epochs, cfg.lr_schedule)
+        else:
+            lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_factor", 1.0)
         model.train()
         sums = {"loss": 0.0, "mse": 0.0, "pcc": 0.0}
         n_b = 0
         frames = np.random.default_rng([cfg.seed, epoch, 8])  # --consistency: one per batch
+        views = np.random.default_rng([cfg.seed, epoch, 9])  # --distill-views: per batch
         ks = CONSISTENCY_FRAMES[cfg.consistency_frames]
         bar = tqdm(
             sampler.epoch_items(epoch, cfg.batch_size),
             total=sampler.n_batches(cfg.batch_size),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"epoch {epoch + 1}/{total}" + (" (distilling)" if distilling else ""),
             unit="batch",
             leave=False,
             disable=not info.is_main,
@@ -411,9 +429,11 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             shares = np.array_split(np.arange(len(items)), parts)
             mine = [shares[info.rank]] if info.active else shares
             preds, targets = [], []
-            maps: list[torch.Tensor] | None = [] if cfg.smoothness > 0 else None
+            maps: list[torch.Tensor] | None = [] if cfg.smoothness > 0 or distilling else None
             consistency_terms: list[torch.Tensor] = []
             k = ks[int(frames.integers(len(ks)))]  # every share of the step: the same frame
+            teacher_maps: list[torch.Tensor] = []
+            seen = teacher.frames(views) if teacher is not None and distilling else []
             for idx in mine:
                 batch = collate([items[i] for i in idx], sampler.slides[0].shape).to(device)
                 if cfg.consistency > 0:
@@ -422,6 +442,9 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                     consistency_terms.append(term)
                 else:
                     preds.append(predict_batch(model, batch, cfg.readout, forward, maps))
+                if seen:
+                    assert teacher is not None
+                    teacher_maps.append(teacher.target(batch.images, seen))
                 targets.append(batch.targets)
             pred = gather_rows(torch.cat(preds), info)
             target = gather_rows(torch.cat(targets), info)
@@ -429,9 +452,14 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             penalty = None
             if consistency_terms:
                 penalty = cfg.consistency * torch.stack(consistency_terms).mean()
-            if maps:
+            if maps and cfg.smoothness > 0:
                 smooth = cfg.smoothness * torch.stack([map_smoothness(m) for m in maps]).mean()
                 penalty = smooth if penalty is None else penalty + smooth
+            if teacher_maps:
+                assert maps is not None
+                distill = cfg.distill_weight * distill_penalty(maps, teacher_maps)
+                sums["distill"] = sums.get("distill", 0.0) + float(distill.detach())
+                penalty = distill if penalty is None else penalty + distill
             loss = optimise_step(opt, pred, target, cfg.pcc_weight, sums, penalty)
             if ema is not None:
                 ema.update_parameters(model)
@@ -446,6 +474,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             "lr": lr,
             **{f"train_{k}": v / max(n_b, 1) for k, v in sums.items()},
         }
+        if distilling:
+            record["distilling"] = True
         if bn_sampler is not None:
             record["precise_bn_passes"] = recalibrate_on_crops(
                 kept, bn_sampler, epoch, cfg.batch_size, parts, device
@@ -474,7 +504,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                 geometry=geometry,
                 readout=cfg.readout,
                 train_config=asdict(cfg),
-                training=training_status(epoch + 1 == cfg.epochs, epoch + 1, cfg.epochs, epoch),
+                training=training_status(epoch + 1 == total, epoch + 1, total, epoch),
             )
             writes.append((model_path, partial(save_torch, payload)))
         record["best_epoch"] = best["epoch"]
@@ -492,8 +522,45 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         )
         barrier(info)
     if info.is_main:
-        _mark_finished(model_path, cfg.epochs, int(best["epoch"]))
+        _mark_finished(model_path, total, int(best["epoch"]))
     return model_path
+
+
+def _start_distillation(
+    cfg: TrainConfig,
+    epoch: int,
+    out: Path,
+    model_path: Path,
+    model: PixNet,
+    ema: Any,
+    best: dict[str, Any],
+    is_main: bool,
+) -> tuple[Teacher, dict[str, Any]]:
+    """The teacher of ``--distill-epochs`` and the best epoch so far.
+
+    At the first distillation epoch the teacher is the model the spot training kept
+    (``model.pt``): it is written to ``teacher.pt``, the student starts from its weights,
+    and the validation band picks among the distillation epochs only. A run resumed later
+    in the distillation reads ``teacher.pt`` and keeps its checkpoint's best epoch.
+    """
+    fresh = epoch == cfg.epochs  # else a run resumed during its distillation
+    state = teacher_weights(out, model_path, fresh)
+    teacher = build_teacher(model, state, cfg.readout, cfg.distill_views)
+    if not fresh:
+        return teacher, best
+    model.load_state_dict(state)
+    if ema is not None:  # the average restarts from the teacher's weights
+        ema.module.load_state_dict(state)
+        ema.n_averaged.zero_()
+    if is_main:
+        commit_files([(out / TEACHER_FILE, partial(save_torch, state))])
+    log.info(
+        "distilling for %d epochs from epoch %d's model (%d random frames per step)",
+        cfg.distill_epochs,
+        int(best["epoch"]),
+        cfg.distill_views,
+    )
+    return teacher, {"val_loss": float("inf"), "epoch": -1}
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str, warmup_epochs: int = 0) -> float:
