@@ -24,7 +24,9 @@ from pixnet.train.config import TrainConfig
 from pixnet.train.distill import TEACHER_FILE, Teacher, distill_penalty
 from pixnet.train.loop import train
 
-TINY = dict(n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=4, lr=1e-3)
+TINY: dict[str, Any] = dict(
+    n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=4, lr=1e-3
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,7 @@ def test_teacher_target_is_the_mean_over_frames() -> None:
     model = build_pixnet(from_preset("cpu", n_genes=3)).eval()
     for m in model.modules():  # statistics far from their initial values
         if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     teacher = Teacher(model, "mean", views=8)
@@ -80,11 +83,11 @@ def test_distillation_follows_the_spot_epochs_and_resumes(manifest: Path, tmp_pa
     weights as one run straight through."""
     samples = load_manifest(manifest)
     base = dict(samples=str(manifest), epochs=2, **TINY)
-    plain = TrainConfig(out=str(tmp_path / "plain"), **base)  # type: ignore[arg-type]
+    plain = TrainConfig(out=str(tmp_path / "plain"), **base)
     train(plain, samples)
     straight = TrainConfig(
         out=str(tmp_path / "straight"), distill_epochs=2, distill_weight=5.0, **base
-    )  # type: ignore[arg-type]
+    )
     train(straight, samples)
     log = _log(tmp_path / "straight")
     assert [r["epoch"] for r in log] == [0, 1, 2, 3]
@@ -107,7 +110,7 @@ def test_distillation_follows_the_spot_epochs_and_resumes(manifest: Path, tmp_pa
     train(plain, samples)
     _same(_weights(tmp_path / "plain" / "model.pt"), payload["state_dict"])
     # stopped after one distillation epoch, then continued
-    half = TrainConfig(out=str(tmp_path / "half"), distill_epochs=1, distill_weight=5.0, **base)  # type: ignore[arg-type]
+    half = TrainConfig(out=str(tmp_path / "half"), distill_epochs=1, distill_weight=5.0, **base)
     train(half, samples)
     half.distill_epochs, half.resume = 2, True
     train(half, samples)
@@ -133,7 +136,7 @@ def test_distillation_makes_the_map_agree_across_frames(manifest: Path, tmp_path
         distill_weight=300.0,
         distill_views=4,
         select="last",
-        **{**TINY, "crops_per_epoch": 8, "lr": 3e-3},  # type: ignore[arg-type]
+        **{**TINY, "crops_per_epoch": 8, "lr": 3e-3},
     )
     train(cfg, load_manifest(manifest))
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -212,9 +215,8 @@ def test_the_student_starts_from_the_teacher(tmp_path: Path) -> None:
     ema.update_parameters(last)
     cfg = TrainConfig(epochs=3, distill_epochs=2)
     best = {"val_loss": 0.1, "epoch": 1}
-    teacher, got = _start_distillation(
-        cfg, 3, tmp_path, tmp_path / "model.pt", last, ema, best, True
-    )
+    model_path = tmp_path / "model.pt"
+    teacher, got = _start_distillation(cfg, 3, tmp_path, model_path, last, ema, best, True)
     assert got == {"val_loss": float("inf"), "epoch": -1}
     _same(last.state_dict(), kept.state_dict())
     _same(ema.module.state_dict(), kept.state_dict())
@@ -228,9 +230,7 @@ def test_the_student_starts_from_the_teacher(tmp_path: Path) -> None:
     model_path.unlink()
     other = build_pixnet(from_preset("cpu", n_genes=3))
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    teacher, got = _start_distillation(
-        cfg, 4, tmp_path, tmp_path / "model.pt", other, None, best, True
-    )
+    teacher, got = _start_distillation(cfg, 4, tmp_path, model_path, other, None, best, True)
     assert got == best
     _same(other.state_dict(), before)
     torch.testing.assert_close(teacher.target(x, [0]), want, rtol=1e-4, atol=1e-4)
