@@ -189,6 +189,25 @@ def add_model_flags(ap: argparse.ArgumentParser) -> None:
         action="store_true",
         help="PixNet per-gene learned smoothing (train --gene-scales)",
     )
+    ap.add_argument(
+        "--distill-epochs",
+        type=int,
+        default=default.distill_epochs,
+        help="PixNet epochs distilling its own 8-frame mean map after --epochs (train "
+        "--distill-epochs); with --resume, finished runs continue into them",
+    )
+    ap.add_argument(
+        "--distill-weight",
+        type=float,
+        default=default.distill_weight,
+        help="weight of the distillation term (train --distill-weight)",
+    )
+    ap.add_argument(
+        "--distill-views",
+        type=int,
+        default=default.distill_views,
+        help="teacher frames per step (train --distill-views)",
+    )
 
 
 def model_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,6 +219,9 @@ def model_flags(args: argparse.Namespace) -> dict[str, Any]:
         "context_stride": args.context_stride,
         "local_path": args.local_path,
         "gene_scales": args.gene_scales,
+        "distill_epochs": args.distill_epochs,
+        "distill_weight": args.distill_weight,
+        "distill_views": args.distill_views,
     }
 
 
