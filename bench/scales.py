@@ -127,6 +127,17 @@ class ScalesConfig:
             choices=tuple(CONSISTENCY_FRAMES),
         ),
     )
+    distill_epochs: list[int] = field(
+        default_factory=lambda: [0],
+        metadata=_h(
+            "distillation epochs of each PixNet after --epochs (pixnet train "
+            "--distill-epochs; one model each; N > 0 adds -distN to the names)"
+        ),
+    )
+    distill_weight: float = field(
+        default=1.0, metadata=_h("pixnet train --distill-weight (not 1: -distNwW)")
+    )
+    distill_views: int = field(default=2, metadata=_h("pixnet train --distill-views"))
     gene_scales: list[str] = field(
         default_factory=lambda: ["off"],
         metadata=help_meta(
@@ -431,14 +442,22 @@ class Variant(NamedTuple):
     head: str
     consistency: float
     gene_scales: bool
+    distill_epochs: int = 0
 
 
 def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
     """Every PixNet the run makes: read-outs x attentions x smoothness x heads x
-    consistency weights x gene scales, named like ``pixnet-mean-axial-sm3-stride8-eq1-gs``."""
+    consistency weights x gene scales x distillation epochs, named like
+    ``pixnet-mean-axial-sm3-stride8-eq1-gs-dist3``."""
     out = []
-    for r, a, w, h, c, gs in itertools.product(
-        cfg.readouts, cfg.attentions, cfg.smoothness, cfg.heads, cfg.consistency, cfg.gene_scales
+    for r, a, w, h, c, gs, d in itertools.product(
+        cfg.readouts,
+        cfg.attentions,
+        cfg.smoothness,
+        cfg.heads,
+        cfg.consistency,
+        cfg.gene_scales,
+        cfg.distill_epochs,
     ):
         name = f"pixnet-{r}" + ("" if a == "preset" else f"-{a}")
         name += f"-sm{w:g}" if w else ""
@@ -446,7 +465,9 @@ def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
         name += f"-eq{c:g}" if c else ""
         name += "rows" if c and cfg.consistency_frames == "rows" else ""
         name += "-gs" if gs == "on" else ""
-        out.append(Variant(name, r, a, w, h, c, gs == "on"))
+        name += f"-dist{d}" if d else ""
+        name += f"w{cfg.distill_weight:g}" if d and cfg.distill_weight != 1 else ""
+        out.append(Variant(name, r, a, w, h, c, gs == "on", d))
     return out
 
 
@@ -609,7 +630,16 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     preds: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
-    for name, readout, attention, weight, head, consistency, gene_scales in pixnet_variants(cfg):
+    for (
+        name,
+        readout,
+        attention,
+        weight,
+        head,
+        consistency,
+        gene_scales,
+        distill,
+    ) in pixnet_variants(cfg):
         t0 = time.perf_counter()
         run = out / name
         model = run / "model.pt"
@@ -626,6 +656,9 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     consistency=consistency,
                     consistency_frames=cfg.consistency_frames,
                     gene_scales=gene_scales,
+                    distill_epochs=distill,
+                    distill_weight=cfg.distill_weight,
+                    distill_views=cfg.distill_views,
                     **head_options(head),
                     ema=cfg.ema,
                     lr_schedule=cfg.lr_schedule,
@@ -819,6 +852,9 @@ def label(method: str) -> str:
             return "--local-path"
         if p == "gs":
             return "--gene-scales"
+        if p.startswith("dist"):
+            n, _, w = p[4:].partition("w")
+            return f"--distill-epochs {n}" + (f" --distill-weight {w}" if w else "")
         return f"{p} attention"
 
     extra = [spell(p) for p in parts[2:]]

@@ -107,6 +107,15 @@ def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
     assert scales.label("pixnet-mean-eq0.1rows") == (
         "PixNet, mean, --consistency 0.1 --consistency-frames rows"
     )
+    dist = dataclasses.replace(cfg, smoothness=[0.0], consistency=[0.0], distill_epochs=[0, 3])
+    got = {v.name: v for v in scales.pixnet_variants(dist)}
+    assert list(got) == ["pixnet-mean", "pixnet-mean-dist3"]
+    assert got["pixnet-mean-dist3"].distill_epochs == 3 and got["pixnet-mean"].distill_epochs == 0
+    heavy = dataclasses.replace(dist, distill_weight=10.0)
+    assert [v.name for v in scales.pixnet_variants(heavy)][1] == "pixnet-mean-dist3w10"
+    assert scales.label("pixnet-mean-dist3w10") == (
+        "PixNet, mean, --distill-epochs 3 --distill-weight 10"
+    )
 
 
 REFS = ["truth-disk", "truth-cell"]  # the references every run adds
