@@ -395,3 +395,41 @@ def test_resume_repredicts_with_other_prediction_options(
     assert prediction_options_differ(
         {}, dataclasses.replace(cfg, tta=8), SPOTCROP_PREDICT_OPTIONS
     ) == ("--tta 1")
+
+
+def test_resume_with_distill_epochs_continues_pixnet_only(
+    cv: tuple[dict, Path], example: list[Sample], tmp_path: Path
+) -> None:
+    """--distill-epochs on --resume continue the finished PixNet fold into distillation (its
+    spot epoch kept) and reuse the spot-crop regressor, which does not distil; the
+    distillation's options are recorded only where they matter."""
+    import shutil
+
+    from pixnet.eval.crossval import training_options
+
+    _, src = cv
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    log_path = out / "patient-EX1" / "pixnet" / "run" / "log.jsonl"
+    epoch0 = log_path.read_text().splitlines()[0]
+    kw = dict(resume=True, overwrite=False, methods=["spotcrop", "pixnet"])
+    again = run_crossval(
+        _tiny(out, only_folds=["patient-EX1"], distill_epochs=1, **kw),  # type: ignore[arg-type]
+        example,
+    )
+    assert "patient-EX1/spotcrop" in again["reused"]
+    assert "patient-EX1/pixnet" not in again["reused"]
+    lines = [json.loads(x) for x in log_path.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1] and lines[1]["distilling"]
+    assert json.dumps(lines[0]) == json.dumps(json.loads(epoch0))
+    assert (out / "patient-EX1" / "pixnet" / "run" / "teacher.pt").is_file()
+    # the distilled fold is not given back for a run without distillation
+    with pytest.raises(PixNetInputError, match=r"--distill-epochs 1 \(this run: 0\)"):
+        run_crossval(_tiny(out, only_folds=["patient-EX1"], **kw), example)  # type: ignore[arg-type]
+    cfg = _tiny(out)
+    plain = training_options(cfg, "pixnet", 5)
+    assert plain["distill_epochs"] == 0 and "distill_weight" not in plain
+    heavy = dataclasses.replace(cfg, distill_epochs=3, distill_weight=2.0)
+    got = training_options(heavy, "pixnet", 5)
+    assert (got["distill_epochs"], got["distill_weight"], got["distill_views"]) == (3, 2.0, 2)
+    assert not any(k.startswith("distill") for k in training_options(heavy, "spotcrop", 5))

@@ -571,6 +571,8 @@ def training_options(cfg: CrossValConfig, method: str, seed: int) -> dict[str, A
     opts = {k: v for k, v in asdict(tcfg).items() if k not in UNRECORDED_TRAIN_FIELDS}
     if parse_method(method, cfg.readout)[0] != "pixnet":  # the baselines do not distil
         opts = {k: v for k, v in opts.items() if k not in DISTILL_FIELDS}
+    elif not tcfg.distill_epochs:  # its weight and views mean nothing without it
+        opts = {k: v for k, v in opts.items() if k not in DISTILL_FIELDS - {"distill_epochs"}}
     if method == SIMCLR_METHOD:  # the fold's own encoder, described by how it was made
         del opts["pretrained"]
         opts.update({k: v for k, v in asdict(cfg).items() if k.startswith("simclr_")})

@@ -22,7 +22,6 @@ epoch on, so a resumed run distils towards the same model.
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,6 @@ from pixnet.models.inference import as_input, inference_network
 from pixnet.models.pixnet import PixNet
 from pixnet.ops.dihedral import dihedral, dihedral_inverse
 from pixnet.ops.readout import get_readout
-
-log = logging.getLogger(__name__)
 
 TEACHER_FILE = "teacher.pt"
 
