@@ -1,6 +1,7 @@
 """torchrun with 2 CPU processes (gloo) trains the same parameters as one process with
 the same global batch split the same way (``--micro-batches 2``), with and without the
-dihedral consistency penalty (one network call per process and step)."""
+dihedral consistency penalty (one network call per process and step) and with a
+distillation epoch (each process its own teacher, the same frames)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,11 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("extra", [[], ["--consistency", "1"]], ids=["plain", "consistency"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--consistency", "1"], ["--distill-epochs", "1", "--distill-weight", "5"]],
+    ids=["plain", "consistency", "distill"],
+)
 def test_torchrun_two_processes_match_one_process(
     manifest: Path, tmp_path: Path, extra: list[str]
 ) -> None:
@@ -89,7 +94,8 @@ def test_torchrun_two_processes_match_one_process(
     assert worst < TOL, worst
     # rank 0 alone wrote the run: one log line per epoch, one config
     lines = (two / "log.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    epochs = 2 + (1 if "--distill-epochs" in extra else 0)
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(epochs))
     assert json.loads((two / "config.json").read_text())["epochs"] == 2
     assert (two / "model.pt").is_file()
 
