@@ -433,8 +433,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             k = ks[int(frames.integers(len(ks)))]  # every share of the step: the same frame
             teacher_maps: list[torch.Tensor] = []
             # --distill-weight 0: the same epochs without the teacher (a control)
-            use_teacher = teacher is not None and distilling and cfg.distill_weight > 0
-            seen = teacher.frames(views) if use_teacher else []
+            use_teacher = distilling and cfg.distill_weight > 0
+            seen = teacher.frames(views) if teacher is not None and use_teacher else []
             maps: list[torch.Tensor] | None = [] if cfg.smoothness > 0 or use_teacher else None
             for idx in mine:
                 batch = collate([items[i] for i in idx], sampler.slides[0].shape).to(device)
