@@ -15,7 +15,7 @@ same pixels after the transform).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -49,17 +49,22 @@ def dihedral_inverse(y: Tensor, k: int) -> Tensor:
     return x.rot90(-(k % 4), dims=(-2, -1)) if k % 4 else x
 
 
-def group_average(fn: Callable[[Tensor], Tensor], x: Tensor, n: int) -> Tensor:
-    """Mean over the transforms of ``--tta n`` of ``fn`` applied in each frame and mapped
-    back: ``mean_k T_k^-1 fn(T_k x)``, one transform at a time (memory of one call).
+def frames_average(fn: Callable[[Tensor], Tensor], x: Tensor, ks: Sequence[int]) -> Tensor:
+    """Mean over the transforms ``ks`` of ``fn`` applied in each frame and mapped back:
+    ``mean_k T_k^-1 fn(T_k x)``, one transform at a time (memory of one call).
 
-    ``fn`` maps ``(B, C, H, W)`` to ``(B, G, H / s, W / s)``. With ``n = 8`` the result is
-    equivariant: ``group_average(fn, T_j x) == T_j group_average(fn, x)``.
+    ``fn`` maps ``(B, C, H, W)`` to ``(B, G, H / s, W / s)``; the result is float32.
     """
-    ks = TTA_TRANSFORMS[n]
     acc = None
     for k in ks:
         y = dihedral_inverse(fn(dihedral(x, k)), k).float()
         acc = y if acc is None else acc.add_(y)
     assert acc is not None
     return acc.div_(len(ks))
+
+
+def group_average(fn: Callable[[Tensor], Tensor], x: Tensor, n: int) -> Tensor:
+    """:func:`frames_average` over the transforms of ``--tta n``. With ``n = 8`` the result
+    is equivariant: ``group_average(fn, T_j x) == T_j group_average(fn, x)``.
+    """
+    return frames_average(fn, x, TTA_TRANSFORMS[n])

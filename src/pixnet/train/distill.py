@@ -31,7 +31,7 @@ from torch import Tensor
 from pixnet.errors import PixNetInputError
 from pixnet.models.inference import as_input, inference_network
 from pixnet.models.pixnet import PixNet
-from pixnet.ops.dihedral import dihedral, dihedral_inverse
+from pixnet.ops.dihedral import frames_average
 from pixnet.ops.readout import get_readout
 
 TEACHER_FILE = "teacher.pt"
@@ -56,13 +56,12 @@ class Teacher:
     def target(self, images: Tensor, frames: list[int]) -> Tensor:
         """``(B, G, h, w)``: the teacher's maps of ``images`` on the targets' scale
         (``Readout.map_values``) in each of ``frames``, mapped back and averaged."""
-        acc = None
-        for k in frames:
-            head = self.net(as_input(dihedral(images, k), self.net))
-            y = dihedral_inverse(self.readout.map_values(head, self.cell_area_px), k).float()
-            acc = y if acc is None else acc.add_(y)
-        assert acc is not None
-        return acc.div_(len(frames))
+        cell_area_px = self.cell_area_px
+
+        def one_frame(x: Tensor) -> Tensor:
+            return self.readout.map_values(self.net(as_input(x, self.net)), cell_area_px)
+
+        return frames_average(one_frame, images, frames)
 
 
 def distill_penalty(maps: list[Tensor], targets: list[Tensor]) -> Tensor:
