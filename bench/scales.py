@@ -52,6 +52,7 @@ import json
 import logging
 import math
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -134,6 +135,9 @@ class ScalesConfig:
             "--distill-epochs; one model each; N > 0 adds -distN to the names)"
         ),
     )
+    distill_rounds: int = field(
+        default=1, metadata=_h("pixnet train --distill-rounds (not 1: -distNrR)")
+    )
     distill_weight: float = field(
         default=1.0, metadata=_h("pixnet train --distill-weight (not 1: -distNwW)")
     )
@@ -168,7 +172,11 @@ class ScalesConfig:
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     reuse: bool = field(
         default=False,
-        metadata=_h("reuse finished PixNet and spot-crop runs in --out instead of training"),
+        metadata=_h(
+            "reuse finished PixNet and spot-crop runs in --out instead of training; a PixNet "
+            "run with a checkpoint but fewer epochs than asked (e.g. more --distill-rounds) "
+            "is continued (train --resume)"
+        ),
     )
     tta: list[int] = field(
         default_factory=list,
@@ -466,6 +474,7 @@ def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
         name += "rows" if c and cfg.consistency_frames == "rows" else ""
         name += "-gs" if gs == "on" else ""
         name += f"-dist{d}" if d else ""
+        name += f"r{cfg.distill_rounds}" if d and cfg.distill_rounds != 1 else ""
         name += f"w{cfg.distill_weight:g}" if d and cfg.distill_weight != 1 else ""
         out.append(Variant(name, r, a, w, h, c, gs == "on", d))
     return out
@@ -641,15 +650,19 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         distill,
     ) in pixnet_variants(cfg):
         t0 = time.perf_counter()
+        rounds = cfg.distill_rounds
         run = out / name
         model = run / "model.pt"
         if cfg.members_from:
             model = ensemble_of_runs(cfg.members_from, name, model)
-        elif not (cfg.reuse and finished_member(model)):
+        elif not (cfg.reuse and finished_member(model, base.epochs + distill * rounds)):
+            resume = cfg.reuse and (run / "checkpoint.pt").is_file()
             model = train(
                 dataclasses.replace(
                     base,
                     out=str(run),
+                    resume=resume,
+                    overwrite=not resume,
                     readout=readout,
                     attention=attention,
                     smoothness=weight,
@@ -657,6 +670,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
                     consistency_frames=cfg.consistency_frames,
                     gene_scales=gene_scales,
                     distill_epochs=distill,
+                    distill_rounds=rounds,
                     distill_weight=cfg.distill_weight,
                     distill_views=cfg.distill_views,
                     **head_options(head),
@@ -853,8 +867,14 @@ def label(method: str) -> str:
         if p == "gs":
             return "--gene-scales"
         if p.startswith("dist"):
-            n, _, w = p[4:].partition("w")
-            return f"--distill-epochs {n}" + (f" --distill-weight {w}" if w else "")
+            m = re.fullmatch(r"dist(\d+)(?:r(\d+))?(?:w(.+))?", p)
+            assert m is not None, p
+            n, r, w = m.groups()
+            return (
+                f"--distill-epochs {n}"
+                + (f" --distill-rounds {r}" if r else "")
+                + (f" --distill-weight {w}" if w else "")
+            )
         return f"{p} attention"
 
     extra = [spell(p) for p in parts[2:]]

@@ -123,6 +123,63 @@ def test_distillation_follows_the_spot_epochs_and_resumes(manifest: Path, tmp_pa
         train(half, samples)
 
 
+def test_rounds_of_distillation_take_the_last_round_as_teacher(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--distill-rounds 2: the second round's teacher is the model the first round kept,
+    the schedule and the best epoch restart, and a one-round run continued on --resume
+    with a second round (or a run stopped inside the second round) ends with the same
+    weights as one run straight through."""
+    import pixnet.train.loop as loop
+
+    samples = load_manifest(manifest)
+    base = dict(
+        samples=str(manifest),
+        epochs=1,
+        distill_epochs=2,
+        distill_weight=5.0,
+        lr_schedule="cosine",
+        **TINY,
+    )
+    one = TrainConfig(out=str(tmp_path / "one"), **base)
+    train(one, samples)
+    two = TrainConfig(out=str(tmp_path / "two"), distill_rounds=2, **base)
+    train(two, samples)
+    log = _log(tmp_path / "two")
+    assert [r.get("distill_round") for r in log] == [None, 1, 1, 2, 2]
+    assert log[1]["best_epoch"] == 1 and log[3]["best_epoch"] == 3  # the best restarts
+    assert [r["lr"] for r in log[1:]] == pytest.approx([1e-3, 5e-4, 1e-3, 5e-4])
+    # round 2's teacher is the model round 1 kept, not the spot training's
+    teacher = torch.load(tmp_path / "two" / TEACHER_FILE, weights_only=True)
+    _same(teacher, _weights(tmp_path / "one" / "model.pt"))
+    assert load_model_file(tmp_path / "two" / "model.pt")["training"]["epochs_planned"] == 5
+    want = _weights(tmp_path / "two" / "model.pt")
+    assert not torch.equal(want["decoder.head.weight"], teacher["decoder.head.weight"])
+    # the finished one-round run given a second round on --resume
+    one.distill_rounds, one.resume = 2, True
+    train(one, samples)
+    _same(_weights(tmp_path / "one" / "model.pt"), want)
+    # stopped after the second round's first epoch, then resumed
+    calls = {"n": 0}
+    real = loop.lr_factor
+
+    def stop_at_epoch_4(*args: Any, **kwargs: Any) -> float:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    part = TrainConfig(out=str(tmp_path / "part"), distill_rounds=2, **base)
+    monkeypatch.setattr(loop, "lr_factor", stop_at_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(part, samples)
+    monkeypatch.undo()
+    assert [r["epoch"] for r in _log(tmp_path / "part")] == [0, 1, 2, 3]
+    part.resume = True
+    train(part, samples)
+    _same(_weights(tmp_path / "part" / "model.pt"), want)
+
+
 def test_distillation_makes_the_map_agree_across_frames(manifest: Path, tmp_path: Path) -> None:
     """The student's maps of the 8 frames of one input agree better than its teacher's:
     it learned their mean."""
@@ -168,6 +225,7 @@ def test_resume_options_of_distillation() -> None:
         "ensemble": 1,
         "seed": 5,
         "distill_epochs": 0,
+        "distill_rounds": 1,
         "distill_weight": 1.0,
         "distill_views": 2,
     }
@@ -185,6 +243,18 @@ def test_resume_options_of_distillation() -> None:
     assert not lengthened(done, {**done, "epochs": 3})  # the teacher would change
     assert not lengthened(rec, {**rec, "distill_epochs": 3, "epochs": 3})
     assert not lengthened(rec, {**rec, "distill_epochs": 3, "seed": 6})
+    # rounds: more of them continue a distilled run whatever the schedule
+    assert lengthened(done, {**done, "distill_rounds": 2})
+    assert lengthened(
+        {**done, "lr_schedule": "cosine"},
+        {**done, "lr_schedule": "cosine", "distill_rounds": 3},
+    )
+    assert not lengthened({**done, "distill_rounds": 2}, {**done, "distill_rounds": 1})
+    assert not lengthened(
+        {**done, "distill_rounds": 2}, {**done, "distill_rounds": 2, "distill_epochs": 3}
+    )  # a longer first round would change the second's teacher
+    assert not lengthened(done, {**done, "distill_rounds": 2, "distill_epochs": 3})
+    assert lengthened(rec, {**rec, "distill_epochs": 3, "distill_rounds": 2})
     # a cache written before --distill-epochs existed was trained without it
     old = {k: v for k, v in rec.items() if not k.startswith("distill")}
     current = {**rec, "distill_epochs": 3}

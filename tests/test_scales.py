@@ -116,6 +116,11 @@ def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
     assert scales.label("pixnet-mean-dist3w10") == (
         "PixNet, mean, --distill-epochs 3 --distill-weight 10"
     )
+    twice = dataclasses.replace(heavy, distill_rounds=2)
+    assert [v.name for v in scales.pixnet_variants(twice)][1] == "pixnet-mean-dist3r2w10"
+    assert scales.label("pixnet-mean-dist3r2w10") == (
+        "PixNet, mean, --distill-epochs 3 --distill-rounds 2 --distill-weight 10"
+    )
 
 
 REFS = ["truth-disk", "truth-cell"]  # the references every run adds

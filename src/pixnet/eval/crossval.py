@@ -561,7 +561,7 @@ UNRECORDED_TRAIN_FIELDS = frozenset(
 
 
 # options of --distill-epochs (what a finished run can add without retraining)
-DISTILL_FIELDS = frozenset({"distill_epochs", "distill_weight", "distill_views"})
+DISTILL_FIELDS = frozenset({"distill_epochs", "distill_rounds", "distill_weight", "distill_views"})
 
 
 def training_options(cfg: CrossValConfig, method: str, seed: int) -> dict[str, Any]:
@@ -603,18 +603,31 @@ def lengthened(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
       decaying one depends on the total);
     - ``--distill-epochs`` (and their options) added to a run without them: they start
       after the spot epochs, with a schedule of their own;
-    - more ``--distill-epochs`` of a distilled run, at a constant learning rate.
+    - more ``--distill-rounds`` of a distilled run: each round starts after the last one
+      ends, with a schedule of its own;
+    - more ``--distill-epochs`` of a run distilled in one round, at a constant learning
+      rate.
     """
     differ = set(differing_options(recorded, current))
     if not differ or int(current["ensemble"]) != 1:
         return False
     done = int(recorded.get("distill_epochs", 0))
+    rounds = int(recorded.get("distill_rounds", 1)), int(current.get("distill_rounds", 1))
     constant = current["lr_schedule"] == "constant"
     if differ == {"epochs"}:
         return constant and done == 0 and int(recorded["epochs"]) < int(current["epochs"])
-    if not differ <= DISTILL_FIELDS or int(current["distill_epochs"]) <= done:
+    if not differ <= DISTILL_FIELDS:
         return False
-    return done == 0 or (constant and differ == {"distill_epochs"})
+    if done == 0:
+        return int(current["distill_epochs"]) > 0
+    if differ == {"distill_rounds"}:
+        return rounds[1] > rounds[0]
+    return (
+        differ == {"distill_epochs"}
+        and constant
+        and rounds == (1, 1)
+        and int(current["distill_epochs"]) > done
+    )
 
 
 def recorded_with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:

@@ -123,6 +123,16 @@ class TrainConfig:
             ge=0,
         ),
     )
+    distill_rounds: int = field(
+        default=1,
+        metadata=_h(
+            "rounds of --distill-epochs each: every round freezes the model the previous "
+            "one kept as its teacher (the first: the spot training's) and restarts the "
+            "schedule, so a student of a student learns the frame average of a map that is "
+            "already closer to it. More rounds on --resume continue a finished run",
+            ge=1,
+        ),
+    )
     distill_weight: float = field(
         default=1.0,
         metadata=_h(

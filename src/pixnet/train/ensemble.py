@@ -78,14 +78,17 @@ def train_ensemble(cfg: TrainConfig, samples: list[Sample]) -> Path:
     return model_path
 
 
-def finished_member(path: Path) -> bool:
-    """Whether ``path`` is the model file of a training that ran to its end."""
+def finished_member(path: Path, epochs: int | None = None) -> bool:
+    """Whether ``path`` is the model file of a training that ran to its end (of ``epochs``
+    in all, when given)."""
     if not path.is_file():
         return False
     try:
-        return bool(load_model_file(path).get("training", {}).get("finished", False))
+        status = load_model_file(path).get("training", {})
     except PixNetInputError:
         return False
+    planned = epochs is None or status.get("epochs_planned") == epochs
+    return bool(status.get("finished", False)) and planned
 
 
 def combine_model_files(

@@ -394,17 +394,19 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         panel.n_genes,
         sampler.crops_per_epoch,
     )
-    total = cfg.epochs + cfg.distill_epochs
+    total = cfg.epochs + cfg.distill_rounds * cfg.distill_epochs
     teacher: Teacher | None = None
     for epoch in range(start, total):
         t0 = time.perf_counter()
         distilling = epoch >= cfg.epochs
-        if distilling and teacher is None:
+        # epoch within its distillation round, and the round (0-based)
+        d_round, d_epoch = divmod(epoch - cfg.epochs, cfg.distill_epochs or 1)
+        if distilling and (teacher is None or d_epoch == 0):
             teacher, best = _start_distillation(
                 cfg, epoch, out, model_path, model, ema, best, info.is_main
             )
-        if distilling:  # the schedule restarts for the distillation epochs
-            lr = cfg.lr * lr_factor(epoch - cfg.epochs, cfg.distill_epochs, cfg.lr_schedule)
+        if distilling:  # the schedule restarts for each round of distillation
+            lr = cfg.lr * lr_factor(d_epoch, cfg.distill_epochs, cfg.lr_schedule)
         else:
             lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
         for group in opt.param_groups:
@@ -478,6 +480,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         }
         if distilling:
             record["distilling"] = True
+            if cfg.distill_rounds > 1:
+                record["distill_round"] = d_round + 1
         if bn_sampler is not None:
             record["precise_bn_passes"] = recalibrate_on_crops(
                 kept, bn_sampler, epoch, cfg.batch_size, parts, device
@@ -538,14 +542,15 @@ def _start_distillation(
     best: dict[str, Any],
     is_main: bool,
 ) -> tuple[Teacher, dict[str, Any]]:
-    """The teacher of ``--distill-epochs`` and the best epoch so far.
+    """The teacher of a round of ``--distill-epochs`` and the best epoch so far.
 
-    At the first distillation epoch the teacher is the model the spot training kept
-    (``model.pt``): it is written to ``teacher.pt``, the student starts from its weights,
-    and the validation band picks among the distillation epochs only. A run resumed later
-    in the distillation reads ``teacher.pt`` and keeps its checkpoint's best epoch.
+    At the first epoch of a round the teacher is the model kept so far (``model.pt``: the
+    spot training's in the first round, the previous round's after): it is written to
+    ``teacher.pt``, the student starts from its weights, and the validation band picks
+    among the round's epochs only. A run resumed later in a round reads ``teacher.pt`` and
+    keeps its checkpoint's best epoch.
     """
-    fresh = epoch == cfg.epochs  # else a run resumed during its distillation
+    fresh = (epoch - cfg.epochs) % cfg.distill_epochs == 0  # else resumed within a round
     state = teacher_weights(out, model_path, fresh)
     teacher = build_teacher(model, state, cfg.readout, cfg.distill_views)
     if not fresh:
@@ -557,8 +562,11 @@ def _start_distillation(
     if is_main:
         commit_files([(out / TEACHER_FILE, partial(save_torch, state))])
     log.info(
-        "distilling for %d epochs from epoch %d's model (%d random frames per step)",
+        "distilling for %d epochs (round %d of %d) from epoch %d's model "
+        "(%d random frames per step)",
         cfg.distill_epochs,
+        (epoch - cfg.epochs) // cfg.distill_epochs + 1,
+        cfg.distill_rounds,
         int(best["epoch"]),
         cfg.distill_views,
     )
