@@ -197,6 +197,13 @@ def add_model_flags(ap: argparse.ArgumentParser) -> None:
         "--distill-epochs); with --resume, finished runs continue into them",
     )
     ap.add_argument(
+        "--distill-rounds",
+        type=int,
+        default=default.distill_rounds,
+        help="rounds of --distill-epochs, each taught by the model the last one kept (train "
+        "--distill-rounds); with --resume, finished runs continue into more",
+    )
+    ap.add_argument(
         "--distill-weight",
         type=float,
         default=default.distill_weight,
@@ -220,6 +227,7 @@ def model_flags(args: argparse.Namespace) -> dict[str, Any]:
         "local_path": args.local_path,
         "gene_scales": args.gene_scales,
         "distill_epochs": args.distill_epochs,
+        "distill_rounds": args.distill_rounds,
         "distill_weight": args.distill_weight,
         "distill_views": args.distill_views,
     }

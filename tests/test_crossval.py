@@ -429,7 +429,9 @@ def test_resume_with_distill_epochs_continues_pixnet_only(
     cfg = _tiny(out)
     plain = training_options(cfg, "pixnet", 5)
     assert plain["distill_epochs"] == 0 and "distill_weight" not in plain
+    assert "distill_rounds" not in plain
     heavy = dataclasses.replace(cfg, distill_epochs=3, distill_weight=2.0)
     got = training_options(heavy, "pixnet", 5)
     assert (got["distill_epochs"], got["distill_weight"], got["distill_views"]) == (3, 2.0, 2)
+    assert got["distill_rounds"] == 1
     assert not any(k.startswith("distill") for k in training_options(heavy, "spotcrop", 5))
