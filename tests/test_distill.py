@@ -264,9 +264,15 @@ def test_resume_options_of_distillation() -> None:
     assert lengthened(full, current)
 
 
-def test_distill_options_are_checked() -> None:
+def test_distill_options_are_checked(manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(PixNetInputError, match="--distill-views"):
         check_fields(TrainConfig(distill_views=9))
+    with pytest.raises(PixNetInputError, match="--distill-rounds"):
+        check_fields(TrainConfig(distill_rounds=0))
+    rounds_only = TrainConfig(samples=str(manifest), out=str(tmp_path / "r"), distill_rounds=2)
+    with pytest.raises(PixNetInputError, match="--distill-epochs N"):
+        train(rounds_only, load_manifest(manifest))
+    assert not (tmp_path / "r").exists()
     with pytest.raises(PixNetInputError, match="--distill-epochs"):
         check_fields(TrainConfig(distill_epochs=-1))
 

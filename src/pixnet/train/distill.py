@@ -15,7 +15,11 @@ Unlike ``--consistency`` (both maps trained, from the first step) the teacher is
 and already trained: the student is asked for a known, averaged map, not for invariance
 in itself.
 
-Run folder: ``teacher.pt`` holds the teacher's weights from the first distillation
+``--distill-rounds R`` repeats this R times: each round's teacher is the model the
+previous round kept, whose own frames already agree better than its teacher's, so each
+round's target is the frame average of a better map.
+
+Run folder: ``teacher.pt`` holds the current round's teacher from the round's first
 epoch on, so a resumed run distils towards the same model.
 """
 
@@ -71,9 +75,9 @@ def distill_penalty(maps: list[Tensor], targets: list[Tensor]) -> Tensor:
 
 
 def teacher_weights(out: Path, model_path: Path, fresh: bool) -> dict[str, Tensor]:
-    """The teacher's state dict: with ``fresh`` (the first distillation epoch) the weights
-    ``model.pt`` holds (the epoch the spot training kept), else those of a resumed run's
-    ``out/teacher.pt``.
+    """The teacher's state dict: with ``fresh`` (the first epoch of a distillation round)
+    the weights ``model.pt`` holds (the epoch the spot training or the previous round
+    kept), else those of a resumed run's ``out/teacher.pt``.
 
     Raises:
         PixNetInputError: the file to read is missing (no spot epoch was kept, or a run

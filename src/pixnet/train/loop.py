@@ -254,6 +254,12 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         raise PixNetInputError(
             "--micro-batches", f"{cfg.micro_batches} must be between 1 and --batch-size"
         )
+    if cfg.distill_rounds > 1 and not cfg.distill_epochs:
+        raise PixNetInputError(
+            "--distill-rounds",
+            f"{cfg.distill_rounds} rounds of --distill-epochs 0 distil nothing",
+            "give --distill-epochs N (epochs per round), or drop --distill-rounds",
+        )
     if cfg.ensemble > 1:
         from pixnet.train.ensemble import train_ensemble
 
@@ -562,13 +568,14 @@ def _start_distillation(
     if is_main:
         commit_files([(out / TEACHER_FILE, partial(save_torch, state))])
     log.info(
-        "distilling for %d epochs (round %d of %d) from epoch %d's model "
-        "(%d random frames per step)",
+        "distilling for %d epochs (round %d of %d) from epoch %d's model (%s)",
         cfg.distill_epochs,
         (epoch - cfg.epochs) // cfg.distill_epochs + 1,
         cfg.distill_rounds,
         int(best["epoch"]),
-        cfg.distill_views,
+        f"{cfg.distill_views} random frames per step"
+        if cfg.distill_weight > 0
+        else "without the teacher: --distill-weight 0",
     )
     return teacher, {"val_loss": float("inf"), "epoch": -1}
 
