@@ -159,6 +159,12 @@ def test_rounds_of_distillation_take_the_last_round_as_teacher(
     one.distill_rounds, one.resume = 2, True
     train(one, samples)
     _same(_weights(tmp_path / "one" / "model.pt"), want)
+    # asking a 5-epoch run for fewer epochs in all is refused, the folder untouched
+    before = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    one.distill_rounds = 1
+    with pytest.raises(PixNetInputError, match="trained 5 epochs, more than the 3 asked"):
+        train(one, samples)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()} == before
     # stopped after the second round's first epoch, then resumed
     calls = {"n": 0}
     real = loop.lr_factor

@@ -365,6 +365,14 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
                 ema.update_parameters(model)
         start = int(resumed["epoch"]) + 1
         best = dict(resumed.get("best") or best)
+    total = cfg.epochs + cfg.distill_rounds * cfg.distill_epochs
+    if start > total:  # nothing to continue: the run is already longer than asked
+        raise PixNetInputError(
+            ckpt_path,
+            f"--resume: the run has trained {start} epochs, more than the {total} asked "
+            "(--epochs + --distill-rounds x --distill-epochs)",
+            f"ask for {start} epochs or more in all, or train afresh with --overwrite",
+        )
     if info.is_main:
         run.prepare(start)
     barrier(info)
@@ -400,7 +408,6 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         panel.n_genes,
         sampler.crops_per_epoch,
     )
-    total = cfg.epochs + cfg.distill_rounds * cfg.distill_epochs
     teacher: Teacher | None = None
     for epoch in range(start, total):
         t0 = time.perf_counter()
