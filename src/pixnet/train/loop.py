@@ -312,6 +312,15 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     out, ckpt_path, model_path = run.out, run.checkpoint, run.file("model.pt")
     # a refused --resume leaves the folder untouched: read and check everything first
     resumed = run.open()
+    total = cfg.epochs + cfg.distill_rounds * cfg.distill_epochs
+    done = 0 if resumed is None else int(resumed["epoch"]) + 1
+    if done > total:  # nothing to continue: the run is already longer than asked
+        raise PixNetInputError(
+            ckpt_path,
+            f"--resume: the run has trained {done} epochs, more than the {total} asked "
+            "(--epochs + --distill-rounds x --distill-epochs)",
+            f"ask for {done} epochs or more in all, or train afresh with --overwrite",
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -363,16 +372,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
             else:
                 log.warning("%s holds no weight average; --ema starts from its weights", ckpt_path)
                 ema.update_parameters(model)
-        start = int(resumed["epoch"]) + 1
+        start = done
         best = dict(resumed.get("best") or best)
-    total = cfg.epochs + cfg.distill_rounds * cfg.distill_epochs
-    if start > total:  # nothing to continue: the run is already longer than asked
-        raise PixNetInputError(
-            ckpt_path,
-            f"--resume: the run has trained {start} epochs, more than the {total} asked "
-            "(--epochs + --distill-rounds x --distill-epochs)",
-            f"ask for {start} epochs or more in all, or train afresh with --overwrite",
-        )
     if info.is_main:
         run.prepare(start)
     barrier(info)
