@@ -298,7 +298,7 @@ def test_the_student_starts_from_the_teacher(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=3, distill_epochs=2)
     best = {"val_loss": 0.1, "epoch": 1}
     model_path = tmp_path / "model.pt"
-    teacher, got = _start_distillation(cfg, 3, tmp_path, model_path, last, ema, best, True)
+    teacher, got = _start_distillation(cfg, 0, True, tmp_path, model_path, last, ema, best, True)
     assert got == {"val_loss": float("inf"), "epoch": -1}
     _same(last.state_dict(), kept.state_dict())
     _same(ema.module.state_dict(), kept.state_dict())
@@ -308,11 +308,11 @@ def test_the_student_starts_from_the_teacher(tmp_path: Path) -> None:
     with torch.no_grad():
         want = get_readout("mean").map_values(kept.eval()(x), 4.0)
     torch.testing.assert_close(teacher.target(x, [0]), want, rtol=1e-4, atol=1e-4)
-    # resumed in the distillation: the teacher from teacher.pt, the best epoch kept
+    # resumed in the distillation (its second epoch): the teacher from teacher.pt, the best kept
     model_path.unlink()
     other = build_pixnet(from_preset("cpu", n_genes=3))
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    teacher, got = _start_distillation(cfg, 4, tmp_path, model_path, other, None, best, True)
+    teacher, got = _start_distillation(cfg, 0, False, tmp_path, model_path, other, None, best, True)
     assert got == best
     _same(other.state_dict(), before)
     torch.testing.assert_close(teacher.target(x, [0]), want, rtol=1e-4, atol=1e-4)

@@ -417,7 +417,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         d_round, d_epoch = divmod(epoch - cfg.epochs, cfg.distill_epochs or 1)
         if distilling and (teacher is None or d_epoch == 0):
             teacher, best = _start_distillation(
-                cfg, epoch, out, model_path, model, ema, best, info.is_main
+                cfg, d_round, d_epoch == 0, out, model_path, model, ema, best, info.is_main
             )
         if distilling:  # the schedule restarts for each round of distillation
             lr = cfg.lr * lr_factor(d_epoch, cfg.distill_epochs, cfg.lr_schedule)
@@ -548,7 +548,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
 
 def _start_distillation(
     cfg: TrainConfig,
-    epoch: int,
+    d_round: int,
+    fresh: bool,
     out: Path,
     model_path: Path,
     model: PixNet,
@@ -562,9 +563,9 @@ def _start_distillation(
     spot training's in the first round, the previous round's after): it is written to
     ``teacher.pt``, the student starts from its weights, and the validation band picks
     among the round's epochs only. A run resumed later in a round reads ``teacher.pt`` and
-    keeps its checkpoint's best epoch.
+    keeps its checkpoint's best epoch (``fresh`` False: resumed within round ``d_round``,
+    0-based).
     """
-    fresh = (epoch - cfg.epochs) % cfg.distill_epochs == 0  # else resumed within a round
     state = teacher_weights(out, model_path, fresh)
     teacher = build_teacher(model, state, cfg.readout, cfg.distill_views)
     if not fresh:
@@ -578,7 +579,7 @@ def _start_distillation(
     log.info(
         "distilling for %d epochs (round %d of %d) from epoch %d's model (%s)",
         cfg.distill_epochs,
-        (epoch - cfg.epochs) // cfg.distill_epochs + 1,
+        d_round + 1,
         cfg.distill_rounds,
         int(best["epoch"]),
         f"{cfg.distill_views} random frames per step"
