@@ -451,6 +451,7 @@ class Variant(NamedTuple):
     consistency: float
     gene_scales: bool
     distill_epochs: int = 0
+    distill_rounds: int = 1  # 1 where distill_epochs is 0
 
 
 def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
@@ -476,7 +477,8 @@ def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
         name += f"-dist{d}" if d else ""
         name += f"r{cfg.distill_rounds}" if d and cfg.distill_rounds != 1 else ""
         name += f"w{cfg.distill_weight:g}" if d and cfg.distill_weight != 1 else ""
-        out.append(Variant(name, r, a, w, h, c, gs == "on", d))
+        rounds = cfg.distill_rounds if d else 1
+        out.append(Variant(name, r, a, w, h, c, gs == "on", d, rounds))
     return out
 
 
@@ -648,9 +650,9 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         consistency,
         gene_scales,
         distill,
+        rounds,
     ) in pixnet_variants(cfg):
         t0 = time.perf_counter()
-        rounds = cfg.distill_rounds
         run = out / name
         model = run / "model.pt"
         if cfg.members_from:

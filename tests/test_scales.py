@@ -117,7 +117,10 @@ def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
         "PixNet, mean, --distill-epochs 3 --distill-weight 10"
     )
     twice = dataclasses.replace(heavy, distill_rounds=2)
-    assert [v.name for v in scales.pixnet_variants(twice)][1] == "pixnet-mean-dist3r2w10"
+    got = {v.name: v for v in scales.pixnet_variants(twice)}
+    assert list(got) == ["pixnet-mean", "pixnet-mean-dist3r2w10"]
+    # the undistilled member trains one "round" (train refuses rounds without epochs)
+    assert [v.distill_rounds for v in got.values()] == [1, 2]
     assert scales.label("pixnet-mean-dist3r2w10") == (
         "PixNet, mean, --distill-epochs 3 --distill-rounds 2 --distill-weight 10"
     )

@@ -577,8 +577,9 @@ def _start_distillation(
     if is_main:
         commit_files([(out / TEACHER_FILE, partial(save_torch, state))])
     log.info(
-        "distilling for %d epochs (round %d of %d) from epoch %d's model (%s)",
+        "distilling for %d epoch%s (round %d of %d) from epoch %d's model (%s)",
         cfg.distill_epochs,
+        "" if cfg.distill_epochs == 1 else "s",
         d_round + 1,
         cfg.distill_rounds,
         int(best["epoch"]),
