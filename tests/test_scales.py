@@ -293,7 +293,7 @@ def test_seeds_are_combined_and_paired_against_the_spot_crop_run(
     spec.loader.exec_module(seeds_mod)
 
     def run(seed: int, pix: tuple[float, float], crop: tuple[float, float]) -> dict:
-        m = {"2 um square": {}, "100 um disk": {}}
+        m: dict[str, dict[str, float]] = {"2 um square": {}, "100 um disk": {}}
         metrics = {
             "pixnet-mean-sm3": {k: {"MSE": pix[0], "PCC@M": pix[1]} for k in m},
             "spotcrop": {k: {"MSE": crop[0], "PCC@M": crop[1]} for k in m},
