@@ -58,13 +58,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("second", help="OUT:METHOD")
     ap.add_argument("--dataset", default="mob")
     ap.add_argument("--coarsen", type=int, default=2)
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="only these base seeds (a folder copied from another run set also holds "
+        "that set's other seeds, untouched)",
+    )
     args = ap.parse_args(argv)
     sides = []
     for spec in (args.first, args.second):
         folder, sep, method = spec.rpartition(":")
         if not sep or not folder or not method:
             ap.error(f"{spec!r}: give OUT:METHOD, e.g. runs/c2f-mob:pixnet-mean")
-        sides.append((spec, run_values(Path(folder), args.dataset, args.coarsen, method)))
+        values = run_values(Path(folder), args.dataset, args.coarsen, method)
+        if args.seeds:
+            keep = {f"seed{s}" for s in args.seeds}
+            values = {k: v for k, v in values.items() if k.rpartition("/")[2] in keep}
+        sides.append((spec, values))
     res = compare(sides[0][1], sides[1][1])
     print(f"{sides[0][0]} minus {sides[1][0]} ({args.dataset}, K = {args.coarsen}), ", end="")
     print(f"{len(res['runs'])} runs matched by fold and seed\n")

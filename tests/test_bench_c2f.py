@@ -277,6 +277,9 @@ def test_compare_pairs_run_folders_by_fold_and_seed(
     assert "3 runs matched by fold and seed" in text
     assert f"| PCC@M | 2 | +0.000 ± {np.std([0.1, -0.1], ddof=1):.3f} | 1 of 2 |" in text
     assert "| skill | 3 | +0.033 ± 0.153 | 1 of 3 |" in text
+    assert cmp.main([f"{tmp_path / 'a'}:m", f"{tmp_path / 'b'}:m", "--seeds", "100"]) == 0
+    text = capsys.readouterr().out
+    assert "1 runs matched by fold and seed" in text and "| PCC@M | 1 | -0.100 ±" in text
     with pytest.raises(SystemExit):
         cmp.main([str(tmp_path / "a"), f"{tmp_path / 'b'}:m"])
     with pytest.raises(SystemExit, match="no finished run of method 'x'"):
