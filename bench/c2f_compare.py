@@ -26,13 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coarse_to_fine import PAIRED_KEYS, difference_summary  # noqa: E402
 
 
-def run_values(out: Path, dataset: str, coarsen: int, method: str) -> dict[str, dict[str, Any]]:
-    """``{"<fold>/seed<S>": fold metrics}`` of ``method`` in every seed folder of ``out``."""
+def run_values(
+    out: Path, dataset: str, coarsen: int, method: str, seeds: list[int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{"<fold>/seed<S>": fold metrics}`` of ``method`` in every seed folder of ``out``
+    (only those of ``seeds`` when given)."""
     root = out / dataset / f"k{coarsen}"
     if not root.is_dir():
         raise SystemExit(f"{root}: no such folder (the --out of bench/coarse_to_fine.py?)")
     values: dict[str, dict[str, Any]] = {}
     for path in sorted(root.glob("seed*/results.json")):
+        if seeds and path.parent.name not in {f"seed{s}" for s in seeds}:
+            continue
         res = json.loads(path.read_text())
         for f in res["folds"]:
             if method in f["methods"]:
@@ -71,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         folder, sep, method = spec.rpartition(":")
         if not sep or not folder or not method:
             ap.error(f"{spec!r}: give OUT:METHOD, e.g. runs/c2f-mob:pixnet-mean")
-        values = run_values(Path(folder), args.dataset, args.coarsen, method)
-        if args.seeds:
-            keep = {f"seed{s}" for s in args.seeds}
-            values = {k: v for k, v in values.items() if k.rpartition("/")[2] in keep}
+        values = run_values(Path(folder), args.dataset, args.coarsen, method, args.seeds)
         sides.append((spec, values))
     res = compare(sides[0][1], sides[1][1])
     print(f"{sides[0][0]} minus {sides[1][0]} ({args.dataset}, K = {args.coarsen}), ", end="")

@@ -474,10 +474,10 @@ def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
         name += f"-eq{c:g}" if c else ""
         name += "rows" if c and cfg.consistency_frames == "rows" else ""
         name += "-gs" if gs == "on" else ""
-        name += f"-dist{d}" if d else ""
-        name += f"r{cfg.distill_rounds}" if d and cfg.distill_rounds != 1 else ""
-        name += f"w{cfg.distill_weight:g}" if d and cfg.distill_weight != 1 else ""
         rounds = cfg.distill_rounds if d else 1
+        name += f"-dist{d}" if d else ""
+        name += f"r{rounds}" if rounds != 1 else ""
+        name += f"w{cfg.distill_weight:g}" if d and cfg.distill_weight != 1 else ""
         out.append(Variant(name, r, a, w, h, c, gs == "on", d, rounds))
     return out
 
