@@ -129,14 +129,15 @@ class ScalesConfig:
         ),
     )
     distill_epochs: list[int] = field(
-        default_factory=lambda: [0],
+        default_factory=lambda: [TrainConfig().distill_epochs],
         metadata=_h(
             "distillation epochs of each PixNet after --epochs (pixnet train "
             "--distill-epochs; one model each; N > 0 adds -distN to the names)"
         ),
     )
     distill_rounds: int = field(
-        default=1, metadata=_h("pixnet train --distill-rounds (not 1: -distNrR)")
+        default=TrainConfig().distill_rounds,
+        metadata=_h("pixnet train --distill-rounds (not 1: -distNrR)"),
     )
     distill_weight: float = field(
         default=1.0, metadata=_h("pixnet train --distill-weight (not 1: -distNwW)")

@@ -121,6 +121,7 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     methods = ["mean", "upsampled", "pixnet-mean", "spotcrop-spot"]
     argv = ["--quick", "--datasets", "example", "--threads", "1", "--coarsen", "2"]
     argv += ["--seeds", "0", "1", "--methods", *methods, "--multi-seed-methods", "pixnet-mean"]
+    argv += ["--distill-rounds", "1"]  # distilled as by default, in one round (time)
     assert c2f.main([*argv, "--out", str(tmp_path / "run"), "--results", str(results)]) == 0
     report = json.loads(results.read_text())
     tab = report["tables"]["example/k2"]

@@ -116,6 +116,7 @@ def _tiny(out: Path, **kw: object) -> CrossValConfig:
         crop_px=64,
         batch_size=4,
         epochs=1,
+        distill_epochs=0,  # spot training alone, unless a test asks for rounds
         crops_per_epoch=2,
         threads=1,
         tile_px=256,
@@ -414,7 +415,7 @@ def test_resume_with_distill_epochs_continues_pixnet_only(
     epoch0 = log_path.read_text().splitlines()[0]
     kw = dict(resume=True, overwrite=False, methods=["spotcrop", "pixnet"])
     again = run_crossval(
-        _tiny(out, only_folds=["patient-EX1"], distill_epochs=1, **kw),  # type: ignore[arg-type]
+        _tiny(out, only_folds=["patient-EX1"], distill_epochs=1, distill_rounds=1, **kw),  # type: ignore[arg-type]
         example,
     )
     assert "patient-EX1/spotcrop" in again["reused"]
@@ -433,5 +434,5 @@ def test_resume_with_distill_epochs_continues_pixnet_only(
     heavy = dataclasses.replace(cfg, distill_epochs=3, distill_weight=2.0)
     got = training_options(heavy, "pixnet", 5)
     assert (got["distill_epochs"], got["distill_weight"], got["distill_views"]) == (3, 2.0, 2)
-    assert got["distill_rounds"] == 1
+    assert got["distill_rounds"] == 8  # the default
     assert not any(k.startswith("distill") for k in training_options(heavy, "spotcrop", 5))

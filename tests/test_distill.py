@@ -83,10 +83,16 @@ def test_distillation_follows_the_spot_epochs_and_resumes(manifest: Path, tmp_pa
     weights as one run straight through."""
     samples = load_manifest(manifest)
     base = dict(samples=str(manifest), epochs=2, **TINY)
-    plain = TrainConfig(out=str(tmp_path / "plain"), **base)
+    plain = TrainConfig(out=str(tmp_path / "plain"), distill_epochs=0, **base)
+    assert plain.distill_rounds == 8  # the default rounds, off with --distill-epochs 0
     train(plain, samples)
+    assert [r["epoch"] for r in _log(tmp_path / "plain")] == [0, 1]
     straight = TrainConfig(
-        out=str(tmp_path / "straight"), distill_epochs=2, distill_weight=5.0, **base
+        out=str(tmp_path / "straight"),
+        distill_epochs=2,
+        distill_rounds=1,
+        distill_weight=5.0,
+        **base,
     )
     train(straight, samples)
     log = _log(tmp_path / "straight")
@@ -106,11 +112,14 @@ def test_distillation_follows_the_spot_epochs_and_resumes(manifest: Path, tmp_pa
     )
 
     # the finished plain run, distilled on --resume
-    plain.distill_epochs, plain.distill_weight, plain.resume = 2, 5.0, True
+    plain.distill_epochs, plain.distill_rounds, plain.distill_weight = 2, 1, 5.0
+    plain.resume = True
     train(plain, samples)
     _same(_weights(tmp_path / "plain" / "model.pt"), payload["state_dict"])
     # stopped after one distillation epoch, then continued
-    half = TrainConfig(out=str(tmp_path / "half"), distill_epochs=1, distill_weight=5.0, **base)
+    half = TrainConfig(
+        out=str(tmp_path / "half"), distill_epochs=1, distill_rounds=1, distill_weight=5.0, **base
+    )
     train(half, samples)
     half.distill_epochs, half.resume = 2, True
     train(half, samples)
@@ -141,7 +150,7 @@ def test_rounds_of_distillation_take_the_last_round_as_teacher(
         lr_schedule="cosine",
         **TINY,
     )
-    one = TrainConfig(out=str(tmp_path / "one"), **base)
+    one = TrainConfig(out=str(tmp_path / "one"), distill_rounds=1, **base)
     train(one, samples)
     two = TrainConfig(out=str(tmp_path / "two"), distill_rounds=2, **base)
     train(two, samples)
@@ -196,6 +205,7 @@ def test_distillation_makes_the_map_agree_across_frames(manifest: Path, tmp_path
         out=str(tmp_path / "r"),
         epochs=2,
         distill_epochs=4,
+        distill_rounds=1,
         distill_weight=300.0,
         distill_views=4,
         select="last",
@@ -275,10 +285,6 @@ def test_distill_options_are_checked(manifest: Path, tmp_path: Path) -> None:
         check_fields(TrainConfig(distill_views=9))
     with pytest.raises(PixNetInputError, match="--distill-rounds"):
         check_fields(TrainConfig(distill_rounds=0))
-    rounds_only = TrainConfig(samples=str(manifest), out=str(tmp_path / "r"), distill_rounds=2)
-    with pytest.raises(PixNetInputError, match="--distill-epochs N"):
-        train(rounds_only, load_manifest(manifest))
-    assert not (tmp_path / "r").exists()
     with pytest.raises(PixNetInputError, match="--distill-epochs"):
         check_fields(TrainConfig(distill_epochs=-1))
 

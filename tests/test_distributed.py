@@ -71,7 +71,11 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--consistency", "1"], ["--distill-epochs", "1", "--distill-weight", "5"]],
+    [
+        ["--distill-epochs", "0"],
+        ["--consistency", "1", "--distill-epochs", "0"],
+        ["--distill-epochs", "1", "--distill-rounds", "2", "--distill-weight", "5"],
+    ],
     ids=["plain", "consistency", "distill"],
 )
 def test_torchrun_two_processes_match_one_process(
@@ -94,7 +98,7 @@ def test_torchrun_two_processes_match_one_process(
     assert worst < TOL, worst
     # rank 0 alone wrote the run: one log line per epoch, one config
     lines = (two / "log.jsonl").read_text().splitlines()
-    epochs = 2 + (1 if "--distill-epochs" in extra else 0)
+    epochs = 2 + (2 if "--distill-rounds" in extra else 0)
     assert [json.loads(x)["epoch"] for x in lines] == list(range(epochs))
     assert json.loads((two / "config.json").read_text())["epochs"] == 2
     assert (two / "model.pt").is_file()

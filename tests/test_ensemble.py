@@ -27,7 +27,14 @@ from pixnet.train.ensemble import MEMBER_SEED_STEP, member_dir
 from pixnet.train.loop import train
 
 TINY = dict(
-    n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=4, lr=1e-3, epochs=1
+    n_genes=6,
+    working_mpp=8.0,
+    crop_px=64,
+    batch_size=2,
+    crops_per_epoch=4,
+    lr=1e-3,
+    epochs=1,
+    distill_epochs=0,
 )
 
 

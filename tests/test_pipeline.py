@@ -33,6 +33,7 @@ def trained(example: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
         holdout=["EX2"],
         out=str(out),
         epochs=12,
+        distill_epochs=0,  # spot training and its best epoch (rounds: tests/test_distill.py)
         n_genes=8,
         working_mpp=4.0,
         crop_px=128,

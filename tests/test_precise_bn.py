@@ -25,7 +25,15 @@ from pixnet.train.precise_bn import (
     training_batchnorms,
 )
 
-TINY = dict(n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=4, lr=1e-3)
+TINY = dict(
+    n_genes=6,
+    working_mpp=8.0,
+    crop_px=64,
+    batch_size=2,
+    crops_per_epoch=4,
+    lr=1e-3,
+    distill_epochs=0,
+)
 
 
 def _net() -> nn.Module:

@@ -37,6 +37,7 @@ def coarse_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
         lr=1e-3,
         seed=0,
         coarsen=2,
+        distill_rounds=1,  # distilled as by default, in one round (time)
     )
     samples = load_manifest(manifest, ["EX1"])
     handler = logging.FileHandler(root / "train-log.txt")

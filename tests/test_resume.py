@@ -20,7 +20,15 @@ from pixnet.io.modelfile import load_model_file
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import train
 
-TINY = dict(n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=6, lr=1e-3)
+TINY = dict(
+    n_genes=6,
+    working_mpp=8.0,
+    crop_px=64,
+    batch_size=2,
+    crops_per_epoch=6,
+    lr=1e-3,
+    distill_epochs=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +98,8 @@ def test_sigkill_mid_epoch_then_resume(manifest: Path, tmp_path: Path) -> None:
         "16",
         "--threads",
         "1",
+        "--distill-epochs",
+        "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "ref"

@@ -23,7 +23,7 @@ from pixnet.io.modelfile import load_model_file
 
 TINY = [
     "--n-genes", "6", "--working-mpp", "8", "--crop-px", "64", "--batch-size", "2",
-    "--crops-per-epoch", "4", "--threads", "1", "--device", "cpu",
+    "--crops-per-epoch", "4", "--threads", "1", "--device", "cpu", "--distill-epochs", "0",
 ]  # fmt: skip
 PRETRAIN_TINY = [
     "--working-mpp", "8", "--tile-px", "32", "--batch-size", "2", "--tiles-per-epoch", "4",

@@ -90,7 +90,12 @@ def test_head_names_give_the_training_fields(scales: ModuleType) -> None:
 
 def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
     cfg = scales.ScalesConfig(
-        readouts=["mean"], smoothness=[0.0, 3.0], heads=["stride2"], consistency=[0.0, 1.0]
+        readouts=["mean"],
+        smoothness=[0.0, 3.0],
+        heads=["stride2"],
+        consistency=[0.0, 1.0],
+        distill_epochs=[0],
+        distill_rounds=1,
     )
     got = {v.name: v for v in scales.pixnet_variants(cfg)}
     assert list(got) == [
@@ -119,8 +124,13 @@ def test_variant_names_spell_each_training_option(scales: ModuleType) -> None:
     twice = dataclasses.replace(heavy, distill_rounds=2)
     got = {v.name: v for v in scales.pixnet_variants(twice)}
     assert list(got) == ["pixnet-mean", "pixnet-mean-dist3r2w10"]
-    # the undistilled member trains one "round" (train refuses rounds without epochs)
+    # the undistilled member trains one "round" (its name and epochs count no rounds)
     assert [v.distill_rounds for v in got.values()] == [1, 2]
+    # by default the benchmark trains what pixnet train does: 8 rounds of 1 epoch
+    default = scales.pixnet_variants(dataclasses.replace(scales.ScalesConfig(), readouts=["mean"]))
+    assert [(v.name, v.distill_epochs, v.distill_rounds) for v in default] == [
+        ("pixnet-mean-dist1r8", 1, 8)
+    ]
     assert scales.label("pixnet-mean-dist3r2w10") == (
         "PixNet, mean, --distill-epochs 3 --distill-rounds 2 --distill-weight 10"
     )
@@ -167,6 +177,7 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
         tile_px=256,
         margin_px=32,
         threads=1,
+        distill_epochs=[0],  # one spot epoch per read-out (rounds: tests/test_distill.py)
     )
     r = scales.run_scales(cfg, samples)
     names = ["2 um square", "8 um square", "16 um square", "55 um disk", "100 um disk"]

@@ -23,7 +23,16 @@ from pixnet.ops.losses import dihedral_consistency, map_smoothness
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import lr_factor, train
 
-TINY = dict(n_genes=6, working_mpp=8.0, crop_px=64, batch_size=2, crops_per_epoch=4, lr=1e-3)
+# spot training alone (no rounds of distillation): these tests are about its options
+TINY = dict(
+    n_genes=6,
+    working_mpp=8.0,
+    crop_px=64,
+    batch_size=2,
+    crops_per_epoch=4,
+    lr=1e-3,
+    distill_epochs=0,
+)
 
 
 @pytest.fixture(scope="module")

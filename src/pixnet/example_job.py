@@ -35,7 +35,6 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
         log.info("[1/5] generating the example dataset in %s", manifest.parent)
         write_example_dataset(manifest.parent)
     samples = load_manifest(manifest)
-    log.info("[2/5] training on EX1, EX2 (EX3 held out) for %d epochs", epochs)
     cfg = TrainConfig(
         samples=str(manifest),
         holdout=["EX3"],
@@ -43,6 +42,13 @@ def run_example(out: Path, epochs: int = 8, overwrite: bool = False) -> dict[str
         epochs=epochs,
         n_genes=30,
         overwrite=overwrite,
+    )
+    log.info(
+        "[2/5] training on EX1, EX2 (EX3 held out) for %d epochs, then %d rounds of %d "
+        "distillation epoch(s)",
+        epochs,
+        cfg.distill_rounds,
+        cfg.distill_epochs,
     )
     model = train(cfg, [s for s in samples if s.sample_id != "EX3"])
     log.info("[3/5] predicting EX3 at its spots, 55 um disks and 16/8 um bins")

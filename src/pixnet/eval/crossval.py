@@ -630,10 +630,17 @@ def lengthened(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
     )
 
 
+# what a cache written before a field existed was trained with, where today's default differs
+# (rounds of distillation became the default after the field existed, off)
+FIELDS_BEFORE_THEM = {"distill_epochs": 0, "distill_rounds": 1}
+
+
 def recorded_with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
-    """``recorded`` with the :class:`TrainConfig` defaults of the fields it lacks (a cache
-    written before a field existed was trained without it)."""
+    """``recorded`` with the values of the fields it lacks (a cache written before a field
+    existed was trained without it): the :class:`TrainConfig` default, or the field's off
+    value where the default has changed since (:data:`FIELDS_BEFORE_THEM`)."""
     defaults = json.loads(json.dumps(json_safe(asdict(TrainConfig()))))
+    defaults.update(FIELDS_BEFORE_THEM)
     return {**{k: v for k, v in defaults.items() if k not in UNRECORDED_TRAIN_FIELDS}, **recorded}
 
 

@@ -113,18 +113,19 @@ class TrainConfig:
         ),
     )
     distill_epochs: int = field(
-        default=0,
+        default=1,
         metadata=_h(
-            "epochs after --epochs in which the map also learns, cell by cell, a frozen copy "
-            "of the trained model's map averaged over the flips and turns of the square "
-            "(what --tta 8 predicts), so that one forward pass gives it; the learning-rate "
-            "schedule restarts and the validation band picks among these epochs (0: off, "
-            "the paper). More --distill-epochs on --resume continue a finished run",
+            "epochs per round of --distill-rounds, after --epochs, in which the map also "
+            "learns, cell by cell, a frozen copy of the trained model's map averaged over "
+            "the flips and turns of the square (what --tta 8 predicts), so that one forward "
+            "pass gives it; the learning-rate schedule restarts and the validation band "
+            "picks among these epochs (0: off, the paper, and --distill-rounds is ignored). "
+            "More --distill-epochs on --resume continue a finished run",
             ge=0,
         ),
     )
     distill_rounds: int = field(
-        default=1,
+        default=8,
         metadata=_h(
             "rounds of --distill-epochs each: every round freezes the model the previous "
             "one kept as its teacher (the first: the spot training's) and restarts the "

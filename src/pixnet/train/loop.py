@@ -254,12 +254,6 @@ def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
         raise PixNetInputError(
             "--micro-batches", f"{cfg.micro_batches} must be between 1 and --batch-size"
         )
-    if cfg.distill_rounds > 1 and not cfg.distill_epochs:
-        raise PixNetInputError(
-            "--distill-rounds",
-            f"{cfg.distill_rounds} rounds of --distill-epochs 0 distil nothing",
-            "give --distill-epochs N (epochs per round), or drop --distill-rounds",
-        )
     if cfg.ensemble > 1:
         from pixnet.train.ensemble import train_ensemble
 
