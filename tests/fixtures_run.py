@@ -18,6 +18,17 @@ from pixnet.io.modelfile import save_model_file, training_status
 from pixnet.models.pixnet import build_pixnet, from_preset
 
 WORKING_MPP = 8.0
+# TrainConfig fields of a tiny training of spot epochs alone (no rounds of distillation, the
+# default): for tests of training options other than distillation
+TINY_SPOT_TRAINING: dict[str, Any] = dict(
+    n_genes=6,
+    working_mpp=WORKING_MPP,
+    crop_px=64,
+    batch_size=2,
+    crops_per_epoch=4,
+    lr=1e-3,
+    distill_epochs=0,
+)
 
 
 def tiny_model_file(manifest: Path, path: Path, n_genes: int = 6, **model_options: Any) -> Path:

@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from fixtures_run import run_cli, snapshot, tiny_model_file
+from fixtures_run import TINY_SPOT_TRAINING, run_cli, snapshot, tiny_model_file
 
 from pixnet.data.example import write_example_dataset
 from pixnet.errors import PixNetInputError
@@ -26,16 +26,7 @@ from pixnet.train.config import TrainConfig
 from pixnet.train.ensemble import MEMBER_SEED_STEP, member_dir
 from pixnet.train.loop import train
 
-TINY = dict(
-    n_genes=6,
-    working_mpp=8.0,
-    crop_px=64,
-    batch_size=2,
-    crops_per_epoch=4,
-    lr=1e-3,
-    epochs=1,
-    distill_epochs=0,
-)
+TINY = {**TINY_SPOT_TRAINING, "epochs": 1}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_run import TINY_SPOT_TRAINING
 from torch import nn
 
 from pixnet.data.crops import collate, validation_masks
@@ -25,15 +26,7 @@ from pixnet.train.precise_bn import (
     training_batchnorms,
 )
 
-TINY = dict(
-    n_genes=6,
-    working_mpp=8.0,
-    crop_px=64,
-    batch_size=2,
-    crops_per_epoch=4,
-    lr=1e-3,
-    distill_epochs=0,
-)
+TINY = TINY_SPOT_TRAINING
 
 
 def _net() -> nn.Module:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_run import TINY_SPOT_TRAINING
 
 from pixnet.data.example import write_example_dataset
 from pixnet.errors import PixNetInputError
@@ -20,15 +21,7 @@ from pixnet.io.modelfile import load_model_file
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import train
 
-TINY = dict(
-    n_genes=6,
-    working_mpp=8.0,
-    crop_px=64,
-    batch_size=2,
-    crops_per_epoch=6,
-    lr=1e-3,
-    distill_epochs=0,
-)
+TINY = {**TINY_SPOT_TRAINING, "crops_per_epoch": 6}
 
 
 @pytest.fixture(scope="module")

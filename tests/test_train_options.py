@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from fixtures_run import TINY_SPOT_TRAINING
 
 from pixnet.cli_options import check_fields
 from pixnet.data.example import write_example_dataset
@@ -23,16 +24,7 @@ from pixnet.ops.losses import dihedral_consistency, map_smoothness
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import lr_factor, train
 
-# spot training alone (no rounds of distillation): these tests are about its options
-TINY = dict(
-    n_genes=6,
-    working_mpp=8.0,
-    crop_px=64,
-    batch_size=2,
-    crops_per_epoch=4,
-    lr=1e-3,
-    distill_epochs=0,
-)
+TINY = TINY_SPOT_TRAINING  # these tests are about spot training's options
 
 
 @pytest.fixture(scope="module")
