@@ -537,11 +537,11 @@ def predict_pixnet(
     (``attention_window_px``: as ``pixnet predict``'s; ``None``: its default)."""
     from pixnet.io.slide import open_slide
     from pixnet.io.tissue import tissue_mask
-    from pixnet.predict.spotsets import ExplicitSpots
+    from pixnet.predict.spotsets import ExplicitSpots, SpotSet
     from pixnet.predict.tiled import load_predictor, predict_slide
 
     predictor = load_predictor(model_path, attention_window_px=attention_window_px, tta=tta)
-    sets = [
+    sets: list[SpotSet] = [
         ExplicitSpots(
             r.name,
             [str(i) for i in range(len(r.centres_px))],
@@ -658,30 +658,30 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         model = run / "model.pt"
         if cfg.members_from:
             model = ensemble_of_runs(cfg.members_from, name, model)
-        elif not (cfg.reuse and finished_member(model, base.epochs + distill * rounds)):
-            resume = cfg.reuse and (run / "checkpoint.pt").is_file()
-            model = train(
-                dataclasses.replace(
-                    base,
-                    out=str(run),
-                    resume=resume,
-                    overwrite=not resume,
-                    readout=readout,
-                    attention=attention,
-                    smoothness=weight,
-                    consistency=consistency,
-                    consistency_frames=cfg.consistency_frames,
-                    gene_scales=gene_scales,
-                    distill_epochs=distill,
-                    distill_rounds=rounds,
-                    distill_weight=cfg.distill_weight,
-                    distill_views=cfg.distill_views,
-                    **head_options(head),
-                    ema=cfg.ema,
-                    lr_schedule=cfg.lr_schedule,
-                ),
-                train_samples,
+        else:
+            run_cfg = dataclasses.replace(
+                base,
+                out=str(run),
+                readout=readout,
+                attention=attention,
+                smoothness=weight,
+                consistency=consistency,
+                consistency_frames=cfg.consistency_frames,
+                gene_scales=gene_scales,
+                distill_epochs=distill,
+                distill_rounds=rounds,
+                distill_weight=cfg.distill_weight,
+                distill_views=cfg.distill_views,
+                **head_options(head),
+                ema=cfg.ema,
+                lr_schedule=cfg.lr_schedule,
             )
+            if not (cfg.reuse and finished_member(model, run_cfg.total_epochs)):
+                resume = cfg.reuse and (run / "checkpoint.pt").is_file()
+                model = train(
+                    dataclasses.replace(run_cfg, resume=resume, overwrite=not resume),
+                    train_samples,
+                )
         slid = [slid_regions(r, test.sample.mpp) for r in regions] if cfg.slid else []
         both = predict_pixnet(model, test.sample, regions + slid, cfg.tile_px, cfg.margin_px)
         preds[name] = both[: len(regions)]

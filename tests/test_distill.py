@@ -289,6 +289,12 @@ def test_distill_options_are_checked(manifest: Path, tmp_path: Path) -> None:
         check_fields(TrainConfig(distill_epochs=-1))
 
 
+def test_total_epochs_count_every_round() -> None:
+    assert TrainConfig(epochs=3, distill_epochs=2, distill_rounds=4).total_epochs == 11
+    assert TrainConfig(epochs=3, distill_epochs=0, distill_rounds=4).total_epochs == 3
+    assert TrainConfig(epochs=20).total_epochs == 28  # the default: 8 rounds of 1
+
+
 def test_the_student_starts_from_the_teacher(tmp_path: Path) -> None:
     """At the first distillation epoch the network takes the kept model's weights (not its
     last epoch's), the weight average restarts there, the best epoch is reset and

@@ -249,3 +249,9 @@ class TrainConfig:
     threads: int = field(default=0, metadata=_h("torch CPU threads (0: torch default)", ge=0))
     resume: bool = field(default=False, metadata=_h("continue from OUT/checkpoint.pt"))
     overwrite: bool = field(default=False, metadata=_h("replace an existing run folder's model"))
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run: ``--epochs`` of spot training, then every round of
+        distillation (none where ``--distill-epochs`` is 0)."""
+        return self.epochs + self.distill_rounds * self.distill_epochs

@@ -306,7 +306,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
     out, ckpt_path, model_path = run.out, run.checkpoint, run.file("model.pt")
     # a refused --resume leaves the folder untouched: read and check everything first
     resumed = run.open()
-    total = cfg.epochs + cfg.distill_rounds * cfg.distill_epochs
+    total = cfg.total_epochs
     done = 0 if resumed is None else int(resumed["epoch"]) + 1
     if done > total:  # nothing to continue: the run is already longer than asked
         raise PixNetInputError(
