@@ -20,7 +20,9 @@ the truth is known at every scale:
 * **Training** (train sections): the 100 um disks at the real spot positions. The
   sections are given to ``pixnet train`` as samples whose counts are those masses (six
   synthetic genes + filler genes small enough never to enter the 6-gene panel), so the
-  product's own target code (``GenePanel.transform``) makes the targets.
+  product's own target code (``GenePanel.transform``) makes the targets. The masses are
+  exact (no counting noise) unless ``--count-depth N`` draws each training spot's
+  counts from a Poisson law with about ``N`` counts in all, as sequencing does.
 * **Evaluation** (test section): the known field aggregated at 2, 8 and 16 um squares
   (Visium HD-like bins on a grid anchored at the image origin, those whose centre lies
   inside a measured 100 um spot; at most ``max_bins`` per size, drawn at random) and
@@ -213,6 +215,15 @@ class ScalesConfig:
     synthetic_share: float = field(
         default=0.02, metadata=_h("synthetic genes' share of an average spot's mass")
     )
+    count_depth: float = field(
+        default=0.0,
+        metadata=_h(
+            "counting noise at the training spots: each spot's counts are drawn (Poisson) "
+            "with this many counts in all, the synthetic genes' share included (0: the exact "
+            "masses, no noise); the evaluation truth stays exact. --reuse does not check it: "
+            "give a new --out"
+        ),
+    )
     scales_um: list[float] = field(
         default_factory=lambda: [2.0, 8.0, 16.0, 55.0, 100.0],
         metadata=_h("evaluation sizes: squares below 50 um, disks above"),
@@ -312,18 +323,49 @@ def filler_density(sections: list[Section], synthetic_share: float) -> float:
     return float((1.0 - synthetic_share) / synthetic_share * per_area.mean())
 
 
-def synthetic_sample(section: Section, f: float, n_filler: int) -> Sample:
+def synthetic_sample(
+    section: Section,
+    f: float,
+    n_filler: int,
+    count_depth: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> Sample:
     """The section as a sample whose counts are its spots' masses (+ ``n_filler`` fillers).
 
     ``GenePanel.transform`` of it gives :func:`targets_from_integrals` exactly (up to
-    float32 storage) for the synthetic genes.
+    float32 storage) for the synthetic genes. With ``count_depth`` > 0 every spot's masses
+    are scaled to that many counts in all and the synthetic genes' counts are Poisson
+    draws around them (``rng``); the fillers, standing for thousands of genes, keep their
+    expected counts, so a spot's total is about ``count_depth``.
     """
     n = section.sample.n_spots
     filler = np.repeat((f * section.spot_area / n_filler)[:, None], n_filler, axis=1)
     counts = np.concatenate([section.spot_integ, filler], axis=1)
+    if count_depth > 0:
+        if rng is None:
+            raise ValueError("count_depth > 0 needs a random generator")
+        counts = counts * (count_depth / counts.sum(axis=1))[:, None]
+        k = section.spot_integ.shape[1]
+        counts[:, :k] = rng.poisson(counts[:, :k])
     genes = [g.name for g in SYNTHETIC_GENES] + [f"FILLER{i:05d}" for i in range(n_filler)]
     assert counts.shape == (n, len(genes))
     return dataclasses.replace(section.sample, counts=sp.csr_matrix(counts), gene_names=genes)
+
+
+def synthetic_samples(
+    cfg: ScalesConfig, sections: dict[str, Section], f: float, n_filler: int
+) -> dict[str, Sample]:
+    """Every section as a sample; with ``cfg.count_depth`` the training sections' counts
+    carry counting noise (drawn from ``cfg.seed``), the test section's never (the truth
+    comes from the field, not from counts)."""
+    if cfg.count_depth < 0:
+        raise ValueError(f"--count-depth {cfg.count_depth}: give 0 (no noise) or more")
+    out = {sid: synthetic_sample(sec, f, n_filler) for sid, sec in sections.items()}
+    if cfg.count_depth > 0:
+        for i, sid in enumerate(cfg.train):
+            rng = np.random.default_rng([cfg.seed, 7919, i])
+            out[sid] = synthetic_sample(sections[sid], f, n_filler, cfg.count_depth, rng)
+    return out
 
 
 def n_filler_genes(sections: list[Section], f: float) -> int:
@@ -605,7 +647,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     f = filler_density(train_secs, cfg.synthetic_share)
     n_filler = n_filler_genes(train_secs, f)
     genes = [g.name for g in SYNTHETIC_GENES]
-    synth = {sid: synthetic_sample(sec, f, n_filler) for sid, sec in sections.items()}
+    synth = synthetic_samples(cfg, sections, f, n_filler)
     train_samples = [synth[s] for s in cfg.train]
     panel: GenePanel = fit_gene_panel(train_samples, n_genes=len(genes))
     if sorted(panel.genes) != sorted(genes):

@@ -80,6 +80,52 @@ def test_synthetic_samples_give_the_known_targets(
         assert 0.005 < frac.mean() < 0.05  # the synthetic genes are ~2 % of the mass
 
 
+def test_count_depth_draws_poisson_counts_around_the_masses(
+    scales: ModuleType, samples: list[Sample]
+) -> None:
+    secs = [scales.load_section(s, 4.0) for s in samples]
+    f = scales.filler_density(secs, 0.02)
+    n_fill = scales.n_filler_genes(secs, f)
+    sec = secs[0]
+    k = len(SYNTHETIC_GENES)
+    exact = scales.synthetic_sample(sec, f, n_fill).counts.toarray()
+    noisy = [
+        scales.synthetic_sample(sec, f, n_fill, 5e4, np.random.default_rng(i)).counts.toarray()
+        for i in range(40)
+    ]
+    expected = exact * (5e4 / exact.sum(axis=1))[:, None]
+    for c in noisy:
+        np.testing.assert_array_equal(c[:, :k], np.round(c[:, :k]))  # whole counts
+        np.testing.assert_allclose(c[:, k:], expected[:, k:], rtol=1e-6)  # fillers as expected
+        assert not np.allclose(c[:, :k], expected[:, :k])
+    stack = np.stack([c[:, :k] for c in noisy])
+    # Poisson: the mean over draws is the scaled mass, the variance about the same
+    np.testing.assert_allclose(stack.mean(axis=0).sum(), expected[:, :k].sum(), rtol=0.02)
+    ratio = stack.var(axis=0).sum() / expected[:, :k].sum()
+    assert 0.8 < ratio < 1.2
+    again = scales.synthetic_sample(sec, f, n_fill, 5e4, np.random.default_rng(0)).counts
+    np.testing.assert_array_equal(again.toarray(), noisy[0])  # reproducible from the seed
+    with pytest.raises(ValueError, match="random generator"):
+        scales.synthetic_sample(sec, f, n_fill, 5e4)
+    # the benchmark draws noise for the training sections only, from its seed
+    by_id = {s.sample.sample_id: s for s in secs}
+    train, test = samples[0].sample_id, samples[1].sample_id
+    cfg = scales.ScalesConfig(train=[train], test=test, count_depth=5e4, seed=3)
+    got = scales.synthetic_samples(cfg, by_id, f, n_fill)
+    assert not np.allclose(got[train].counts.toarray()[:, :k], expected[:, :k])
+    np.testing.assert_array_equal(
+        got[test].counts.toarray(), scales.synthetic_sample(by_id[test], f, n_fill).counts.toarray()
+    )
+    again = scales.synthetic_samples(cfg, by_id, f, n_fill)
+    np.testing.assert_array_equal(again[train].counts.toarray(), got[train].counts.toarray())
+    exact_cfg = dataclasses.replace(cfg, count_depth=0.0)
+    np.testing.assert_array_equal(
+        scales.synthetic_samples(exact_cfg, by_id, f, n_fill)[train].counts.toarray(), exact
+    )
+    with pytest.raises(ValueError, match="--count-depth"):
+        scales.synthetic_samples(dataclasses.replace(cfg, count_depth=-1.0), by_id, f, n_fill)
+
+
 def test_head_names_give_the_training_fields(scales: ModuleType) -> None:
     assert scales.head_options("stride2") == {"context_stride": 2, "local_path": False}
     assert scales.head_options("stride8-local") == {"context_stride": 8, "local_path": True}
