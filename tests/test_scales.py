@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,13 +63,18 @@ def test_bins_lie_inside_the_spots(scales: ModuleType) -> None:
     np.testing.assert_allclose((c / 2.0 - 0.5) % 1, 0, atol=1e-9)  # on the grid
 
 
+def _sections(scales: ModuleType, samples: list[Sample]) -> tuple[list[Any], float, int]:
+    """The samples' sections at 4 um/px, the filler density and the filler gene count."""
+    secs = [scales.load_section(s, 4.0) for s in samples]
+    f = scales.filler_density(secs, 0.02)
+    return secs, f, scales.n_filler_genes(secs, f)
+
+
 def test_synthetic_samples_give_the_known_targets(
     scales: ModuleType, samples: list[Sample]
 ) -> None:
     """pixnet's own target code on the synthetic counts equals the field's exact targets."""
-    secs = [scales.load_section(s, 4.0) for s in samples]
-    f = scales.filler_density(secs, 0.02)
-    n_fill = scales.n_filler_genes(secs, f)
+    secs, f, n_fill = _sections(scales, samples)
     synth = [scales.synthetic_sample(s, f, n_fill) for s in secs]
     panel = fit_gene_panel(synth, n_genes=len(SYNTHETIC_GENES))
     assert sorted(panel.genes) == sorted(g.name for g in SYNTHETIC_GENES)
@@ -83,9 +89,7 @@ def test_synthetic_samples_give_the_known_targets(
 def test_count_depth_draws_poisson_counts_around_the_masses(
     scales: ModuleType, samples: list[Sample]
 ) -> None:
-    secs = [scales.load_section(s, 4.0) for s in samples]
-    f = scales.filler_density(secs, 0.02)
-    n_fill = scales.n_filler_genes(secs, f)
+    secs, f, n_fill = _sections(scales, samples)
     sec = secs[0]
     k = len(SYNTHETIC_GENES)
     exact = scales.synthetic_sample(sec, f, n_fill).counts.toarray()
