@@ -173,6 +173,13 @@ class ScalesConfig:
         ),
     )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
+    spotcrop_epochs: int = field(
+        default=0,
+        metadata=_h(
+            "the spot-crop regressor's epochs (0: --epochs); e.g. PixNet's spot epochs + "
+            "its distillation rounds, for a regressor trained as long"
+        ),
+    )
     reuse: bool = field(
         default=False,
         metadata=_h(
@@ -525,6 +532,13 @@ def pixnet_variants(cfg: ScalesConfig) -> list[Variant]:
     return out
 
 
+def spotcrop_epochs(cfg: ScalesConfig) -> int:
+    """The spot-crop regressor's epochs: ``--spotcrop-epochs``, or ``--epochs`` for 0."""
+    if cfg.spotcrop_epochs < 0:
+        raise ValueError(f"--spotcrop-epochs {cfg.spotcrop_epochs}: give 0 (--epochs) or more")
+    return cfg.spotcrop_epochs or cfg.epochs
+
+
 def check_member_runs(cfg: ScalesConfig) -> None:
     """With ``--members-from``, before any work: every PixNet variant has a finished run
     in every folder, and so has the spot-crop regressor (all ``--epochs``, so reading it
@@ -546,11 +560,11 @@ def check_member_runs(cfg: ScalesConfig) -> None:
     for d in cfg.members_from if cfg.spotcrop else []:
         log_path = Path(d) / "spotcrop" / "log.jsonl"
         n = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
-        if n < cfg.epochs:
+        if n < spotcrop_epochs(cfg):
             raise PixNetInputError(
                 log_path,
-                f"{n} of {cfg.epochs} spot-crop epochs trained",
-                "finish that run, or pass the --epochs it was trained with",
+                f"{n} of {spotcrop_epochs(cfg)} spot-crop epochs trained",
+                "finish that run, or pass the --epochs (--spotcrop-epochs) it was trained with",
             )
 
 
@@ -755,7 +769,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
             )
     if cfg.spotcrop:
         t0 = time.perf_counter()
-        tcfg = dataclasses.replace(base, out=str(out / "spotcrop"))
+        tcfg = dataclasses.replace(base, out=str(out / "spotcrop"), epochs=spotcrop_epochs(cfg))
         data = prepare_fold_data(tcfg, train_samples)
         slide = load_test_slide(synth[cfg.test], panel, cfg.working_mpp)
         sx, sy = slide.scale_xy
@@ -939,7 +953,9 @@ def format_markdown(result: dict[str, Any]) -> str:
         "",
         f"Train {', '.join(result['train'])} (100 um spots), test {result['test']}; known field "
         f"at {result['field']['field_mpp']} um/px, working {cfg['working_mpp']} um/px, "
-        f"{cfg['epochs']} epochs, seed {cfg['seed']}. Target: {result['field']['target']}. "
+        f"{cfg['epochs']} epochs"
+        + (f" (spot-crop {cfg['spotcrop_epochs']})" if cfg.get("spotcrop_epochs") else "")
+        + f", seed {cfg['seed']}. Target: {result['field']['target']}. "
         "Regions: "
         + ", ".join(f"{n} ({result['regions'][n]['n']})" for n in names)
         + ". PCC across the regions of the test section, per gene; PCC@M over the 6 genes.",

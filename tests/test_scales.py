@@ -130,6 +130,13 @@ def test_count_depth_draws_poisson_counts_around_the_masses(
         scales.synthetic_samples(dataclasses.replace(cfg, count_depth=-1.0), by_id, f, n_fill)
 
 
+def test_spotcrop_epochs_default_to_the_epochs(scales: ModuleType) -> None:
+    assert scales.spotcrop_epochs(scales.ScalesConfig(epochs=8)) == 8
+    assert scales.spotcrop_epochs(scales.ScalesConfig(epochs=8, spotcrop_epochs=16)) == 16
+    with pytest.raises(ValueError, match="--spotcrop-epochs"):
+        scales.spotcrop_epochs(scales.ScalesConfig(spotcrop_epochs=-1))
+
+
 def test_head_names_give_the_training_fields(scales: ModuleType) -> None:
     assert scales.head_options("stride2") == {"context_stride": 2, "local_path": False}
     assert scales.head_options("stride8-local") == {"context_stride": 8, "local_path": True}
@@ -228,8 +235,15 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
         margin_px=32,
         threads=1,
         distill_epochs=[0],  # one spot epoch per read-out (rounds: tests/test_distill.py)
+        spotcrop_epochs=2,  # the regressor trained longer than PixNet
     )
     r = scales.run_scales(cfg, samples)
+    epochs = {
+        m: len((tmp_path / "runs" / m / "log.jsonl").read_text().splitlines())
+        for m in ("pixnet-mean", "spotcrop")
+    }
+    assert epochs == {"pixnet-mean": 1, "spotcrop": 2}
+    assert "1 epochs (spot-crop 2)" in (tmp_path / "scales.md").read_text()
     names = ["2 um square", "8 um square", "16 um square", "55 um disk", "100 um disk"]
     assert list(r["regions"]) == names
     assert r["regions"]["2 um square"]["n"] == 300
@@ -336,9 +350,9 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     ]
     assert ens["metrics"]["spotcrop"] != back["metrics"]["spotcrop"]
     log = tmp_path / "runs-s1" / "spotcrop" / "log.jsonl"
-    with pytest.raises(PixNetInputError, match="1 of 2 spot-crop epochs"):
-        scales.run_scales(dataclasses.replace(two, epochs=2), samples)
-    assert len(log.read_text().splitlines()) == 1  # refused before any training
+    with pytest.raises(PixNetInputError, match="2 of 3 spot-crop epochs"):
+        scales.run_scales(dataclasses.replace(two, spotcrop_epochs=3), samples)
+    assert len(log.read_text().splitlines()) == 2  # refused before any training
     with pytest.raises(PixNetInputError, match="no finished run of pixnet-density"):
         scales.run_scales(dataclasses.replace(two, readouts=["density"]), samples)
 
