@@ -23,6 +23,9 @@ the truth is known at every scale:
   product's own target code (``GenePanel.transform``) makes the targets. The masses are
   exact (no counting noise) unless ``--count-depth N`` draws each training spot's
   counts from a Poisson law with about ``N`` counts in all, as sequencing does.
+  ``--hidden-sd`` and ``--section-sd`` add what real expression has and the image does
+  not show (:func:`perturb_sections`): a smooth random factor per gene inside each
+  section, and a level per gene and section; both are in the test truth too.
 * **Evaluation** (test section): the known field aggregated at 2, 8 and 16 um squares
   (Visium HD-like bins on a grid anchored at the image origin, those whose centre lies
   inside a measured 100 um spot; at most ``max_bins`` per size, drawn at random) and
@@ -67,7 +70,7 @@ import torch
 
 from pixnet.cli_options import help_meta
 from pixnet.data.preprocess import DEFAULT_TARGET_SUM, GenePanel, fit_gene_panel
-from pixnet.data.synthetic import SYNTHETIC_GENES, synthetic_field
+from pixnet.data.synthetic import SYNTHETIC_GENES, smooth_noise, synthetic_field
 from pixnet.io.sample import Sample
 from pixnet.models.pixnet import PixNet
 from pixnet.ops.dihedral import CONSISTENCY_FRAMES, TTA_TRANSFORMS
@@ -231,6 +234,26 @@ class ScalesConfig:
             "give a new --out"
         ),
     )
+    hidden_sd: float = field(
+        default=0.0,
+        metadata=_h(
+            "a part of each gene's field the image does not show: every section's density "
+            "of each gene is multiplied by exp(s z - s^2 / 2), z a smooth unit Gaussian field "
+            "(--hidden-um) drawn per gene and section from --seed; the test truth includes "
+            "it (0: none). --reuse does not check it: give a new --out"
+        ),
+    )
+    hidden_um: float = field(
+        default=25.0, metadata=_h("--hidden-sd's correlation length, um (Gaussian sigma)")
+    )
+    section_sd: float = field(
+        default=0.0,
+        metadata=_h(
+            "per-section gene levels: every gene's density in a section is multiplied by "
+            "exp(s e - s^2 / 2), e ~ N(0, 1) per gene and section (test section included) "
+            "from --seed (0: none). --reuse does not check it: give a new --out"
+        ),
+    )
     scales_um: list[float] = field(
         default_factory=lambda: [2.0, 8.0, 16.0, 55.0, 100.0],
         metadata=_h("evaluation sizes: squares below 50 um, disks above"),
@@ -313,15 +336,50 @@ class Section:
     spot_area: np.ndarray
 
 
+def section_of_field(sample: Sample, density: np.ndarray, scale_xy: tuple[float, float]) -> Section:
+    """The field ``density`` of ``sample`` (at ``scale_xy`` field px per full-resolution
+    px) with its integrals over the sample's 100 um spots."""
+    integ, area = region_integrals(
+        density, scale_xy, sample.centres_px, TRAIN_SPOT_UM / sample.mpp, "disk"
+    )
+    return Section(sample, density, scale_xy, integ, area)
+
+
 def load_section(sample: Sample, field_mpp: float) -> Section:
     """Read the image, derive the field and integrate it over the sample's spots."""
     rgb, scale = read_field_image(sample, field_mpp)
     density = synthetic_field(rgb, field_mpp)
-    integ, area = region_integrals(
-        density, scale, sample.centres_px, TRAIN_SPOT_UM / sample.mpp, "disk"
-    )
     log.info("%s: field %s at %.2f um/px", sample.sample_id, density.shape, field_mpp)
-    return Section(sample, density, scale, integ, area)
+    return section_of_field(sample, density, scale)
+
+
+def perturb_sections(
+    cfg: ScalesConfig, sections: dict[str, Section], field_mpp: float
+) -> dict[str, Section]:
+    """The sections with what the image does not show (``--hidden-sd``, ``--section-sd``):
+    each gene's density multiplied by ``exp(a z(x) - a^2/2 + b e - b^2/2)``, ``z`` a smooth
+    unit Gaussian field and ``e`` a standard normal number, both per gene and section, drawn
+    from ``cfg.seed`` and the section's place; integrals recomputed. Unchanged for 0, 0."""
+    a, b = cfg.hidden_sd, cfg.section_sd
+    if a < 0 or b < 0 or cfg.hidden_um <= 0:
+        raise ValueError(
+            f"--hidden-sd {a}, --section-sd {b}, --hidden-um {cfg.hidden_um}: "
+            "give sds of 0 (none) or more and a positive length"
+        )
+    if a == 0 and b == 0:
+        return sections
+    out = {}
+    for i, (sid, sec) in enumerate(sections.items()):
+        rng = np.random.default_rng([cfg.seed, 104729, i])
+        n_genes, h, w = sec.density.shape
+        log_factor = np.empty(sec.density.shape, dtype=np.float32)
+        for g in range(n_genes):
+            z = smooth_noise(rng, (h, w), cfg.hidden_um / field_mpp) if a > 0 else 0.0
+            e = rng.standard_normal()
+            log_factor[g] = a * z - a * a / 2 + b * e - b * b / 2
+        density = (sec.density * np.exp(log_factor)).astype(np.float32)
+        out[sid] = section_of_field(sec.sample, density, sec.scale_xy)
+    return out
 
 
 def filler_density(sections: list[Section], synthetic_share: float) -> float:
@@ -657,6 +715,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         samples = load_manifest(cfg.samples, [*cfg.train, cfg.test])
     by_id = {s.sample_id: s for s in samples}
     sections = {sid: load_section(by_id[sid], field_mpp) for sid in [*cfg.train, cfg.test]}
+    sections = perturb_sections(cfg, sections, field_mpp)
     train_secs = [sections[s] for s in cfg.train]
     f = filler_density(train_secs, cfg.synthetic_share)
     n_filler = n_filler_genes(train_secs, f)
@@ -944,6 +1003,19 @@ def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def realism_note(cfg: dict[str, Any]) -> str:
+    """What of real data the run's field has (the options of :func:`synthetic_samples`
+    and :func:`perturb_sections`), as a sentence; "" for none."""
+    parts = []
+    if cfg.get("count_depth"):
+        parts.append(f"training counts Poisson at {cfg['count_depth']:g} per spot")
+    if cfg.get("hidden_sd"):
+        parts.append(f"a hidden log-field of sd {cfg['hidden_sd']:g} at {cfg['hidden_um']:g} um")
+    if cfg.get("section_sd"):
+        parts.append(f"per-section gene levels of log-sd {cfg['section_sd']:g}")
+    return " Realism: " + "; ".join(parts) + "." if parts else ""
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     """Table 3 layout: MSE, MAE, PCC@M per scale for every method (NaN already ``None``)."""
     names = list(result["regions"])
@@ -958,7 +1030,8 @@ def format_markdown(result: dict[str, Any]) -> str:
         + f", seed {cfg['seed']}. Target: {result['field']['target']}. "
         "Regions: "
         + ", ".join(f"{n} ({result['regions'][n]['n']})" for n in names)
-        + ". PCC across the regions of the test section, per gene; PCC@M over the 6 genes.",
+        + ". PCC across the regions of the test section, per gene; PCC@M over the 6 genes."
+        + realism_note(cfg),
         "",
         "| method | " + " | ".join(f"{n} MSE | MAE | PCC@M" for n in names) + " |",
         "|---|" + "---:|" * (3 * len(names)),

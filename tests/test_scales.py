@@ -130,6 +130,48 @@ def test_count_depth_draws_poisson_counts_around_the_masses(
         scales.synthetic_samples(dataclasses.replace(cfg, count_depth=-1.0), by_id, f, n_fill)
 
 
+def test_hidden_field_and_section_levels_change_the_density_not_the_image(
+    scales: ModuleType, samples: list[Sample]
+) -> None:
+    secs, _, _ = _sections(scales, samples)
+    by_id = {s.sample.sample_id: s for s in secs}
+    cfg = scales.ScalesConfig(train=[secs[0].sample.sample_id], test=secs[1].sample.sample_id)
+    assert scales.perturb_sections(cfg, by_id, 4.0) is by_id  # nothing asked: unchanged
+
+    def log_ratio(c: Any, sid: str) -> np.ndarray:
+        return np.log(scales.perturb_sections(c, by_id, 4.0)[sid].density / by_id[sid].density)
+
+    sid = secs[1].sample.sample_id  # the test section too: the truth includes it
+    # per-section levels: one factor per gene, constant over the section, differing by gene
+    levels = dataclasses.replace(cfg, section_sd=0.5)
+    r = log_ratio(levels, sid)
+    per_gene = r.reshape(len(r), -1)
+    np.testing.assert_allclose(per_gene, per_gene[:, :1].repeat(per_gene.shape[1], 1), atol=1e-5)
+    assert per_gene[:, 0].std() > 0.1
+    # a hidden field: varies inside the section with about the asked sd, smooth at ~25 um
+    hidden = dataclasses.replace(cfg, hidden_sd=0.5)
+    r = log_ratio(hidden, sid)
+    assert 0.4 < r.std(axis=(1, 2)).mean() < 0.6
+    step = np.abs(np.diff(r, axis=2)).mean()  # 4 um steps inside a 25 um correlation length
+    assert step < 0.3 * r.std()
+    assert not np.allclose(r[0], r[1])  # independent per gene
+    got = scales.perturb_sections(hidden, by_id, 4.0)[sid]
+    want = scales.region_integrals(
+        got.density, got.scale_xy, got.sample.centres_px, 100.0 / got.sample.mpp, "disk"
+    )
+    np.testing.assert_allclose(got.spot_integ, want[0])  # the spots integrate the new field
+    np.testing.assert_array_equal(log_ratio(hidden, sid), r)  # reproducible from the seed
+    assert not np.allclose(log_ratio(dataclasses.replace(hidden, seed=1), sid), r)
+    for bad in ({"hidden_sd": -1.0}, {"section_sd": -0.1}, {"hidden_um": 0.0}):
+        with pytest.raises(ValueError, match="--hidden-sd"):
+            scales.perturb_sections(dataclasses.replace(hidden, **bad), by_id, 4.0)
+    note = scales.realism_note(dataclasses.asdict(dataclasses.replace(hidden, section_sd=0.2)))
+    assert note == (
+        " Realism: a hidden log-field of sd 0.5 at 25 um; per-section gene levels of log-sd 0.2."
+    )
+    assert scales.realism_note(dataclasses.asdict(cfg)) == ""
+
+
 def test_spotcrop_epochs_default_to_the_epochs(scales: ModuleType) -> None:
     assert scales.spotcrop_epochs(scales.ScalesConfig(epochs=8)) == 8
     assert scales.spotcrop_epochs(scales.ScalesConfig(epochs=8, spotcrop_epochs=16)) == 16

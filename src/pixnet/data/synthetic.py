@@ -80,7 +80,7 @@ def synthetic_field(
     return out
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
     """Unit-variance Gaussian random field with correlation length ~``sigma_px``.
 
     Drawn on a grid ``sigma_px / 4`` coarser and interpolated up, so it is cheap at
@@ -101,15 +101,15 @@ def synthetic_he_image(size_px: tuple[int, int], mpp: float, seed: int = 0) -> n
     """
     W, H = size_px
     rng = np.random.default_rng(seed)
-    tissue = _smooth_noise(rng, (H, W), 250.0 / mpp) > -0.6
-    tumour = (_smooth_noise(rng, (H, W), 120.0 / mpp) > 0.3) & tissue
+    tissue = smooth_noise(rng, (H, W), 250.0 / mpp) > -0.6
+    tumour = (smooth_noise(rng, (H, W), 120.0 / mpp) > 0.3) & tissue
     density = np.where(tumour, 0.010, 0.0025) * tissue * mpp**2  # nuclei per pixel
     impulses = rng.random((H, W)) < density
     r_px = max(1.0, 3.5 / mpp)
     yy, xx = np.mgrid[-int(r_px) - 1 : int(r_px) + 2, -int(r_px) - 1 : int(r_px) + 2]
     disk = ((xx**2 + yy**2) <= r_px**2).astype(np.float32)
     nuclei = np.clip(ndimage.convolve(impulses.astype(np.float32), disk, mode="constant"), 0, 1)
-    fibres = 0.5 + 0.5 * np.sin(_smooth_noise(rng, (H, W), 6.0 / mpp) * 3.0)
+    fibres = 0.5 + 0.5 * np.sin(smooth_noise(rng, (H, W), 6.0 / mpp) * 3.0)
     bg = np.array([244, 243, 246], dtype=np.float32)
     stroma = np.array([232, 160, 196], dtype=np.float32) - 25 * fibres[..., None]
     nucleus = np.array([85, 45, 135], dtype=np.float32)
