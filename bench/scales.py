@@ -715,6 +715,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         samples = load_manifest(cfg.samples, [*cfg.train, cfg.test])
     by_id = {s.sample_id: s for s in samples}
     sections = {sid: load_section(by_id[sid], field_mpp) for sid in [*cfg.train, cfg.test]}
+    shown = sections[cfg.test]  # the test field the image determines
     sections = perturb_sections(cfg, sections, field_mpp)
     train_secs = [sections[s] for s in cfg.train]
     f = filler_density(train_secs, cfg.synthetic_share)
@@ -865,6 +866,9 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     seconds["mean"] = 0.0
     cell_um = PixNet.map_stride * cfg.working_mpp
     preds.update(reference_predictions(test, regions, f, cell_um, field_mpp, cols))
+    if shown is not test:  # a hidden field or section levels: what reading the image can reach
+        image_refs = reference_predictions(shown, regions, f, cell_um, field_mpp, cols)
+        preds.update({m.replace("truth-", "image-"): p for m, p in image_refs.items()})
 
     # stripes: steps between adjacent bin rows against adjacent columns (1: isotropic)
     anisotropy: dict[str, dict[str, Any]] = {}
@@ -952,6 +956,10 @@ LABELS = {
     "mean": "training mean",
     "truth-disk": "reference: true 100 um disk around each region (perfect sliding spot-crop)",
     "truth-cell": "reference: true field averaged over PixNet's map cells (perfect map)",
+    "image-disk": "reference: the field the image shows (no hidden field or section level), "
+    "100 um disk around each region",
+    "image-cell": "reference: the field the image shows, averaged over PixNet's map cells "
+    "(perfect image-only map)",
 }
 
 

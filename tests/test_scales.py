@@ -360,6 +360,19 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
     mc = load_model_file(tmp_path / "runs" / "pixnet-mean-stride8-local" / "model.pt")
     assert mc["model_config"]["context_stride"] == 8 and mc["model_config"]["local_path"]
 
+    # section levels the image does not show: two more references, the field the image
+    # determines; at the training spots they miss only the levels, which the truth has
+    levels = scales.run_scales(
+        dataclasses.replace(cfg, readouts=["mean"], spotcrop=False, reuse=True, section_sd=0.5),
+        samples,
+    )
+    assert list(levels["metrics"]) == ["pixnet-mean", "mean", *REFS, "image-disk", "image-cell"]
+    at_spots = {m: levels["metrics"][m]["100 um disk"] for m in ("truth-disk", "image-disk")}
+    assert at_spots["truth-disk"]["MSE"] == pytest.approx(0.0, abs=1e-12)
+    assert at_spots["image-disk"]["MSE"] > 1e-3  # the levels are in the truth only
+    assert at_spots["image-disk"]["PCC@M"] > 0.95  # a level per gene barely moves a correlation
+    assert "perfect image-only map" in scales.label("image-cell")
+
     # --members-from: no training; one folder reads its runs back (the same numbers),
     # two make an ensemble of each variant and average the spot-crop regressors
     one = dataclasses.replace(
