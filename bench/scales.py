@@ -40,7 +40,9 @@ the paper's Table 3 (MSE, MAE, PCC@M per scale); the script ends by naming the r
 with the lowest mean MSE over the scales it was not trained at (2, 8, 16, 55 um). Two
 references read the known field and train nothing (:func:`reference_predictions`): the
 true 100 um disk around each region (a perfect sliding spot-crop model) and the field
-averaged over PixNet's map cells (a perfect map).
+averaged over PixNet's map cells (a perfect map); with ``--hidden-sd`` or
+``--section-sd``, the same two of the field the image shows (``image-disk``,
+``image-cell``: what reading the image can reach).
 
 Structure finer than ``field_mpp`` does not exist in the field: at the default 4 um/px a
 2 um bin takes the value of the field pixel(s) it lies in. PixNet's map cell is
