@@ -190,7 +190,9 @@ class ScalesConfig:
         metadata=_h(
             "reuse finished PixNet and spot-crop runs in --out instead of training; a PixNet "
             "run with a checkpoint but fewer epochs than asked (e.g. more --distill-rounds) "
-            "is continued (train --resume)"
+            "is continued (train --resume); refused where the folder's data.json names other "
+            "data options (--count-depth, --hidden-sd, --hidden-um, --section-sd, "
+            "--synthetic-share)"
         ),
     )
     tta: list[int] = field(
@@ -232,8 +234,7 @@ class ScalesConfig:
         metadata=_h(
             "counting noise at the training spots: each spot's counts are drawn (Poisson) "
             "with this many counts in all, the synthetic genes' share included (0: the exact "
-            "masses, no noise); the evaluation truth stays exact. --reuse does not check it: "
-            "give a new --out"
+            "masses, no noise); the evaluation truth stays exact"
         ),
     )
     hidden_sd: float = field(
@@ -242,7 +243,7 @@ class ScalesConfig:
             "a part of each gene's field the image does not show: every section's density "
             "of each gene is multiplied by exp(s z - s^2 / 2), z a smooth unit Gaussian field "
             "(--hidden-um) drawn per gene and section from --seed; the test truth includes "
-            "it (0: none). --reuse does not check it: give a new --out"
+            "it (0: none)"
         ),
     )
     hidden_um: float = field(
@@ -253,7 +254,7 @@ class ScalesConfig:
         metadata=_h(
             "per-section gene levels: every gene's density in a section is multiplied by "
             "exp(s e - s^2 / 2), e ~ N(0, 1) per gene and section (test section included) "
-            "from --seed (0: none). --reuse does not check it: give a new --out"
+            "from --seed (0: none)"
         ),
     )
     scales_um: list[float] = field(
@@ -599,6 +600,45 @@ def spotcrop_epochs(cfg: ScalesConfig) -> int:
     return cfg.spotcrop_epochs or cfg.epochs
 
 
+DATA_STAMP = "data.json"  # the data options a run folder's models were trained on
+DATA_OPTIONS = ("count_depth", "hidden_sd", "hidden_um", "section_sd", "synthetic_share")
+
+
+def data_options(cfg: ScalesConfig) -> dict[str, Any]:
+    """The options that make the training data (the seed too where it draws noise)."""
+    opts: dict[str, Any] = {k: getattr(cfg, k) for k in DATA_OPTIONS}
+    if cfg.count_depth or cfg.hidden_sd or cfg.section_sd:
+        opts["seed"] = cfg.seed
+    return opts
+
+
+def check_data_stamp(cfg: ScalesConfig, folder: Path, with_seed: bool = True) -> None:
+    """Before ``--reuse`` or ``--members-from`` reads ``folder``'s models: they were trained
+    on the data ``cfg`` asks for (its ``data.json``; a folder without one is from before
+    the stamp and trusted, as then). ``with_seed=False``: the noise's seed may differ.
+
+    Raises:
+        PixNetInputError: naming the stamp, the options that differ and the fix.
+    """
+    from pixnet.errors import PixNetInputError
+
+    stamp = folder / DATA_STAMP
+    if not stamp.is_file():
+        return
+    had, want = json.loads(stamp.read_text()), data_options(cfg)
+    if not with_seed:
+        had.pop("seed", None)
+        want.pop("seed", None)
+    diff = [f"{k} {had.get(k)} (asked: {want.get(k)})" for k in sorted({*had, *want})
+            if had.get(k) != want.get(k)]  # fmt: skip
+    if diff:
+        raise PixNetInputError(
+            stamp,
+            "its models were trained on other data: " + ", ".join(diff),
+            "give a new --out (or the same data options)",
+        )
+
+
 def check_member_runs(cfg: ScalesConfig) -> None:
     """With ``--members-from``, before any work: every PixNet variant has a finished run
     in every folder, and so has the spot-crop regressor (all ``--epochs``, so reading it
@@ -708,6 +748,10 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     from pixnet.train.loop import train
 
     t_start = time.perf_counter()
+    for folder in cfg.members_from:  # members of other seeds: their own draws of the noise
+        check_data_stamp(cfg, Path(folder), with_seed=False)
+    if cfg.reuse and not cfg.members_from:
+        check_data_stamp(cfg, Path(cfg.out))
     if cfg.members_from:
         check_member_runs(cfg)
     if cfg.threads:
@@ -742,6 +786,9 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     train_mean = np.asarray(panel.mean_targets)
 
     out = Path(cfg.out)
+    if not cfg.members_from:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / DATA_STAMP, json.dumps(data_options(cfg), indent=2) + "\n")
     base = TrainConfig(
         samples=cfg.samples,
         out="",

@@ -172,6 +172,20 @@ def test_hidden_field_and_section_levels_change_the_density_not_the_image(
     assert scales.realism_note(dataclasses.asdict(cfg)) == ""
 
 
+def test_data_stamp_refuses_models_of_other_data(scales: ModuleType, tmp_path: Path) -> None:
+    cfg = scales.ScalesConfig(hidden_sd=0.5, seed=1)
+    (tmp_path / "data.json").write_text(json.dumps(scales.data_options(cfg)))
+    scales.check_data_stamp(cfg, tmp_path)  # the same data
+    other_seed = dataclasses.replace(cfg, seed=2)  # the noise drawn again
+    with pytest.raises(PixNetInputError, match=r"seed 1 \(asked: 2\)"):
+        scales.check_data_stamp(other_seed, tmp_path)
+    scales.check_data_stamp(other_seed, tmp_path, with_seed=False)  # ensemble members
+    with pytest.raises(PixNetInputError, match=r"hidden_sd 0.5 \(asked: 0.0\)"):
+        scales.check_data_stamp(dataclasses.replace(cfg, hidden_sd=0.0), tmp_path, with_seed=False)
+    scales.check_data_stamp(other_seed, tmp_path / "before-stamps")  # no stamp: trusted
+    assert "seed" not in scales.data_options(scales.ScalesConfig(seed=3))  # no noise, no seed
+
+
 def test_spotcrop_epochs_default_to_the_epochs(scales: ModuleType) -> None:
     assert scales.spotcrop_epochs(scales.ScalesConfig(epochs=8)) == 8
     assert scales.spotcrop_epochs(scales.ScalesConfig(epochs=8, spotcrop_epochs=16)) == 16
@@ -362,10 +376,14 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
 
     # section levels the image does not show: two more references, the field the image
     # determines; at the training spots they miss only the levels, which the truth has
-    levels = scales.run_scales(
-        dataclasses.replace(cfg, readouts=["mean"], spotcrop=False, reuse=True, section_sd=0.5),
-        samples,
-    )
+    asked = dataclasses.replace(cfg, readouts=["mean"], spotcrop=False, section_sd=0.5)
+    stamp = tmp_path / "runs" / "data.json"
+    assert json.loads(stamp.read_text())["section_sd"] == 0.0
+    with pytest.raises(PixNetInputError, match=r"section_sd 0.0 \(asked: 0.5\)") as err:
+        scales.run_scales(dataclasses.replace(asked, reuse=True), samples)  # other data: refused
+    assert str(stamp) in str(err.value)
+    levels = scales.run_scales(dataclasses.replace(asked, out=str(tmp_path / "levels")), samples)
+    assert json.loads((tmp_path / "levels" / "data.json").read_text())["seed"] == 0
     assert list(levels["metrics"]) == ["pixnet-mean", "mean", *REFS, "image-disk", "image-cell"]
     at_spots = {m: levels["metrics"][m]["100 um disk"] for m in ("truth-disk", "image-disk")}
     assert at_spots["truth-disk"]["MSE"] == pytest.approx(0.0, abs=1e-12)
