@@ -641,8 +641,8 @@ def check_data_stamp(cfg: ScalesConfig, folder: Path, with_seed: bool = True) ->
 
 def check_member_runs(cfg: ScalesConfig) -> None:
     """With ``--members-from``, before any work: every PixNet variant has a finished run
-    in every folder, and so has the spot-crop regressor (all ``--epochs``, so reading it
-    back trains nothing).
+    in every folder, and so has the spot-crop regressor (all its epochs, ``--spotcrop-epochs``
+    or ``--epochs``, so reading it back trains nothing).
 
     Raises:
         PixNetInputError: naming the run's file and what is missing.
@@ -915,7 +915,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
     seconds["mean"] = 0.0
     cell_um = PixNet.map_stride * cfg.working_mpp
     preds.update(reference_predictions(test, regions, f, cell_um, field_mpp, cols))
-    if shown is not test:  # a hidden field or section levels: what reading the image can reach
+    if cfg.hidden_sd or cfg.section_sd:  # what reading the image can reach
         image_refs = reference_predictions(shown, regions, f, cell_um, field_mpp, cols)
         preds.update({m.replace("truth-", "image-"): p for m, p in image_refs.items()})
 
