@@ -148,7 +148,7 @@ def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
 
 
 def add_model_flags(ap: argparse.ArgumentParser) -> None:
-    """PixNet's model and penalty options, as ``pixnet train`` names them (defaults
+    """PixNet's model, penalty and colour-jitter options, as ``pixnet train`` names them (defaults
     from :class:`TrainConfig`); :func:`model_flags` hands them on."""
     from pixnet.ops.dihedral import CONSISTENCY_FRAMES
     from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
@@ -215,6 +215,25 @@ def add_model_flags(ap: argparse.ArgumentParser) -> None:
         default=default.distill_views,
         help="teacher frames per step (train --distill-views)",
     )
+    ap.add_argument(
+        "--stain-sigma",
+        type=float,
+        default=default.stain_sigma,
+        help="HED stain jitter scale of training crops, PixNet and the spot-crop regressor "
+        "(train --stain-sigma)",
+    )
+    ap.add_argument(
+        "--stain-bias",
+        type=float,
+        default=default.stain_bias,
+        help="HED stain jitter shift (train --stain-bias)",
+    )
+    ap.add_argument(
+        "--brightness-contrast",
+        type=float,
+        default=default.brightness_contrast,
+        help="brightness/contrast jitter of training crops (train --brightness-contrast)",
+    )
 
 
 def model_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,6 +249,9 @@ def model_flags(args: argparse.Namespace) -> dict[str, Any]:
         "distill_rounds": args.distill_rounds,
         "distill_weight": args.distill_weight,
         "distill_views": args.distill_views,
+        "stain_sigma": args.stain_sigma,
+        "stain_bias": args.stain_bias,
+        "brightness_contrast": args.brightness_contrast,
     }
 
 

@@ -1,6 +1,7 @@
 """Training options that trade seed luck for stability: learning-rate schedule and
 warm-up, an exponential moving average of the weights, the epoch model.pt keeps, and the
-map regularisers (smoothness, dihedral consistency)."""
+map regularisers (smoothness, dihedral consistency), and the colour jitter of training
+crops."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fixtures_run import TINY_SPOT_TRAINING
 
 from pixnet.cli_options import check_fields
+from pixnet.data.crops import (
+    ColourJitter,
+    CropSampler,
+    brightness_contrast,
+    rot_flip_image,
+    stain_jitter,
+)
 from pixnet.data.example import write_example_dataset
 from pixnet.errors import PixNetInputError
+from pixnet.eval.baselines import augment_images
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import load_model_file
 from pixnet.ops.dihedral import dihedral, dihedral_inverse
@@ -259,3 +269,80 @@ def test_ema_decay_warms_up() -> None:
     for n in range(1, 168):
         share *= ema_decay(0.99, n)
     assert share < 0.01
+
+
+def _tissue_image(seed: int = 0, size: int = 48) -> np.ndarray:
+    """A pink-and-purple uint8 image with texture (H&E-like colours)."""
+    rng = np.random.default_rng(seed)
+    pink, purple = np.array([230, 150, 190]), np.array([120, 70, 160])
+    w = rng.random((size, size, 1))
+    return np.clip(w * pink + (1 - w) * purple + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(
+        np.uint8
+    )
+
+
+def test_colour_jitter_default_is_the_light_stain_jitter_and_draws_the_same() -> None:
+    """The default draws exactly what training always drew (runs stay reproducible)."""
+    img = _tissue_image()
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    np.testing.assert_array_equal(ColourJitter()(img, r1), stain_jitter(img, r2))
+    assert r1.random() == r2.random()  # no extra draw without brightness/contrast
+    assert TrainConfig().colour_jitter == ColourJitter()
+
+
+def test_colour_jitter_strength_brightness_and_contrast() -> None:
+    img = _tissue_image()
+
+    def spread(jitter: ColourJitter) -> float:
+        """Std over 40 draws of the jittered image's mean colour (how far it moves)."""
+        rng = np.random.default_rng(0)
+        means = [jitter(img, rng).reshape(-1, 3).mean(0) for _ in range(40)]
+        return float(np.std(means, axis=0).mean())
+
+    light, strong = spread(ColourJitter()), spread(ColourJitter(0.2, 0.05))
+    assert strong > 2.5 * light > 0
+    assert spread(ColourJitter(0.0, 0.0)) < 1e-9  # no jitter: the same image every draw
+    out = ColourJitter(0.0, 0.0, 0.3)(img, np.random.default_rng(1))
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    rng = np.random.default_rng(1)
+    rng.uniform(size=3), rng.uniform(size=3)  # the stain draws (scales, shifts)
+    b, c = rng.uniform(0.7, 1.3, size=2)
+    assert abs(out.mean() - b * img.mean()) < 1.0 + 0.05 * img.mean()  # clipping aside
+    assert abs(out.std() - c * img.std()) < 0.05 * img.std() + 1.0
+    x = np.arange(12, dtype=np.float64).reshape(2, 2, 3)
+    y = brightness_contrast(x, np.random.default_rng(2), 0.25)
+    b, c = np.random.default_rng(2).uniform(0.75, 1.25, size=2)
+    np.testing.assert_allclose(y, (x - x.mean()) * c + x.mean() * b)
+
+
+def test_colour_jitter_options_reach_both_trainings(manifest: Path, tmp_path: Path) -> None:
+    """--stain-sigma / --stain-bias / --brightness-contrast: bounds checked, and the
+    jitter is what PixNet's crop sampler and the spot-crop regressor draw with."""
+    cfg = TrainConfig(stain_sigma=0.2, stain_bias=0.05, brightness_contrast=0.1)
+    assert cfg.colour_jitter == ColourJitter(0.2, 0.05, 0.1)
+    for bad in ({"stain_sigma": -0.1}, {"stain_sigma": 1.0}, {"brightness_contrast": 0.95}):
+        with pytest.raises(PixNetInputError, match="--" + next(iter(bad)).replace("_", "-")):
+            check_fields(dataclasses.replace(cfg, **bad))
+    seen: list[ColourJitter] = []
+    real = CropSampler.__init__
+
+    def spy(self: CropSampler, *a: Any, **kw: Any) -> None:
+        real(self, *a, **kw)
+        if self.augment:
+            seen.append(self.colour)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CropSampler, "__init__", spy)
+        run = TrainConfig(
+            samples=str(manifest), out=str(tmp_path / "run"), epochs=1, stain_sigma=0.3, **TINY
+        )  # type: ignore[arg-type]
+        train(run, load_manifest(manifest))
+    assert seen == [ColourJitter(0.3, run.stain_bias, 0.0)]
+    # the spot-crop regressor's augmentation: same transform, same draws
+    x = torch.from_numpy(_tissue_image(3, 32)).permute(2, 0, 1)[None].float() / 255.0
+    strong = ColourJitter(0.3, 0.1, 0.2)
+    y = augment_images(x, np.random.default_rng(4), strong)
+    rng = np.random.default_rng(4)
+    k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    want = strong(rot_flip_image(_tissue_image(3, 32), k, flip), rng)
+    np.testing.assert_array_equal((y[0].permute(1, 2, 0).numpy() * 255).round(), want)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from pixnet.data.crops import crop_image, rot_flip_image, stain_jitter
+from pixnet.data.crops import brightness_contrast, crop_image, rot_flip_image, stain_jitter
 from pixnet.io.slide import Slide, open_slide
 from pixnet.io.tissue import tissue_mask
 
@@ -171,10 +171,7 @@ def augment_view(
     img = np.asarray(Image.fromarray(crop).resize((t, t), Image.Resampling.BILINEAR))
     img = rot_flip_image(img, int(rng.integers(4)), bool(rng.random() < 0.5))
     img = stain_jitter(img, rng, sigma=stain_sigma, bias=0.05)
-    x = img.astype(np.float32) / 255.0
-    brightness, contrast = rng.uniform(0.8, 1.2, size=2)
-    mean = float(x.mean())
-    x = (x - mean) * contrast + mean * brightness
+    x = brightness_contrast(img.astype(np.float32) / 255.0, rng, 0.2)
     if rng.random() < 0.5:
         s = float(rng.uniform(0.1, 1.5))
         x = ndimage.gaussian_filter(x, sigma=(s, s, 0))

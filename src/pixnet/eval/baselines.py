@@ -8,7 +8,7 @@
   one crop centred on each spot at the same working mpp, one expression vector per
   crop (ResNet18 -> global average pool of F5 -> linear head). It is trained with
   PixNet's loss (:func:`pixnet.ops.losses.pixnet_loss`), optimiser (Adam, same lr and
-  weight decay), augmentation (flips, quarter turns, HED stain jitter), validation band
+  weight decay), augmentation (flips, quarter turns, colour jitter), validation band
   and epoch budget; the best epoch by validation loss is kept. Its run folder is kept
   as ``pixnet train``'s (:class:`~pixnet.train.runfolder.RunFolder`), so it resumes.
 * **Ridge on frozen encoder features** (:func:`encoder_features`, :func:`fit_ridge`), as
@@ -48,12 +48,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pixnet.data.crops import (
+    ColourJitter,
     CropSampler,
     SlideSpots,
     centred_crops,
     load_slide_spots,
     rot_flip_image,
-    stain_jitter,
     validation_masks,
 )
 from pixnet.data.preprocess import GenePanel
@@ -188,17 +188,20 @@ def spot_crops(
     return batch.images, (batch.targets if slide.targets is not None else None)
 
 
-def augment_images(images: Tensor, rng: np.random.Generator) -> Tensor:
-    """Random flip, quarter turn and HED stain jitter of each ``(n, 3, S, S)`` crop.
+def augment_images(
+    images: Tensor, rng: np.random.Generator, colour: ColourJitter | None = None
+) -> Tensor:
+    """Random flip, quarter turn and colour jitter of each ``(n, 3, S, S)`` crop.
 
     The same transforms as :class:`~pixnet.data.crops.CropSampler` (rotation/flip, then
-    stain jitter), drawn from ``rng``.
+    ``colour``, default the light HED jitter), drawn from ``rng``.
     """
+    colour = colour or ColourJitter()
     arr = (images.permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
     out = []
     for img in arr:
         k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-        out.append(stain_jitter(rot_flip_image(img, k, flip), rng))
+        out.append(colour(rot_flip_image(img, k, flip), rng))
     x = np.stack(out).astype(np.float32) / 255.0
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
@@ -316,7 +319,8 @@ def train_spot_crop(
     """Train a :class:`SpotCropRegressor` with PixNet's loss, optimiser and budget.
 
     Args:
-        cfg: ``epochs``, ``lr``, ``weight_decay``, ``pcc_weight``, ``augment``,
+        cfg: ``epochs``, ``lr``, ``weight_decay``, ``pcc_weight``, ``augment`` (with
+            ``colour_jitter``),
             ``pretrained``, ``seed``, ``precise_bn_batches`` (batches of ``batch_size``
             unaugmented spot crops), ``crops_per_epoch`` and ``crop_px`` (for the
             budget) are used, as by PixNet's training; with ``out``, also ``resume``
@@ -400,7 +404,7 @@ def train_spot_crop(
                 targs.append(t)
             images = torch.cat(imgs)
             if cfg.augment:
-                images = augment_images(images, rng)
+                images = augment_images(images, rng, cfg.colour_jitter)
             loss = optimise_step(opt, model(images), torch.cat(targs), cfg.pcc_weight, sums)
             n_b += 1
             bar.set_postfix(loss=f"{loss:.4f}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pixnet.cli_options import DEVICE_HINT, DEVICE_PATTERN
 from pixnet.cli_options import help_meta as _h
+from pixnet.data.crops import ColourJitter
 from pixnet.data.regions import REGION_SOURCES
 from pixnet.models.pixnet import PRESETS
 from pixnet.models.vit_pyramid import PYRAMIDS
@@ -204,7 +205,28 @@ class TrainConfig:
             "8 map cells; the widths are saved in the model and written by predict)"
         ),
     )
-    augment: bool = field(default=True, metadata=_h("flips, rotations, stain jitter"))
+    augment: bool = field(default=True, metadata=_h("flips, rotations, colour jitter"))
+    stain_sigma: float = field(
+        default=0.05,
+        metadata=_h(
+            "HED stain jitter of training crops: each stain's density scaled by 1 +- this "
+            "(0.05: light; Tellez et al. call 0.2 strong)",
+            ge=0,
+            le=0.9,
+        ),
+    )
+    stain_bias: float = field(
+        default=0.02,
+        metadata=_h("HED stain jitter: each stain's density shifted by +- this", ge=0, le=1),
+    )
+    brightness_contrast: float = field(
+        default=0.0,
+        metadata=_h(
+            "brightness and contrast of training crops each scaled by 1 +- this (0: off)",
+            ge=0,
+            le=0.9,
+        ),
+    )
     pretrained: str | None = field(
         default=None,
         metadata=_h(
@@ -249,6 +271,12 @@ class TrainConfig:
     threads: int = field(default=0, metadata=_h("torch CPU threads (0: torch default)", ge=0))
     resume: bool = field(default=False, metadata=_h("continue from OUT/checkpoint.pt"))
     overwrite: bool = field(default=False, metadata=_h("replace an existing run folder's model"))
+
+    @property
+    def colour_jitter(self) -> ColourJitter:
+        """The colour augmentation of training crops (``--stain-sigma``, ``--stain-bias``,
+        ``--brightness-contrast``)."""
+        return ColourJitter(self.stain_sigma, self.stain_bias, self.brightness_contrast)
 
     @property
     def total_epochs(self) -> int:

@@ -326,6 +326,7 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         seed=cfg.seed,
         augment=cfg.augment,
         crops_per_epoch=cfg.crops_per_epoch or None,
+        colour=cfg.colour_jitter,
     )
     mcfg = from_preset(
         cfg.preset,
