@@ -4,8 +4,10 @@
         runs/c2f-mob-tta4:spotcrop [--dataset mob --coarsen 2]
 
 Each side is ``OUT:METHOD``: a ``bench/coarse_to_fine.py --out`` folder and a method run
-in it. The runs of the two sides are matched by (fold, base seed) from the per-seed
-``results.json`` files (``OUT/<dataset>/k<K>/seed<S>/results.json``), and the table gives
+in it, or ``RESULTS.json:METHOD``, a combined results file of ``coarse_to_fine.py
+--results`` (its per-run table: for runs whose folders are gone). The runs of the two
+sides are matched by (fold, base seed) from the per-seed ``results.json`` files
+(``OUT/<dataset>/k<K>/seed<S>/results.json``) or the per-run table, and the table gives
 the first minus the second in PCC@M and MSE skill: mean ± std over the matched runs and
 how many are higher. Used when the two were trained or predicted in different run
 folders (e.g. ``--gene-scales`` models predicted with ``--tta 4`` against the regressor
@@ -31,6 +33,8 @@ def run_values(
 ) -> dict[str, dict[str, Any]]:
     """``{"<fold>/seed<S>": fold metrics}`` of ``method`` in every seed folder of ``out``
     (only those of ``seeds`` when given)."""
+    if out.suffix == ".json":
+        return result_file_values(out, dataset, coarsen, method, seeds)
     root = out / dataset / f"k{coarsen}"
     if not root.is_dir():
         raise SystemExit(f"{root}: no such folder (the --out of bench/coarse_to_fine.py?)")
@@ -47,6 +51,21 @@ def run_values(
     return values
 
 
+def result_file_values(
+    path: Path, dataset: str, coarsen: int, method: str, seeds: list[int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The same from a combined results file of ``coarse_to_fine.py --results`` (its
+    ``per_run`` table), for runs whose folders are gone."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such results file")
+    tables = json.loads(path.read_text()).get("tables", {})
+    per_run = tables.get(f"{dataset}/k{coarsen}", {}).get("per_run", {}).get(method)
+    if not per_run:
+        raise SystemExit(f"{path}: no runs of method {method!r} for {dataset}, K = {coarsen}")
+    keep = None if not seeds else {f"seed{s}" for s in seeds}
+    return {k: v for k, v in per_run.items() if keep is None or k.split("/")[-1] in keep}
+
+
 def compare(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``a`` minus ``b`` over the runs both have, per metric (non-finite values left out;
     :func:`coarse_to_fine.difference_summary`)."""
@@ -59,8 +78,8 @@ def compare(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("first", help="OUT:METHOD")
-    ap.add_argument("second", help="OUT:METHOD")
+    ap.add_argument("first", help="OUT:METHOD or RESULTS.json:METHOD")
+    ap.add_argument("second", help="OUT:METHOD or RESULTS.json:METHOD")
     ap.add_argument("--dataset", default="mob")
     ap.add_argument("--coarsen", type=int, default=2)
     ap.add_argument(

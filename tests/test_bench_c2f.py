@@ -285,6 +285,17 @@ def test_compare_pairs_run_folders_by_fold_and_seed(
         cmp.main([str(tmp_path / "a"), f"{tmp_path / 'b'}:m"])
     with pytest.raises(SystemExit, match="no finished run of method 'x'"):
         cmp.main([f"{tmp_path / 'a'}:x", f"{tmp_path / 'b'}:m"])
+    # a side from a combined results file (per_run table), e.g. of runs deleted since
+    per_run = {"m": {"F1/seed0": {"PCC@M": 0.10, "skill": 0.0}, "F1/seed100": {"PCC@M": 0.5}}}
+    combined = tmp_path / "combined.json"
+    combined.write_text(json.dumps({"tables": {"mob/k2": {"per_run": per_run}}}))
+    assert cmp.main([f"{tmp_path / 'a'}:m", f"{combined}:m", "--seeds", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "1 runs matched by fold and seed" in text and "| PCC@M | 1 | +0.200 ±" in text
+    with pytest.raises(SystemExit, match="no runs of method 'x' for mob, K = 2"):
+        cmp.main([f"{tmp_path / 'a'}:m", f"{combined}:x"])
+    with pytest.raises(SystemExit, match="no such results file"):
+        cmp.main([f"{tmp_path / 'a'}:m", f"{tmp_path / 'nope.json'}:m"])
 
 
 def test_merge_pools_result_files_by_fold_and_seed(

@@ -320,9 +320,9 @@ def test_colour_jitter_options_reach_both_trainings(manifest: Path, tmp_path: Pa
     jitter is what PixNet's crop sampler and the spot-crop regressor draw with."""
     cfg = TrainConfig(stain_sigma=0.2, stain_bias=0.05, brightness_contrast=0.1)
     assert cfg.colour_jitter == ColourJitter(0.2, 0.05, 0.1)
-    for bad in ({"stain_sigma": -0.1}, {"stain_sigma": 1.0}, {"brightness_contrast": 0.95}):
-        with pytest.raises(PixNetInputError, match="--" + next(iter(bad)).replace("_", "-")):
-            check_fields(dataclasses.replace(cfg, **bad))
+    for name, value in (("stain_sigma", -0.1), ("stain_sigma", 1.0), ("brightness_contrast", 0.95)):
+        with pytest.raises(PixNetInputError, match="--" + name.replace("_", "-")):
+            check_fields(dataclasses.replace(cfg, **{name: value}))  # type: ignore[arg-type]
     seen: list[ColourJitter] = []
     real = CropSampler.__init__
 
