@@ -70,6 +70,8 @@ def collect(
             if method not in r["methods"]:
                 continue
             cfg = {**defaults, **r["config"]}
+            if not cfg.get("distill_epochs"):  # rounds of no epochs: the same training
+                cfg["distill_rounds"] = 0
             key = json.dumps(
                 {k: v for k, v in cfg.items() if k not in _SAME_VARIANT}, sort_keys=True
             )

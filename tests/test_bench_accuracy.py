@@ -278,6 +278,16 @@ def test_seed_spread_pairs_methods_per_fold_and_seed(tmp_path: Path) -> None:
     assert pair["mean"] == pytest.approx(d.mean())
     with pytest.raises(SystemExit):  # one variant: nothing to pair
         spread.main([*files, "--paired-variants"])
+    # rounds of 0 distillation epochs are no rounds: not another variant
+    for file, rounds in zip(files, (3, 1), strict=True):
+        res = json.loads(Path(file).read_text())
+        res["datasets"]["mob"]["config"].update(distill_epochs=0, distill_rounds=rounds)
+        Path(file).write_text(json.dumps(res))
+    res["datasets"]["mob"]["config"].update(distill_epochs=1)
+    Path(tmp_path / "r3.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit):  # still one variant
+        spread.main([*files, "--paired-variants"])
+    assert spread.main([*files, str(tmp_path / "r3.json"), "--paired-variants"]) == 0
 
 
 def test_a_partial_table_never_replaces_the_committed_one(accuracy: ModuleType) -> None:
