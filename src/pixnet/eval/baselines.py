@@ -320,10 +320,9 @@ def train_spot_crop(
 
     Args:
         cfg: ``epochs``, ``lr``, ``weight_decay``, ``pcc_weight``, ``augment`` (with
-            ``colour_jitter``),
-            ``pretrained``, ``seed``, ``precise_bn_batches`` (batches of ``batch_size``
-            unaugmented spot crops), ``crops_per_epoch`` and ``crop_px`` (for the
-            budget) are used, as by PixNet's training; with ``out``, also ``resume``
+            ``colour_jitter``), ``pretrained``, ``seed``, ``precise_bn_batches`` (batches
+            of ``batch_size`` unaugmented spot crops), ``crops_per_epoch`` and ``crop_px``
+            (for the budget) are used, as by PixNet's training; with ``out``, also ``resume``
             and ``overwrite``.
         data: the fold's training slides and validation band (:func:`prepare_fold_data`).
         crop_px: spot-crop side in working pixels (0: :func:`default_spot_crop_px`).
