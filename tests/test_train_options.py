@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures_run import TINY_SPOT_TRAINING
+from fixtures_slide import synthetic_he
 
 from pixnet.cli_options import check_fields
 from pixnet.data.crops import (
@@ -271,14 +272,12 @@ def test_ema_decay_warms_up() -> None:
     assert share < 0.01
 
 
-def _tissue_image(seed: int = 0, size: int = 48) -> np.ndarray:
-    """A pink-and-purple uint8 image with texture (H&E-like colours)."""
-    rng = np.random.default_rng(seed)
-    pink, purple = np.array([230, 150, 190]), np.array([120, 70, 160])
-    w = rng.random((size, size, 1))
-    return np.clip(w * pink + (1 - w) * purple + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(
-        np.uint8
-    )
+def _tissue_image(size: int = 48) -> np.ndarray:
+    """A ``size`` px square of tissue (no background) from the test slide's image."""
+    img = synthetic_he(
+        200, 200
+    )  # its second blob: an ellipse of semi-axes 40 x 50 px at (140, 120)
+    return img[120 - size // 2 : 120 + size // 2, 140 - size // 2 : 140 + size // 2].copy()
 
 
 def test_colour_jitter_default_is_the_light_stain_jitter_and_draws_the_same() -> None:
@@ -339,10 +338,10 @@ def test_colour_jitter_options_reach_both_trainings(manifest: Path, tmp_path: Pa
         train(run, load_manifest(manifest))
     assert seen == [ColourJitter(0.3, run.stain_bias, 0.0)]
     # the spot-crop regressor's augmentation: same transform, same draws
-    x = torch.from_numpy(_tissue_image(3, 32)).permute(2, 0, 1)[None].float() / 255.0
+    x = torch.from_numpy(_tissue_image(32)).permute(2, 0, 1)[None].float() / 255.0
     strong = ColourJitter(0.3, 0.1, 0.2)
     y = augment_images(x, np.random.default_rng(4), strong)
     rng = np.random.default_rng(4)
     k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-    want = strong(rot_flip_image(_tissue_image(3, 32), k, flip), rng)
+    want = strong(rot_flip_image(_tissue_image(32), k, flip), rng)
     np.testing.assert_array_equal((y[0].permute(1, 2, 0).numpy() * 255).round(), want)
