@@ -207,7 +207,7 @@ class TrainConfig:
     )
     augment: bool = field(default=True, metadata=_h("flips, rotations, colour jitter"))
     stain_sigma: float = field(
-        default=0.05,
+        default=ColourJitter.stain_sigma,
         metadata=_h(
             "HED stain jitter of training crops: each stain's density scaled by 1 +- this "
             "(0.05: light; Tellez et al. call 0.2 strong)",
@@ -216,11 +216,11 @@ class TrainConfig:
         ),
     )
     stain_bias: float = field(
-        default=0.02,
+        default=ColourJitter.stain_bias,
         metadata=_h("HED stain jitter: each stain's density shifted by +- this", ge=0, le=1),
     )
     brightness_contrast: float = field(
-        default=0.0,
+        default=ColourJitter.brightness_contrast,
         metadata=_h(
             "brightness and contrast of training crops each scaled by 1 +- this (0: off)",
             ge=0,
