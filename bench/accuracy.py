@@ -147,112 +147,40 @@ def link_members(cfg: Any, folds: list[Any], roots: list[Path]) -> None:
         link.symlink_to(target, target_is_directory=True)
 
 
-def add_model_flags(ap: argparse.ArgumentParser) -> None:
-    """PixNet's model, penalty and colour-jitter options, as ``pixnet train`` names them (defaults
-    from :class:`TrainConfig`); :func:`model_flags` hands them on."""
-    from pixnet.ops.dihedral import CONSISTENCY_FRAMES
-    from pixnet.train.config import CONTEXT_STRIDES, TrainConfig
+MODEL_FLAGS = (
+    "smoothness",
+    "consistency",
+    "consistency_frames",
+    "context_stride",
+    "local_path",
+    "gene_scales",
+    "distill_epochs",
+    "distill_rounds",
+    "distill_weight",
+    "distill_views",
+    "stain_sigma",
+    "stain_bias",
+    "brightness_contrast",
+    "stain_normalise",
+)
+"""The :class:`~pixnet.train.config.TrainConfig` fields the benchmarks take as options
+(model, penalties, distillation, colour handling): PixNet's, and where they apply the
+spot-crop regressor's (the colour jitter and normalisation). With ``--resume``, finished
+runs continue into more ``--distill-epochs`` / ``--distill-rounds``."""
 
-    default = TrainConfig()
-    ap.add_argument(
-        "--smoothness",
-        type=float,
-        default=default.smoothness,
-        help="PixNet map smoothness (train --smoothness)",
-    )
-    ap.add_argument(
-        "--consistency",
-        type=float,
-        default=default.consistency,
-        help="PixNet dihedral consistency weight (train --consistency)",
-    )
-    ap.add_argument(
-        "--consistency-frames",
-        default=default.consistency_frames,
-        choices=tuple(CONSISTENCY_FRAMES),
-        help="the transforms --consistency draws from (train --consistency-frames)",
-    )
-    ap.add_argument(
-        "--context-stride",
-        type=int,
-        default=default.context_stride,
-        choices=CONTEXT_STRIDES,
-        help="PixNet decoder stride carrying context into the map (train --context-stride)",
-    )
-    ap.add_argument(
-        "--local-path",
-        action="store_true",
-        help="PixNet local path into the head (train --local-path)",
-    )
-    ap.add_argument(
-        "--gene-scales",
-        action="store_true",
-        help="PixNet per-gene learned smoothing (train --gene-scales)",
-    )
-    ap.add_argument(
-        "--distill-epochs",
-        type=int,
-        default=default.distill_epochs,
-        help="PixNet epochs distilling its own 8-frame mean map after --epochs (train "
-        "--distill-epochs); with --resume, finished runs continue into them",
-    )
-    ap.add_argument(
-        "--distill-rounds",
-        type=int,
-        default=default.distill_rounds,
-        help="rounds of --distill-epochs, each taught by the model the last one kept (train "
-        "--distill-rounds); with --resume, finished runs continue into more",
-    )
-    ap.add_argument(
-        "--distill-weight",
-        type=float,
-        default=default.distill_weight,
-        help="weight of the distillation term (train --distill-weight)",
-    )
-    ap.add_argument(
-        "--distill-views",
-        type=int,
-        default=default.distill_views,
-        help="teacher frames per step (train --distill-views)",
-    )
-    ap.add_argument(
-        "--stain-sigma",
-        type=float,
-        default=default.stain_sigma,
-        help="HED stain jitter scale of training crops, PixNet and the spot-crop regressor "
-        "(train --stain-sigma)",
-    )
-    ap.add_argument(
-        "--stain-bias",
-        type=float,
-        default=default.stain_bias,
-        help="HED stain jitter shift (train --stain-bias)",
-    )
-    ap.add_argument(
-        "--brightness-contrast",
-        type=float,
-        default=default.brightness_contrast,
-        help="brightness/contrast jitter of training crops (train --brightness-contrast)",
-    )
+
+def add_model_flags(ap: argparse.ArgumentParser) -> None:
+    """The options of :data:`MODEL_FLAGS`, named, typed, bounded and explained as ``pixnet
+    train`` does (one source: :class:`TrainConfig`); :func:`model_flags` hands them on."""
+    from pixnet.cli_options import add_dataclass_arguments
+    from pixnet.train.config import TrainConfig
+
+    add_dataclass_arguments(ap, TrainConfig, fields=MODEL_FLAGS)
 
 
 def model_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The options of :func:`add_model_flags`, as config fields."""
-    return {
-        "smoothness": args.smoothness,
-        "consistency": args.consistency,
-        "consistency_frames": args.consistency_frames,
-        "context_stride": args.context_stride,
-        "local_path": args.local_path,
-        "gene_scales": args.gene_scales,
-        "distill_epochs": args.distill_epochs,
-        "distill_rounds": args.distill_rounds,
-        "distill_weight": args.distill_weight,
-        "distill_views": args.distill_views,
-        "stain_sigma": args.stain_sigma,
-        "stain_bias": args.stain_bias,
-        "brightness_contrast": args.brightness_contrast,
-    }
+    return {name: getattr(args, name) for name in MODEL_FLAGS}
 
 
 def add_prediction_flags(ap: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import pytest
 from fixtures_run import run_cli, tiny_model_file
 
 from pixnet.cli import build_parser
-from pixnet.cli_options import _base_type, check_fields, help_meta
+from pixnet.cli_options import _base_type, add_dataclass_arguments, check_fields, help_meta
 from pixnet.data.example import write_example_dataset
 from pixnet.errors import PixNetInputError
 from pixnet.eval.crossval import CrossValConfig
@@ -123,6 +123,19 @@ def test_help_shows_ranges_and_choices(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "{sum,mean,density}" in out and "{paper,cpu}" in out
     assert "(default: 0.15; >= 0 and < 1)" in " ".join(out.split())
+
+
+def test_a_subset_of_fields_keeps_their_checks_and_prints_each_default_once() -> None:
+    ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_arguments(ap, TrainConfig, fields=("stain_sigma", "stain_normalise"))
+    args = ap.parse_args(["--stain-sigma", "0.2", "--stain-normalise"])
+    assert vars(args) == {"stain_sigma": 0.2, "stain_normalise": True}
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--stain-sigma", "2"])  # above its bound (0.9)
+    text = " ".join(ap.format_help().split())
+    assert "(default: 0.05; >= 0 and <= 0.9)" in text and text.count("default: 0.05") == 1
+    with pytest.raises(ValueError, match="no field"):
+        add_dataclass_arguments(argparse.ArgumentParser(), TrainConfig, fields=("stain_sgma",))
 
 
 # -- flags holding files, ids and outputs: refused by the command, before any work -----

@@ -14,7 +14,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,7 +123,9 @@ def _help_text(help_: str, meta: Mapping[str, Any], default: Any) -> str:
     extra = f"; {rng}" if rng else ""
     if "pattern_hint" in meta and meta["pattern_hint"]:
         extra += f"; {meta['pattern_hint']}"
-    return f"{help_} (default: {default}{extra})"
+    # argparse fills in %(default)s, so a parser with ArgumentDefaultsHelpFormatter does
+    # not print the default a second time
+    return f"{help_} (default: %(default)s{extra})"
 
 
 def check_fields(obj: Any) -> None:
@@ -143,10 +145,19 @@ def check_fields(obj: Any) -> None:
                 raise PixNetInputError("--" + f.name.replace("_", "-"), problem)
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--name`` option per field of dataclass ``cls`` (help from metadata)."""
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, fields: Collection[str] | None = None
+) -> None:
+    """Add one ``--name`` option per field of dataclass ``cls`` (help from metadata), or
+    per field named in ``fields`` (unknown names raise ``ValueError``)."""
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields or ()) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
     for f in dataclasses.fields(cls):
+        if fields is not None and f.name not in fields:
+            continue
         tp, optional = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")

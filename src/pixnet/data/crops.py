@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from pixnet.data.colour import normalise_slide
 from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
@@ -50,6 +52,8 @@ class SlideSpots:
             several spots (:mod:`pixnet.data.regions`), else ``None``. ``targets`` then
             holds each spot's region target (the same row for all members) and
             ``supervised``/``measured`` are the same for all members of a region.
+        colour: the stain normalisation the image went through
+            (:func:`pixnet.data.colour.normalise_slide`'s record), or ``None``.
     """
 
     sample_id: str
@@ -63,6 +67,7 @@ class SlideSpots:
     supervised: np.ndarray
     measured: np.ndarray | None = None
     region: np.ndarray | None = None
+    colour: dict[str, Any] | None = None
 
     def region_members(self) -> list[np.ndarray]:
         """Spot indices of each region (``region`` must be set)."""
@@ -87,11 +92,14 @@ def load_slide_spots(
     working_mpp: float,
     targets: np.ndarray | None,
     region: np.ndarray | None = None,
+    reference_od: Sequence[float] | None = None,
 ) -> SlideSpots:
     """Read ``sample``'s image at ``working_mpp`` and convert its spots to working pixels.
 
     ``region`` (``(N,)`` int, optional) makes training supervise regions of several
-    spots; ``targets`` must then hold each spot's region target.
+    spots; ``targets`` must then hold each spot's region target. ``reference_od``
+    (optional): stain-normalise the image to these tissue densities
+    (:mod:`pixnet.data.colour`).
     """
     if sample.image_path is None:
         raise PixNetInputError(
@@ -106,7 +114,10 @@ def load_slide_spots(
             sample.mpp,
             sample.mpp,
         )
+    colour = None
     with open_slide(sample.image_path, mpp=sample.mpp) as slide:
+        if reference_od is not None:
+            colour = normalise_slide(slide, reference_od)
         image = np.asarray(slide.read_level_image(working_mpp))
         w0, h0 = slide.size_px
     scale = (image.shape[1] / w0, image.shape[0] / h0)
@@ -136,6 +147,7 @@ def load_slide_spots(
         supervised=measured.copy(),
         measured=measured,
         region=None if region is None else np.asarray(region, dtype=np.int64),
+        colour=colour,
     )
 
 
@@ -215,12 +227,19 @@ _HED = _HED / np.linalg.norm(_HED, axis=1, keepdims=True)
 _HED_INV = np.linalg.inv(_HED)
 
 
+def stain_densities(img: np.ndarray) -> np.ndarray:
+    """Haematoxylin, eosin and residual densities of ``(..., 3)`` uint8 RGB pixels, ``(n, 3)``
+    float32 (colour deconvolution with the Ruifrok-Johnston vectors; optical density
+    ``-log((rgb + 1) / 256)``)."""
+    od = -np.log((img.astype(np.float32) + 1.0) / 256.0)
+    return od.reshape(-1, 3) @ _HED_INV.astype(np.float32)
+
+
 def stain_jitter(
     img: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02
 ) -> np.ndarray:
     """HED colour augmentation (Tellez et al. 2018): scale and shift stain densities."""
-    od = -np.log((img.astype(np.float32) + 1.0) / 256.0)
-    conc = od.reshape(-1, 3) @ _HED_INV.astype(np.float32)
+    conc = stain_densities(img)
     alpha = rng.uniform(1 - sigma, 1 + sigma, size=3).astype(np.float32)
     beta = rng.uniform(-bias, bias, size=3).astype(np.float32)
     od2 = (conc * alpha + beta) @ _HED.astype(np.float32)

@@ -124,10 +124,16 @@ def prepare_fold_data(cfg: TrainConfig, samples: Sequence[Sample]) -> FoldData:
     return FoldData(panel=panel, slides=slides, val_masks=masks)
 
 
-def load_test_slide(sample: Sample, panel: GenePanel, working_mpp: float) -> SlideSpots:
-    """A test sample at the working resolution with its targets under ``panel``."""
+def load_test_slide(
+    sample: Sample,
+    panel: GenePanel,
+    working_mpp: float,
+    reference_od: Sequence[float] | None = None,
+) -> SlideSpots:
+    """A test sample at the working resolution with its targets under ``panel``
+    (stain-normalised to ``reference_od``, the training slides', when given)."""
     targets = panel.transform(sample) if sample.counts is not None else None
-    return load_slide_spots(sample, working_mpp, targets)
+    return load_slide_spots(sample, working_mpp, targets, reference_od=reference_od)
 
 
 def default_spot_crop_px(size_wpx: float) -> int:

@@ -488,8 +488,10 @@ def _run_method(
         return _run_pixnet(cfg, tcfg, train_samples, test_samples, panel, mdir, simclr)
     if "data" not in fold_data:  # read the fold's images once for all baselines
         fold_data["data"] = _regions_as_spots(B.prepare_fold_data(tcfg, train_samples))
+        colour = fold_data["data"].slides[0].colour  # --stain-normalise: the training reference
+        ref = None if colour is None else colour["reference_od"]
         fold_data["test"] = {
-            s.sample_id: B.load_test_slide(s, panel, cfg.working_mpp) for s in test_samples
+            s.sample_id: B.load_test_slide(s, panel, cfg.working_mpp, ref) for s in test_samples
         }
         if fold_data["data"].panel.genes != panel.genes:
             raise RuntimeError("baseline gene panel differs from the fold's panel")

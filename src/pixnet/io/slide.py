@@ -478,6 +478,8 @@ class Slide:
         backend: ``"openslide"``, ``"tifffile"`` or ``"pillow"``.
         level_mpps: micrometres per pixel of the stored pyramid levels (for JPEGs, of the
             scales libjpeg decodes to directly), finest first.
+        colour_lut: ``None``, or the ``(3, 256)`` uint8 map every read pixel goes through
+            (:meth:`set_colour_lut`; stain normalisation, :mod:`pixnet.data.colour`).
 
     A ``Slide`` is safe to share between threads, and to pass to forked or spawned
     ``DataLoader`` workers: each process reopens the file on first use.
@@ -505,6 +507,7 @@ class Slide:
         self.size_px: tuple[int, int] = self._b.level_sizes[0]
         self._level_cache: OrderedDict[tuple[float, float], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self.colour_lut: np.ndarray | None = None
 
     # -- process safety ------------------------------------------------------------------
 
@@ -631,7 +634,33 @@ class Slide:
         mpp = self.mpp * ds
         return self.read_level_image(mpp), mpp
 
+    def set_colour_lut(self, lut: np.ndarray | None) -> None:
+        """Map every pixel read from now on through ``lut``: ``(3, 256)`` uint8, output value
+        of each input value per RGB channel (``None``: the file's own colours). Cached
+        whole-image reads are dropped, so thumbnails read later are mapped too."""
+        if lut is not None:
+            lut = np.asarray(lut)
+            if lut.shape != (3, 256) or lut.dtype != np.uint8:
+                raise ValueError(f"a colour LUT is (3, 256) uint8, got {lut.shape} {lut.dtype}")
+        with self._lock:
+            self.colour_lut = lut
+            self._level_cache.clear()
+
     def _read_box(
+        self, box: tuple[float, float, float, float], out_size: tuple[int, int]
+    ) -> np.ndarray:
+        """The full-res box ``(x0, y0, x1, y1)`` resampled to ``out_size = (w, h)`` pixels,
+        through :attr:`colour_lut` when one is set."""
+        arr = self._read_box_raw(box, out_size)
+        lut = self.colour_lut
+        if lut is None:
+            return arr
+        out = np.empty_like(arr)
+        for c in range(3):
+            out[..., c] = lut[c][arr[..., c]]
+        return out
+
+    def _read_box_raw(
         self, box: tuple[float, float, float, float], out_size: tuple[int, int]
     ) -> np.ndarray:
         """Resample the full-res box ``(x0, y0, x1, y1)`` to ``out_size = (w, h)`` pixels."""

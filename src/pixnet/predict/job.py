@@ -23,6 +23,7 @@ import numpy as np
 from pixnet._constants import PredictionKeys
 from pixnet.cli_options import DEVICE_HINT, DEVICE_PATTERN, check_fields
 from pixnet.cli_options import help_meta as _h
+from pixnet.data.colour import normalise_slide
 from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import (
     check_output_folder,
@@ -308,6 +309,9 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
             np.dtype(cfg.dtype).itemsize,
             extra_bytes_per_file=int(np.asarray(hires).nbytes),
         )
+        colour = None
+        if predictor.reference_od is not None:  # after the hires image: that stays as scanned
+            colour = normalise_slide(slide, predictor.reference_od)
         adapted = None
         if cfg.adapt_bn_batches:
             adapted = adapt_batchnorm(predictor, slide, (mask, thumb_mpp), cfg.adapt_bn_batches)
@@ -335,6 +339,8 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
             )
             if adapted is not None:
                 stats["adapt_bn"] = adapted
+            if colour is not None:
+                stats["stain_normalisation"] = colour
             target = TargetScale(target_sum=predictor.panel.target_sum)
             widths = predictor.gene_widths_um()  # --gene-scales models: var["smoothing_um"]
             var_columns = None if widths is None else {SMOOTHING_COLUMN: widths}

@@ -91,6 +91,13 @@ class Predictor:
         return int(self.model.map_stride)
 
     @property
+    def reference_od(self) -> list[float] | None:
+        """The stain density slides are normalised to before prediction (a model trained
+        with ``--stain-normalise``, :mod:`pixnet.data.colour`), or ``None``."""
+        ref = ((self.payload_info or {}).get("geometry") or {}).get("reference_od")
+        return None if ref is None else [float(v) for v in ref]
+
+    @property
     def n_members(self) -> int:
         """1 for a single model, K for an ensemble."""
         return len(self.model) if isinstance(self.model, PixNetEnsemble) else 1

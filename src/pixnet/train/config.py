@@ -227,6 +227,14 @@ class TrainConfig:
             le=0.9,
         ),
     )
+    stain_normalise: bool = field(
+        default=False,
+        metadata=_h(
+            "bring every slide's tissue to the training sections' mean stain density (per-"
+            "channel optical density scaled by the reference over the slide's tissue median), "
+            "in training and, from the model file, in prediction"
+        ),
+    )
     pretrained: str | None = field(
         default=None,
         metadata=_h(

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pixnet.cli_options import check_fields, save_config
+from pixnet.data.colour import reference_od
 from pixnet.data.crops import (
     CropBatch,
     CropSampler,
@@ -40,6 +41,7 @@ from pixnet.data.regions import region_targets, sample_regions
 from pixnet.errors import PixNetInputError
 from pixnet.io.modelfile import load_model_file, model_payload
 from pixnet.io.sample import Sample
+from pixnet.io.slide import open_slide
 from pixnet.models.gene_scales import LR_FACTOR as GENE_SCALES_LR_FACTOR
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.models.registry import get_encoder_spec
@@ -213,10 +215,11 @@ def prepare_training_slides(
     several spots (:mod:`pixnet.data.regions`): its targets are the regions' targets.
     """
     panel = fit_gene_panel(samples, n_genes=cfg.n_genes)
+    ref = training_reference_od(samples) if cfg.stain_normalise else None
     slides = []
     for s in tqdm(samples, desc="reading slides", unit="slide", leave=False):
         if cfg.coarsen == 1 and cfg.regions == "spots":
-            slides.append(load_slide_spots(s, cfg.working_mpp, panel.transform(s)))
+            slides.append(load_slide_spots(s, cfg.working_mpp, panel.transform(s), None, ref))
             continue
         reg = sample_regions(s, cfg.coarsen, cfg.regions)
         targets = region_targets(s, reg, panel)[reg.index]
@@ -227,8 +230,29 @@ def prepare_training_slides(
             reg.n_regions,
             ", ".join(f"{k} x {v}" for k, v in reg.summary().items()),
         )
-        slides.append(load_slide_spots(s, cfg.working_mpp, targets, region=reg.index))
+        slides.append(
+            load_slide_spots(s, cfg.working_mpp, targets, region=reg.index, reference_od=ref)
+        )
     return panel, slides
+
+
+def training_reference_od(samples: list[Sample]) -> list[float]:
+    """The stain-normalisation reference of a training set (``--stain-normalise``): the
+    mean of its slides' median tissue optical densities (:mod:`pixnet.data.colour`)."""
+    slides = []
+    try:
+        for s in samples:
+            if s.image_path is None:
+                raise PixNetInputError(
+                    s.sample_id, "sample has no image", "add its image to the manifest ('image')"
+                )
+            slides.append(open_slide(s.image_path, mpp=s.mpp))
+        ref = reference_od(slides)
+    finally:
+        for sl in slides:
+            sl.close()
+    log.info("stain normalisation: reference optical density (R, G, B) %s", np.round(ref, 3))
+    return ref
 
 
 def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
@@ -356,6 +380,8 @@ def _train(cfg: TrainConfig, samples: list[Sample], info: DistInfo) -> Path:
         "spot_size_um": float(samples[0].spot_size_um),
         "crop_px": cfg.crop_px,
     }
+    if slides[0].colour is not None:
+        geometry["reference_od"] = slides[0].colour["reference_od"]
     n_val = int(sum(m.sum() for m in val_masks))
     start, best = 0, {"val_loss": float("inf"), "epoch": -1}
     if resumed is not None:
