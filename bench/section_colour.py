@@ -4,13 +4,14 @@
         --out bench/results/jitter/section-colour.md
 
 For each section of a dataset (the accuracy benchmark's manifests and working
-resolutions), the pixels under its measured spots are colour-deconvolved into
-haematoxylin, eosin and residual densities (:func:`pixnet.data.crops.stain_densities`,
-the deconvolution the HED jitter of training uses). Per section: the median density of
-each stain and the mean RGB. Per leave-one-section-out fold: the held-out section's
-median density over the training sections' (their mean), as a factor per stain. The HED
-jitter scales each stain by a factor drawn from ``1 +- stain_sigma``: a fold whose
-factor lies outside that range asks the model for colours it never saw in training.
+resolutions): the median optical density per RGB channel of the tissue on its thumbnail
+(:func:`pixnet.data.colour.tissue_od`, the statistic ``--stain-normalise`` equalises), and
+under its measured spots the median haematoxylin density (colour deconvolution,
+:func:`pixnet.data.crops.stain_densities`, as the HED jitter of training uses) and the mean
+RGB. Per leave-one-section-out fold: the held-out section's value over the training
+sections' mean, as a factor. The HED jitter scales each stain by a factor drawn from
+``1 +- stain_sigma``: a fold whose factor lies outside that range asks the model for colours
+it never saw in training.
 
 Writes Markdown (``--out``) and JSON beside it.
 """
@@ -27,8 +28,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import DATASETS  # noqa: E402
-
-STAINS = ("H", "E", "D")
 
 
 def spot_pixels(image: np.ndarray, centres_wpx: np.ndarray, radius_wpx: float) -> np.ndarray:
@@ -48,36 +47,35 @@ def spot_pixels(image: np.ndarray, centres_wpx: np.ndarray, radius_wpx: float) -
 
 
 def section_colour(sample: Any, working_mpp: float) -> dict[str, Any]:
-    """Median stain densities and mean RGB under ``sample``'s measured spots."""
+    """Tissue optical density (thumbnail), median H density and mean RGB under the measured
+    spots of ``sample``."""
+    from pixnet.data.colour import tissue_od
     from pixnet.data.crops import load_slide_spots, stain_densities
+    from pixnet.io.slide import open_slide
 
+    with open_slide(sample.image_path, mpp=sample.mpp) as sl:
+        od = tissue_od(sl)
     slide = load_slide_spots(sample, working_mpp, targets=None)
     keep = slide.measured if slide.measured is not None else slide.supervised
     rgb = spot_pixels(slide.image, slide.centres_wpx[keep], slide.size_wpx / 2)
-    dens = stain_densities(rgb)
     return {
         "sample_id": sample.sample_id,
         "spots": int(keep.sum()),
-        "pixels": int(len(rgb)),
-        "median_density": {s: float(np.median(dens[:, i])) for i, s in enumerate(STAINS)},
-        "iqr_density": {
-            s: float(np.subtract(*np.percentile(dens[:, i], [75, 25])))
-            for i, s in enumerate(STAINS)
-        },
-        "mean_rgb": [float(v) for v in rgb.reshape(-1, 3).mean(axis=0)],
+        "tissue_od": [float(v) for v in od],
+        "spot_h_density": float(np.median(stain_densities(rgb)[:, 0])),
+        "spot_mean_rgb": [float(v) for v in rgb.mean(axis=0)],
     }
 
 
 def fold_factors(sections: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per held-out section: its median density over the other sections' mean, per stain."""
+    """Per held-out section: its tissue OD (per channel) and spot H density over the other
+    sections' mean."""
     out = []
     for k, held in enumerate(sections):
         rest = [s for j, s in enumerate(sections) if j != k]
-        factor = {
-            st: held["median_density"][st] / float(np.mean([s["median_density"][st] for s in rest]))
-            for st in STAINS
-        }
-        out.append({"held_out": held["sample_id"], "factor": factor})
+        od = np.asarray(held["tissue_od"]) / np.mean([s["tissue_od"] for s in rest], axis=0)
+        h = held["spot_h_density"] / float(np.mean([s["spot_h_density"] for s in rest]))
+        out.append({"held_out": held["sample_id"], "tissue_od": od.tolist(), "spot_h": h})
     return out
 
 
@@ -87,22 +85,23 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"### {name}",
             "",
-            "| section | spots | median H / E / D density | IQR H / E / D | mean RGB | "
-            "held-out over training, H / E / D |",
-            "|---|---:|---|---|---|---|",
+            "| section | spots | tissue OD R / G / B | spot H density | spot mean RGB | "
+            "held-out over training: tissue OD R / G / B, spot H |",
+            "|---|---:|---|---:|---|---|",
         ]
-        for sec, fold in zip(res["sections"], res["folds"]):
-            med = " / ".join(f"{sec['median_density'][s]:.3f}" for s in STAINS)
-            iqr = " / ".join(f"{sec['iqr_density'][s]:.3f}" for s in STAINS)
-            rgb = ", ".join(f"{v:.0f}" for v in sec["mean_rgb"])
-            fac = " / ".join(f"{fold['factor'][s]:.2f}" for s in STAINS)
-            lines.append(f"| {sec['sample_id']} | {sec['spots']} | {med} | {iqr} | {rgb} | {fac} |")
-        dev = res["max_factor_deviation"]
+        for sec, fold in zip(res["sections"], res["folds"], strict=True):
+            od = " / ".join(f"{v:.3f}" for v in sec["tissue_od"])
+            rgb = ", ".join(f"{v:.0f}" for v in sec["spot_mean_rgb"])
+            fac = " / ".join(f"{v:.2f}" for v in fold["tissue_od"])
+            lines.append(
+                f"| {sec['sample_id']} | {sec['spots']} | {od} | {sec['spot_h_density']:.3f} | "
+                f"{rgb} | {fac}, {fold['spot_h']:.2f} |"
+            )
         lines += [
             "",
-            "Largest |factor - 1| over folds: "
-            + ", ".join(f"{s} {dev[s]:.2f}" for s in STAINS)
-            + " (the default jitter covers 0.05, `--stain-sigma 0.2` 0.20).",
+            f"Largest |factor - 1| over folds: tissue OD {res['max_od_deviation']:.2f}, spot H "
+            f"{res['max_h_deviation']:.2f} (the default jitter scales each stain by up to 0.05, "
+            "`--stain-sigma 0.2` by 0.20).",
             "",
         ]
     return "\n".join(lines)
@@ -121,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         samples = load_manifest(spec["manifest"])
         sections = [section_colour(s, spec["working_mpp"]) for s in samples]
         folds = fold_factors(sections)
-        dev = {st: max(abs(f["factor"][st] - 1.0) for f in folds) for st in STAINS}
-        results[name] = {"sections": sections, "folds": folds, "max_factor_deviation": dev}
+        results[name] = {
+            "sections": sections,
+            "folds": folds,
+            "max_od_deviation": max(abs(v - 1.0) for f in folds for v in f["tissue_od"]),
+            "max_h_deviation": max(abs(f["spot_h"] - 1.0) for f in folds),
+        }
     text = markdown(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -5,6 +5,7 @@ maps a darker copy of a slide to the colours of training."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from pixnet.data.colour import (
 )
 from pixnet.data.example import write_example_dataset
 from pixnet.io.manifest import load_manifest
-from pixnet.io.modelfile import load_model_file
+from pixnet.io.modelfile import describe_model_file, load_model_file
 from pixnet.io.slide import open_slide
 from pixnet.predict.job import PredictConfig, run_predict
 from pixnet.train.config import TrainConfig
@@ -119,6 +120,8 @@ def test_training_records_the_reference_and_prediction_undoes_a_darker_stain(
             ods.append(tissue_od(sl))
     assert payload["geometry"]["reference_od"] == pytest.approx(list(np.mean(ods, axis=0)))
     assert payload["train_config"]["stain_normalise"] is True
+    (geo,) = [line for line in describe_model_file(payload) if line.startswith("geometry")]
+    assert "stain-normalised to tissue OD" in geo
 
     # the same model file without the reference: prediction as without normalisation
     raw_model = tmp_path / "raw.pt"
@@ -145,3 +148,37 @@ def test_training_records_the_reference_and_prediction_undoes_a_darker_stain(
     gap = np.abs(dark.X - normal.X).mean()
     raw_gap = np.abs(raw_dark.X - raw_normal.X).mean()
     assert gap < 0.35 * raw_gap, (gap, raw_gap)
+
+
+def test_dense_map_figures_and_baselines_see_normalised_slides(
+    example: Path, tmp_path: Path
+) -> None:
+    from pixnet.eval.baselines import load_test_slide, prepare_fold_data
+    from pixnet.eval.plots.inputs import model_dense_region
+    from pixnet.predict.tiled import load_predictor
+
+    samples = {s.sample_id: s for s in load_manifest(example)}
+    cfg = TrainConfig(stain_normalise=True, **TINY_SPOT_TRAINING)
+    data = prepare_fold_data(cfg, [samples["EX1"], samples["EX2"]])
+    colour = data.slides[0].colour
+    assert colour is not None and data.slides[1].colour is not None
+    ref = colour["reference_od"]
+    assert data.slides[1].colour["reference_od"] == ref
+    # the regressor's test slide: the darker copy reads as the original does
+    plain = load_test_slide(samples["EX1"], data.panel, cfg.working_mpp, ref).image.astype(int)
+    dark = load_test_slide(samples["EX1D"], data.panel, cfg.working_mpp, ref).image.astype(int)
+    raw = load_test_slide(samples["EX1D"], data.panel, cfg.working_mpp).image.astype(int)
+    assert np.abs(dark - plain).mean() < 0.2 * np.abs(raw - plain).mean()
+
+    # the figures' dense map runs the model on normalised pixels too
+    run = dataclasses.replace(cfg, out=str(tmp_path / "run"), epochs=1)
+    model = train(run, [samples["EX1"], samples["EX2"]])
+    predictor = load_predictor(model)
+    box = (0.0, 0.0, 400.0, 400.0)
+    maps = [
+        model_dense_region(predictor, (samples[s].image_path, samples[s].mpp), box).values
+        for s in ("EX1", "EX1D")
+    ]
+    predictor.payload_info["geometry"].pop("reference_od")  # as a model without it
+    raw_map = model_dense_region(predictor, (samples["EX1D"].image_path, samples["EX1D"].mpp), box)
+    assert np.abs(maps[1] - maps[0]).mean() < 0.35 * np.abs(raw_map.values - maps[0]).mean()

@@ -29,7 +29,7 @@ SECTIONS: dict[str, str] = {
     "model_config": "architecture (PixNetConfig): preset, encoder, widths, gene count",
     "panel": "gene panel: genes, target transform, training means",
     "geometry": "where the map lies: working_mpp, map_stride, training spot shape and size, "
-    "crop_px",
+    "crop_px; reference_od when slides are stain-normalised (train --stain-normalise)",
     "readout": "how the map becomes spot values: name (sum, mean or density)",
     "train_config": "the resolved configuration of the training run",
     "training": "whether the run finished; best_epoch: the epoch whose weights these are",
@@ -324,6 +324,9 @@ def describe_model_file(payload: dict[str, Any]) -> list[str]:
         place.append(f"map stride {geo['map_stride']}")
     if "spot_shape" in geo and "spot_size_um" in geo:
         place.append(f"training spots {geo['spot_shape']} {geo['spot_size_um']:g} um")
+    if geo.get("reference_od"):
+        od = " / ".join(f"{v:.3f}" for v in geo["reference_od"])
+        place.append(f"slides stain-normalised to tissue OD {od}")
     held = ", ".join(tcfg.get("holdout", [])) or "none"
     rows = [
         ("format", f"{payload['format']} version {payload['version']}"),

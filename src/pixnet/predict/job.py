@@ -23,7 +23,6 @@ import numpy as np
 from pixnet._constants import PredictionKeys
 from pixnet.cli_options import DEVICE_HINT, DEVICE_PATTERN, check_fields
 from pixnet.cli_options import help_meta as _h
-from pixnet.data.colour import normalise_slide
 from pixnet.errors import PixNetInputError
 from pixnet.io.atomic import (
     check_output_folder,
@@ -309,9 +308,7 @@ def run_predict(cfg: PredictConfig, sample: Sample | None = None) -> list[Path]:
             np.dtype(cfg.dtype).itemsize,
             extra_bytes_per_file=int(np.asarray(hires).nbytes),
         )
-        colour = None
-        if predictor.reference_od is not None:  # after the hires image: that stays as scanned
-            colour = normalise_slide(slide, predictor.reference_od)
+        colour = predictor.prepare_colours(slide)  # after the hires image: that stays as scanned
         adapted = None
         if cfg.adapt_bn_batches:
             adapted = adapt_batchnorm(predictor, slide, (mask, thumb_mpp), cfg.adapt_bn_batches)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pixnet.data.colour import normalise_slide
 from pixnet.data.preprocess import GenePanel
 from pixnet.errors import PixNetInputError
 from pixnet.io.modelfile import describe_status, load_model_file, member_state_dicts
@@ -96,6 +97,12 @@ class Predictor:
         with ``--stain-normalise``, :mod:`pixnet.data.colour`), or ``None``."""
         ref = ((self.payload_info or {}).get("geometry") or {}).get("reference_od")
         return None if ref is None else [float(v) for v in ref]
+
+    def prepare_colours(self, slide: Slide) -> dict[str, Any] | None:
+        """Stain-normalise every later read of ``slide`` as the model's training slides were
+        (:attr:`reference_od`); the record of it, or ``None`` for a model without."""
+        ref = self.reference_od
+        return None if ref is None else normalise_slide(slide, ref)
 
     @property
     def n_members(self) -> int:
