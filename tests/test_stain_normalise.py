@@ -155,7 +155,7 @@ def test_dense_map_figures_and_baselines_see_normalised_slides(
 ) -> None:
     from pixnet.eval.baselines import load_test_slide, prepare_fold_data
     from pixnet.eval.plots.inputs import model_dense_region
-    from pixnet.predict.tiled import load_predictor
+    from pixnet.predict.tiled import dense_map_region, load_predictor, predict_slide
 
     samples = {s.sample_id: s for s in load_manifest(example)}
     cfg = TrainConfig(stain_normalise=True, **TINY_SPOT_TRAINING)
@@ -179,6 +179,17 @@ def test_dense_map_figures_and_baselines_see_normalised_slides(
         model_dense_region(predictor, (samples[s].image_path, samples[s].mpp), box).values
         for s in ("EX1", "EX1D")
     ]
+    # direct callers of the tiled predictor (the benchmarks) get it too, and a slide the
+    # caller normalised already is left as it is
+    for run_model in (
+        lambda sl: dense_map_region(predictor, sl, box),
+        lambda sl: predict_slide(predictor, sl, [], lambda *a: None, progress=False),
+    ):
+        with open_slide(samples["EX1D"].image_path, mpp=samples["EX1D"].mpp) as sl:
+            run_model(sl)
+            assert sl.colour_lut is not None
+            lut = sl.colour_lut
+            assert predictor.prepare_colours(sl) is None and sl.colour_lut is lut
     predictor.payload_info["geometry"].pop("reference_od")  # as a model without it
     raw_map = model_dense_region(predictor, (samples["EX1D"].image_path, samples["EX1D"].mpp), box)
     assert np.abs(maps[1] - maps[0]).mean() < 0.35 * np.abs(raw_map.values - maps[0]).mean()

@@ -100,9 +100,12 @@ class Predictor:
 
     def prepare_colours(self, slide: Slide) -> dict[str, Any] | None:
         """Stain-normalise every later read of ``slide`` as the model's training slides were
-        (:attr:`reference_od`); the record of it, or ``None`` for a model without."""
+        (:attr:`reference_od`); the record of it, or ``None`` for a model without and for a
+        slide that already reads through a colour LUT (normalised by the caller)."""
         ref = self.reference_od
-        return None if ref is None else normalise_slide(slide, ref)
+        if ref is None or slide.colour_lut is not None:
+            return None
+        return normalise_slide(slide, ref)
 
     @property
     def n_members(self) -> int:
@@ -227,6 +230,7 @@ def predict_slide(
     """
     if tile_px % 32 or margin_px % 16:
         raise ValueError("tile_px must be a multiple of 32 and margin_px of 16")
+    predictor.prepare_colours(slide)  # a model trained with --stain-normalise
     model, s, readout = predictor.model, predictor.stride, predictor.readout_maths
     net = inference_network(model)  # after any BatchNorm adaptation of ``model``
     G = predictor.panel.n_genes
@@ -352,6 +356,7 @@ def dense_map_region(
         ``(map (G, h, w) float32, cell_px)``: map cell ``(i, j)`` covers full-resolution
         ``[x0 + j*cell_px, ...) x [y0 + i*cell_px, ...)``.
     """
+    predictor.prepare_colours(slide)  # a model trained with --stain-normalise
     s = predictor.stride
     to_full = predictor.working_mpp / slide.mpp
     x0, y0, x1, y1 = box_px

@@ -189,7 +189,6 @@ def model_dense_region(
     from pixnet.predict.tiled import dense_map_region
 
     with open_slide(slide_src[0], mpp=slide_src[1]) as slide:
-        predictor.prepare_colours(slide)
         maps, cell_px = dense_map_region(predictor, slide, box_px)
     return DenseRegion(
         values=np.asarray(maps),
