@@ -72,7 +72,9 @@ def reference_od(slides: Sequence[Slide]) -> list[float]:
     return [float(v) for v in np.mean([tissue_od(s) for s in slides], axis=0)]
 
 
-def od_scale_lut(od: np.ndarray, reference: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def od_scale_lut(
+    od: np.ndarray, reference: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The lookup table that scales each channel's optical density by ``reference / od``
     (clipped to :data:`FACTOR_RANGE`), and the factors: ``(3, 256)`` uint8 and ``(3,)``."""
     ref = np.asarray(reference, dtype=np.float64)
@@ -85,7 +87,7 @@ def od_scale_lut(od: np.ndarray, reference: Sequence[float]) -> tuple[np.ndarray
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), factor
 
 
-def normalise_slide(slide: Slide, reference: Sequence[float]) -> dict[str, Any]:
+def normalise_slide(slide: Slide, reference: Sequence[float] | np.ndarray) -> dict[str, Any]:
     """Make every later read of ``slide`` stain-normalised to ``reference``; return a record
     (the slide's median density and the factors) for logs and outputs."""
     od = tissue_od(slide)
