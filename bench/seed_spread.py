@@ -61,9 +61,10 @@ def collect(
     labels start with the method's name when ``name_method``."""
     from dataclasses import asdict
 
-    from pixnet.eval.crossval import CrossValConfig
+    from pixnet.eval.crossval import FIELDS_BEFORE_THEM, CrossValConfig
 
-    defaults = json.loads(json.dumps(asdict(CrossValConfig())))  # settings older runs lack
+    # settings older runs lack: the defaults, or off where the default changed since
+    defaults = {**json.loads(json.dumps(asdict(CrossValConfig()))), **FIELDS_BEFORE_THEM}
     runs = []  # (dataset, config key, config, fold record)
     for res in results:
         for ds, r in res["datasets"].items():
