@@ -27,7 +27,12 @@ from pixnet.data.colour import (
 )
 from pixnet.data.example import write_example_dataset
 from pixnet.io.manifest import load_manifest
-from pixnet.io.modelfile import describe_model_file, load_model_file
+from pixnet.io.modelfile import (
+    NORMALISED_FORMAT_VERSION,
+    describe_model_file,
+    ensemble_payload,
+    load_model_file,
+)
 from pixnet.io.slide import open_slide
 from pixnet.predict.job import PredictConfig, run_predict
 from pixnet.train.config import TrainConfig
@@ -121,6 +126,16 @@ def test_training_records_the_reference_and_prediction_undoes_a_darker_stain(
             ods.append(tissue_od(sl))
     assert payload["geometry"]["reference_od"] == pytest.approx(list(np.mean(ods, axis=0)))
     assert payload["train_config"]["stain_normalise"] is True
+    # a pixnet that would predict on raw colours (reads up to version 3) refuses the file
+    assert payload["version"] == NORMALISED_FORMAT_VERSION == 4
+    ens = ensemble_payload([payload, payload])
+    assert (
+        ens["version"] == 4
+        and ens["geometry"]["reference_od"] == payload["geometry"]["reference_od"]
+    )
+    ens_path = tmp_path / "ens.pt"
+    torch.save(ens, ens_path)
+    assert load_model_file(ens_path)["ensemble"]["size"] == 2
     (geo,) = [line for line in describe_model_file(payload) if line.startswith("geometry")]
     assert "stain-normalised to tissue OD" in geo
 

@@ -23,7 +23,19 @@ MODEL_FORMAT_VERSION = 2
 ENSEMBLE_FORMAT_VERSION = 3
 """Files of ensembles (an ``ensemble`` section) are version 3, so that a pixnet that
 cannot average members refuses them ("newer than this pixnet") instead of misreading."""
-READ_VERSIONS = (1, ENSEMBLE_FORMAT_VERSION)
+NORMALISED_FORMAT_VERSION = 4
+"""Files of models that stain-normalise their slides (``geometry["reference_od"]``, ``train
+--stain-normalise``) are version 4, so that a pixnet that would predict on the slide's raw
+colours refuses them instead."""
+READ_VERSIONS = (1, NORMALISED_FORMAT_VERSION)
+
+
+def format_version(geometry: dict[str, Any], ensemble: bool) -> int:
+    """The version a file with this ``geometry`` is written as: the oldest that can read it."""
+    if geometry.get("reference_od") is not None:
+        return NORMALISED_FORMAT_VERSION
+    return ENSEMBLE_FORMAT_VERSION if ensemble else MODEL_FORMAT_VERSION
+
 
 SECTIONS: dict[str, str] = {
     "model_config": "architecture (PixNetConfig): preset, encoder, widths, gene count",
@@ -92,7 +104,7 @@ def model_payload(
         raise ValueError("geometry holds no read-out since model file version 2; pass readout=")
     return {
         "format": MODEL_FORMAT,
-        "version": MODEL_FORMAT_VERSION,
+        "version": format_version(geometry, ensemble=False),
         "model_config": model_config,
         "panel": panel,
         "geometry": geometry,
@@ -166,6 +178,8 @@ def _check_ensemble(path: Path, payload: dict[str, Any]) -> None:
                 path, f"version {payload['version']} file with an ensemble section", "re-run"
             )
         return
+    if payload["version"] > ENSEMBLE_FORMAT_VERSION and ens is None:
+        return  # a single stain-normalised model
     size = ens.get("size") if isinstance(ens, dict) else None
     members = ens.get("members") if isinstance(ens, dict) else None
     if (
@@ -281,7 +295,7 @@ def ensemble_payload(
     tcfg["ensemble"] = len(members)
     return {
         "format": MODEL_FORMAT,
-        "version": ENSEMBLE_FORMAT_VERSION,
+        "version": format_version(first["geometry"], ensemble=True),
         "model_config": first["model_config"],
         "panel": first["panel"],
         "geometry": first["geometry"],
