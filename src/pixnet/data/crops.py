@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pixnet.data.colour import normalise_slide
+from pixnet.data.colour import normalise_slide, optical_density
 from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
@@ -231,8 +231,7 @@ def stain_densities(img: np.ndarray) -> np.ndarray:
     """Haematoxylin, eosin and residual densities of ``(..., 3)`` uint8 RGB pixels, ``(n, 3)``
     float32 (colour deconvolution with the Ruifrok-Johnston vectors; optical density
     ``-log((rgb + 1) / 256)``)."""
-    od = -np.log((img.astype(np.float32) + 1.0) / 256.0)
-    return od.reshape(-1, 3) @ _HED_INV.astype(np.float32)
+    return optical_density(img).reshape(-1, 3) @ _HED_INV.astype(np.float32)
 
 
 def stain_jitter(
