@@ -124,9 +124,9 @@ def test_old_model_file_layout_still_loads(trained: tuple[Path, Path], tmp_path:
     torch.save(old, tmp_path / "v1_bare.pt")
     with pytest.raises(PixNetInputError, match=r"version 1 without geometry.readout.*re-run"):
         load_model_file(tmp_path / "v1_bare.pt")
-    torch.save({**new, "version": 4}, tmp_path / "v4.pt")
-    with pytest.raises(PixNetInputError, match=r"version 4 is newer .*1 to 3\); upgrade"):
-        load_model_file(tmp_path / "v4.pt")
+    torch.save({**new, "version": 5}, tmp_path / "v5.pt")
+    with pytest.raises(PixNetInputError, match=r"version 5 is newer .*1 to 4\); upgrade"):
+        load_model_file(tmp_path / "v5.pt")
     # version 3 is an ensemble's: one without its section is refused, not misread
     torch.save({**new, "version": 3}, tmp_path / "v3.pt")
     with pytest.raises(PixNetInputError, match=r"ensemble section None lacks a size"):
