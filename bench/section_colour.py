@@ -49,12 +49,9 @@ def spot_pixels(image: np.ndarray, centres_wpx: np.ndarray, radius_wpx: float) -
 def section_colour(sample: Any, working_mpp: float) -> dict[str, Any]:
     """Tissue optical density (thumbnail), median H density and mean RGB under the measured
     spots of ``sample``."""
-    from pixnet.data.colour import tissue_od
-    from pixnet.data.crops import load_slide_spots, stain_densities
-    from pixnet.io.slide import open_slide
+    from pixnet.data.crops import load_slide_spots, sample_tissue_od, stain_densities
 
-    with open_slide(sample.image_path, mpp=sample.mpp) as sl:
-        od = tissue_od(sl)
+    od = sample_tissue_od(sample)
     slide = load_slide_spots(sample, working_mpp, targets=None)
     keep = slide.measured if slide.measured is not None else slide.supervised
     rgb = spot_pixels(slide.image, slide.centres_wpx[keep], slide.size_wpx / 2)

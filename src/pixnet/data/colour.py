@@ -67,9 +67,9 @@ def tissue_od(slide: Slide) -> np.ndarray:
     return np.median(optical_density(thumb[mask]), axis=0).astype(np.float64)
 
 
-def reference_od(slides: Sequence[Slide]) -> list[float]:
-    """The reference of a training set: the mean over ``slides`` of their :func:`tissue_od`."""
-    return [float(v) for v in np.mean([tissue_od(s) for s in slides], axis=0)]
+def reference_od(densities: Sequence[np.ndarray]) -> list[float]:
+    """The reference of a training set: the mean of its slides' :func:`tissue_od`."""
+    return [float(v) for v in np.mean(densities, axis=0)]
 
 
 def od_scale_lut(
@@ -87,10 +87,13 @@ def od_scale_lut(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), factor
 
 
-def normalise_slide(slide: Slide, reference: Sequence[float] | np.ndarray) -> dict[str, Any]:
+def normalise_slide(
+    slide: Slide, reference: Sequence[float] | np.ndarray, od: np.ndarray | None = None
+) -> dict[str, Any]:
     """Make every later read of ``slide`` stain-normalised to ``reference``; return a record
-    (the slide's median density and the factors) for logs and outputs."""
-    od = tissue_od(slide)
+    (the slide's median density and the factors) for logs and outputs. ``od``: the slide's
+    :func:`tissue_od` when the caller has measured it already (not measured again)."""
+    od = tissue_od(slide) if od is None else np.asarray(od, dtype=np.float64)
     lut, factor = od_scale_lut(od, reference)
     if np.any(np.abs(np.log(factor)) > np.log(2.0)):
         log.warning(

@@ -16,13 +16,14 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pixnet.data.colour import normalise_slide, optical_density
+from pixnet.data.colour import normalise_slide, optical_density, tissue_od
 from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
 from pixnet.io.slide import open_slide
@@ -87,24 +88,39 @@ class SlideSpots:
         return float((hi - lo).max()) + float(self.size_wpx)
 
 
+def sample_image(sample: Sample) -> Path:
+    """``sample``'s image file; a sample without one is a one-line error."""
+    if sample.image_path is None:
+        raise PixNetInputError(
+            sample.sample_id, "sample has no image", "add its image to the manifest ('image')"
+        )
+    return sample.image_path
+
+
+def sample_tissue_od(sample: Sample) -> np.ndarray:
+    """The median tissue optical density of ``sample``'s image
+    (:func:`pixnet.data.colour.tissue_od`)."""
+    with open_slide(sample_image(sample), mpp=sample.mpp) as slide:
+        return tissue_od(slide)
+
+
 def load_slide_spots(
     sample: Sample,
     working_mpp: float,
     targets: np.ndarray | None,
     region: np.ndarray | None = None,
     reference_od: Sequence[float] | None = None,
+    slide_od: np.ndarray | None = None,
 ) -> SlideSpots:
     """Read ``sample``'s image at ``working_mpp`` and convert its spots to working pixels.
 
     ``region`` (``(N,)`` int, optional) makes training supervise regions of several
     spots; ``targets`` must then hold each spot's region target. ``reference_od``
     (optional): stain-normalise the image to these tissue densities
-    (:mod:`pixnet.data.colour`).
+    (:mod:`pixnet.data.colour`); ``slide_od``: the sample's own, when measured already
+    (:func:`sample_tissue_od`).
     """
-    if sample.image_path is None:
-        raise PixNetInputError(
-            sample.sample_id, "sample has no image", "add its image to the manifest ('image')"
-        )
+    image_path = sample_image(sample)
     if working_mpp < 0.9 * sample.mpp:
         log.warning(
             "%s: working mpp %.2f is finer than the image's %.2f um/px: the image is "
@@ -115,9 +131,9 @@ def load_slide_spots(
             sample.mpp,
         )
     colour = None
-    with open_slide(sample.image_path, mpp=sample.mpp) as slide:
+    with open_slide(image_path, mpp=sample.mpp) as slide:
         if reference_od is not None:
-            colour = normalise_slide(slide, reference_od)
+            colour = normalise_slide(slide, reference_od, slide_od)
         image = np.asarray(slide.read_level_image(working_mpp))
         w0, h0 = slide.size_px
     scale = (image.shape[1] / w0, image.shape[0] / h0)

@@ -34,6 +34,7 @@ from pixnet.data.crops import (
     centred_crops,
     collate,
     load_slide_spots,
+    sample_tissue_od,
     validation_masks,
 )
 from pixnet.data.preprocess import GenePanel, fit_gene_panel
@@ -41,7 +42,6 @@ from pixnet.data.regions import region_targets, sample_regions
 from pixnet.errors import PixNetInputError
 from pixnet.io.modelfile import load_model_file, model_payload
 from pixnet.io.sample import Sample
-from pixnet.io.slide import open_slide
 from pixnet.models.gene_scales import LR_FACTOR as GENE_SCALES_LR_FACTOR
 from pixnet.models.pixnet import PixNet, build_pixnet, from_preset, model_device
 from pixnet.models.registry import get_encoder_spec
@@ -215,11 +215,21 @@ def prepare_training_slides(
     several spots (:mod:`pixnet.data.regions`): its targets are the regions' targets.
     """
     panel = fit_gene_panel(samples, n_genes=cfg.n_genes)
-    ref = training_reference_od(samples) if cfg.stain_normalise else None
+    ref = None
+    ods: list[np.ndarray | None] = [None] * len(samples)
+    if cfg.stain_normalise:  # each slide's density, measured once: the reference is their mean
+        measured = [sample_tissue_od(s) for s in samples]
+        ref, ods = reference_od(measured), list(measured)
+        log.info("stain normalisation: reference optical density (R, G, B) %s", np.round(ref, 3))
     slides = []
-    for s in tqdm(samples, desc="reading slides", unit="slide", leave=False):
+    reading = tqdm(samples, desc="reading slides", unit="slide", leave=False)
+    for s, od in zip(reading, ods, strict=True):
         if cfg.coarsen == 1 and cfg.regions == "spots":
-            slides.append(load_slide_spots(s, cfg.working_mpp, panel.transform(s), None, ref))
+            slides.append(
+                load_slide_spots(
+                    s, cfg.working_mpp, panel.transform(s), reference_od=ref, slide_od=od
+                )
+            )
             continue
         reg = sample_regions(s, cfg.coarsen, cfg.regions)
         targets = region_targets(s, reg, panel)[reg.index]
@@ -231,28 +241,11 @@ def prepare_training_slides(
             ", ".join(f"{k} x {v}" for k, v in reg.summary().items()),
         )
         slides.append(
-            load_slide_spots(s, cfg.working_mpp, targets, region=reg.index, reference_od=ref)
+            load_slide_spots(
+                s, cfg.working_mpp, targets, region=reg.index, reference_od=ref, slide_od=od
+            )
         )
     return panel, slides
-
-
-def training_reference_od(samples: list[Sample]) -> list[float]:
-    """The stain-normalisation reference of a training set (``--stain-normalise``): the
-    mean of its slides' median tissue optical densities (:mod:`pixnet.data.colour`)."""
-    slides = []
-    try:
-        for s in samples:
-            if s.image_path is None:
-                raise PixNetInputError(
-                    s.sample_id, "sample has no image", "add its image to the manifest ('image')"
-                )
-            slides.append(open_slide(s.image_path, mpp=s.mpp))
-        ref = reference_od(slides)
-    finally:
-        for sl in slides:
-            sl.close()
-    log.info("stain normalisation: reference optical density (R, G, B) %s", np.round(ref, 3))
-    return ref
 
 
 def train(cfg: TrainConfig, samples: list[Sample]) -> Path:
