@@ -45,6 +45,7 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
     import torch
 
     from pixnet.data.crops import validation_masks
+    from pixnet.eval.crossval import recorded_with_defaults
     from pixnet.io.manifest import load_manifest
     from pixnet.io.modelfile import load_model_file
     from pixnet.predict.tiled import network_from_payload
@@ -54,7 +55,10 @@ def recalibrated_model(run: Path, n_batches: int, dest: Path) -> tuple[Path, flo
     from pixnet.train.runfolder import save_torch
 
     raw = json.loads((run / "config.json").read_text())
-    cfg = TrainConfig(**{f.name: raw[f.name] for f in fields(TrainConfig) if f.name in raw})
+    # a field the run predates takes its value from before it existed, not today's default
+    recorded = recorded_with_defaults(raw)
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in recorded.items() if k in names})
     payload = load_model_file(run / "model.pt")
     if payload.get("ensemble"):
         raise SystemExit(f"{run}: an ensemble; pass the runs of its members")

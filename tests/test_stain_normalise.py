@@ -211,3 +211,20 @@ def test_dense_map_figures_and_baselines_see_normalised_slides(
     predictor.payload_info["geometry"].pop("reference_od")  # as a model without it
     raw_map = model_dense_region(predictor, (images["EX1D"], samples["EX1D"].mpp), box)
     assert np.abs(maps[1] - maps[0]).mean() < 0.35 * np.abs(raw_map.values - maps[0]).mean()
+
+
+def test_runs_that_predate_the_option_read_as_unnormalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached fold or ``config.json`` written before ``--stain-normalise`` existed was
+    trained on raw colours, whatever today's default is (``--resume`` must not take it
+    for a normalised run, nor ``bench/precise_bn.py`` rebuild it as one)."""
+    from pixnet.eval import crossval
+
+    old = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    del old["stain_normalise"]
+    flipped = TrainConfig(stain_normalise=True)  # as if the default were on
+    monkeypatch.setattr(crossval, "TrainConfig", lambda: flipped)
+    assert crossval.recorded_with_defaults(old)["stain_normalise"] is False
+    now = {**old, "stain_normalise": True}
+    assert "--stain-normalise" in crossval.training_options_differ(
+        crossval.recorded_with_defaults(old), now
+    )

@@ -634,7 +634,7 @@ def lengthened(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
 
 # what a cache written before a field existed was trained with, where today's default differs
 # (rounds of distillation became the default after the field existed, off)
-FIELDS_BEFORE_THEM = {"distill_epochs": 0, "distill_rounds": 1}
+FIELDS_BEFORE_THEM = {"distill_epochs": 0, "distill_rounds": 1, "stain_normalise": False}
 
 
 def recorded_with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
