@@ -82,6 +82,9 @@ def test_slide_reads_through_the_lut_and_normalises_a_darker_copy(tmp_path: Path
         assert np.abs(region - img[40:70, 40:90].astype(int)).mean() < 2.0
         assert np.abs(b.thumbnail(100)[0].astype(int) - a.thumbnail(100)[0]).mean() < 2.0
         assert tissue_od(b) == pytest.approx(od_b)
+        assert b.colour_lut is not None  # measured on the raw pixels, the LUT left in place
+        assert np.array_equal(b.read_level_image(4.0, raw=True), raw)
+        assert np.abs(b.read_level_image(4.0).astype(int) - want).mean() < 2.0
         assert reference_od([od_a, od_b]) == pytest.approx(list((od_a + od_b) / 2))
         b.set_colour_lut(None)
         assert np.array_equal(b.read_level_image(4.0), raw)

@@ -51,12 +51,7 @@ def tissue_od(slide: Slide) -> np.ndarray:
     Raises:
         PixNetInputError: no tissue on the thumbnail.
     """
-    lut = slide.colour_lut
-    slide.set_colour_lut(None)
-    try:
-        thumb, _ = slide.thumbnail(THUMBNAIL_SIDE)
-    finally:
-        slide.set_colour_lut(lut)
+    thumb, _ = slide.thumbnail(THUMBNAIL_SIDE, raw=True)
     mask = tissue_mask(thumb)
     if not mask.any():
         raise PixNetInputError(

@@ -505,7 +505,7 @@ class Slide:
         self._b: _Backend | None = _open_backend(self.path, backend, self.max_whole_pixels)
         self.backend = self._b.name
         self.size_px: tuple[int, int] = self._b.level_sizes[0]
-        self._level_cache: OrderedDict[tuple[float, float], np.ndarray] = OrderedDict()
+        self._level_cache: OrderedDict[tuple[float, float, bool], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.colour_lut: np.ndarray | None = None
 
@@ -589,8 +589,9 @@ class Slide:
         x0, y0 = float(location_px[0]), float(location_px[1])
         return self._read_box((x0, y0, x0 + w * ds, y0 + h * ds), (w, h))
 
-    def read_level_image(self, mpp: float) -> np.ndarray:
-        """The whole image at ``mpp`` micrometres per pixel (cached, 2 entries).
+    def read_level_image(self, mpp: float, raw: bool = False) -> np.ndarray:
+        """The whole image at ``mpp`` micrometres per pixel (cached, 2 entries); ``raw``: the
+        file's own colours, without :attr:`colour_lut`.
 
         Returns:
             ``(round(H * self.mpp / mpp), round(W * self.mpp / mpp), 3)`` uint8 RGB,
@@ -603,7 +604,8 @@ class Slide:
         w0, h0 = self.size_px
         ds = mpp / self.mpp
         out = (max(1, round(w0 / ds)), max(1, round(h0 / ds)))
-        key = (round(mpp, 9), float(self.max_whole_pixels))
+        raw = raw or self.colour_lut is None
+        key = (round(mpp, 9), float(self.max_whole_pixels), raw)
         with self._lock:
             if key in self._level_cache:
                 self._level_cache.move_to_end(key)
@@ -615,7 +617,8 @@ class Slide:
                 f"{out[0] * out[1]:,} pixels, above max_whole_pixels={self.max_whole_pixels:,}",
                 "read regions with read_rect, use a coarser mpp, or raise max_whole_pixels",
             )
-        arr = self._read_box((0.0, 0.0, float(w0), float(h0)), out)
+        box = (0.0, 0.0, float(w0), float(h0))
+        arr = self._read_box_raw(box, out) if raw else self._read_box(box, out)
         arr.flags.writeable = False
         with self._lock:
             self._level_cache[key] = arr
@@ -623,8 +626,9 @@ class Slide:
                 self._level_cache.popitem(last=False)
         return arr
 
-    def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
-        """The whole image with its longer side ``max_side`` pixels (never enlarged).
+    def thumbnail(self, max_side: int = 1024, raw: bool = False) -> tuple[np.ndarray, float]:
+        """The whole image with its longer side ``max_side`` pixels (never enlarged); ``raw``
+        as in :meth:`read_level_image`.
 
         Returns:
             ``(image, mpp)``: ``(h, w, 3)`` uint8 RGB (read-only) and its micrometres per
@@ -632,19 +636,21 @@ class Slide:
         """
         ds = max(1.0, max(self.size_px) / max_side)
         mpp = self.mpp * ds
-        return self.read_level_image(mpp), mpp
+        return self.read_level_image(mpp, raw=raw), mpp
 
     def set_colour_lut(self, lut: np.ndarray | None) -> None:
         """Map every pixel read from now on through ``lut``: ``(3, 256)`` uint8, output value
         of each input value per RGB channel (``None``: the file's own colours). Cached
-        whole-image reads are dropped, so thumbnails read later are mapped too."""
+        whole-image reads in the old colours are dropped, so thumbnails read later are
+        mapped too."""
         if lut is not None:
             lut = np.asarray(lut)
             if lut.shape != (3, 256) or lut.dtype != np.uint8:
                 raise ValueError(f"a colour LUT is (3, 256) uint8, got {lut.shape} {lut.dtype}")
         with self._lock:
             self.colour_lut = lut
-            self._level_cache.clear()
+            for key in [k for k in self._level_cache if not k[-1]]:
+                del self._level_cache[key]
 
     def _read_box(
         self, box: tuple[float, float, float, float], out_size: tuple[int, int]
