@@ -128,8 +128,9 @@ def test_help_shows_ranges_and_choices(capsys: pytest.CaptureFixture[str]) -> No
 def test_a_subset_of_fields_keeps_their_checks_and_prints_each_default_once() -> None:
     ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_arguments(ap, TrainConfig, fields=("stain_sigma", "stain_normalise"))
-    args = ap.parse_args(["--stain-sigma", "0.2", "--stain-normalise"])
-    assert vars(args) == {"stain_sigma": 0.2, "stain_normalise": True}
+    args = ap.parse_args(["--stain-sigma", "0.2", "--no-stain-normalise"])
+    assert vars(args) == {"stain_sigma": 0.2, "stain_normalise": False}
+    assert ap.parse_args([]).stain_normalise is True  # on by default
     with pytest.raises(SystemExit):
         ap.parse_args(["--stain-sigma", "2"])  # above its bound (0.9)
     text = " ".join(ap.format_help().split())

@@ -50,7 +50,7 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 
 def test_train_ensemble_writes_members_and_one_model_file(ensemble_run: Path) -> None:
     payload = load_model_file(ensemble_run / "model.pt")
-    assert payload["version"] == 3
+    assert payload["version"] == 4  # members stain-normalised (the default)
     ens = payload["ensemble"]
     assert ens["size"] == 2
     assert [m["seed"] for m in ens["members"]] == [3, 3 + MEMBER_SEED_STEP]

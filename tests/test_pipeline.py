@@ -104,12 +104,12 @@ def test_old_model_file_layout_still_loads(trained: tuple[Path, Path], tmp_path:
     """Version 1 kept the read-out in ``geometry``: it loads into the current sections,
     predicts the same; without its read-out, or from a newer pixnet, it is refused with
     the version and the fix."""
-    from pixnet.io.modelfile import MODEL_FORMAT_VERSION, SECTIONS
+    from pixnet.io.modelfile import NORMALISED_FORMAT_VERSION, SECTIONS
     from pixnet.predict.tiled import load_predictor
 
     model_path, _ = trained
     new = torch.load(model_path, weights_only=True)
-    assert new["version"] == MODEL_FORMAT_VERSION == 2
+    assert new["version"] == NORMALISED_FORMAT_VERSION == 4  # stain-normalised by default
     # every section but the ensemble's, which only ensembles have
     assert [k for k in SECTIONS if k in new] == [k for k in SECTIONS if k != "ensemble"]
     old = {k: v for k, v in new.items() if k != "readout"}
@@ -156,7 +156,8 @@ def test_inspect_lists_the_model_file_sections(
         "state_dict",
     ]
     text = dict(rows)
-    assert text["format"] == "pixnet-model version 2" and text["readout"] == "mean"
+    assert text["format"] == "pixnet-model version 4" and text["readout"] == "mean"
+    assert "stain-normalised to tissue OD" in text["geometry"]
     assert text["geometry"].startswith("4 um/px, map stride 2, training spots disk")
     assert text["panel"].startswith("8 genes (")
     assert text["training"].startswith("finished: 12 of 12 epochs")

@@ -145,6 +145,8 @@ def test_training_records_the_reference_and_prediction_undoes_a_darker_stain(
     # the same model file without the reference: prediction as without normalisation
     raw_model = tmp_path / "raw.pt"
     payload["geometry"].pop("reference_od")
+    assert ensemble_payload([payload, payload])["version"] == 3  # as before the option
+    payload["version"] = 2
     torch.save(payload, raw_model)
 
     def predict(model_path: Path, sample: str) -> anndata.AnnData:

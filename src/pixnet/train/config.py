@@ -228,11 +228,12 @@ class TrainConfig:
         ),
     )
     stain_normalise: bool = field(
-        default=False,
+        default=True,
         metadata=_h(
             "bring every slide's tissue to the training sections' mean stain density (per-"
             "channel optical density scaled by the reference over the slide's tissue median), "
-            "in training and, from the model file, in prediction"
+            "in training and, from the model file, in prediction (--no-stain-normalise: each "
+            "slide's own colours)"
         ),
     )
     pretrained: str | None = field(
