@@ -26,6 +26,7 @@ from pixnet.data.colour import (
     tissue_od,
 )
 from pixnet.data.example import write_example_dataset
+from pixnet.errors import PixNetInputError
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import (
     NORMALISED_FORMAT_VERSION,
@@ -90,6 +91,11 @@ def test_slide_reads_through_the_lut_and_normalises_a_darker_copy(tmp_path: Path
         assert np.array_equal(b.read_level_image(4.0), raw)
         with pytest.raises(ValueError, match="3, 256"):
             b.set_colour_lut(np.zeros((3, 255), np.uint8))
+    # no tissue to measure (on by default, so reachable by any training): the file and the fix
+    blank = write_plain_image(tmp_path / "blank.png", np.full((240, 320, 3), 250, np.uint8))
+    with open_slide(blank, mpp=2.0) as c, pytest.raises(PixNetInputError) as err:
+        tissue_od(c)
+    assert "blank.png" in str(err.value) and "--no-stain-normalise" in str(err.value)
 
 
 @pytest.fixture(scope="module")

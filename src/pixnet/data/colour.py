@@ -59,8 +59,8 @@ def tissue_od(slide: Slide) -> np.ndarray:
         raise PixNetInputError(
             slide.path,
             "no tissue found on the thumbnail, so its stain density cannot be measured",
-            "check that the image shows tissue on a light background, or use a model "
-            "trained with --no-stain-normalise",
+            "check that the image shows tissue on a light background, or train with "
+            "--no-stain-normalise (such a model predicts on each slide's own colours)",
         )
     return np.median(optical_density(thumb[mask]), axis=0).astype(np.float64)
 
