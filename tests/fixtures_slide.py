@@ -125,6 +125,14 @@ def write_constant_pyramidal_tiff(
             w, h, level = -(-w // 2), -(-h // 2), level + 1
 
 
+def darker(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """``rgb`` with every channel's optical density ``-log((rgb + 1) / 256)`` times
+    ``factor`` (a thicker or longer stained section), uint8."""
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    out = 256.0 * np.exp(-od * factor) - 1.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def write_plain_image(path: Path, image: np.ndarray, *, quality: int = 95) -> Path:
     """Write ``image`` (``(H, W, 3)`` uint8) as JPEG or PNG, chosen by the suffix."""
     pil = Image.fromarray(image)

@@ -14,10 +14,18 @@ import numpy as np
 import pytest
 import torch
 from fixtures_run import fail_checkpoint_writes, snapshot
+from fixtures_slide import darker
 from PIL import Image
 
+from pixnet.data.colour import optical_density
 from pixnet.data.example import write_example_dataset
-from pixnet.data.tiles import TileSampler, augment_view, open_tile_slide, tissue_tile_positions
+from pixnet.data.tiles import (
+    TileSampler,
+    TileSlide,
+    augment_view,
+    open_tile_slide,
+    tissue_tile_positions,
+)
 from pixnet.errors import PixNetInputError, PixNetOutputError
 from pixnet.io.tissue import tissue_fraction_in_rect, tissue_mask
 from pixnet.models.pixnet import build_pixnet, from_preset
@@ -26,7 +34,13 @@ from pixnet.models.resnet import ResNet18Encoder
 from pixnet.models.simclr import SimCLRModel
 from pixnet.models.vit import ViTArch
 from pixnet.models.weights import load_encoder_weights, recorded_encoder_name
-from pixnet.train.pretrain import PretrainConfig, list_images, register, run_pretrain
+from pixnet.train.pretrain import (
+    PretrainConfig,
+    list_images,
+    register,
+    run_pretrain,
+    tile_sampler,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +131,77 @@ def test_augment_view_shape_range_and_determinism() -> None:
     assert a.min() >= 0.0 and a.max() <= 1.0
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def _tissue_od(ts: TileSlide) -> np.ndarray:
+    """Median optical density per channel over a tile slide's tissue tiles."""
+    tiles = np.stack([ts.read_tile(int(x), int(y), 32) for x, y in ts.positions])
+    return np.median(optical_density(tiles.reshape(-1, 3)), axis=0)
+
+
+@pytest.fixture
+def light_and_dark(manifest: Path, tmp_path: Path) -> Path:
+    """A folder of one example section and a copy stained 1.6x as dark."""
+    rgb = np.array(Image.open(manifest.parent / "EX1.png").convert("RGB"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "light.png")
+    Image.fromarray(darker(rgb, 1.6)).save(folder / "dark.png")
+    return folder
+
+
+def test_tiles_are_stain_normalised_like_training(light_and_dark: Path, tmp_path: Path) -> None:
+    """By default both images are read at their mean density (as pixnet train reads its
+    slides), so the darker copy's tiles look like the other's; --no-stain-normalise keeps
+    each image's own colours."""
+    cfg = _cfg(Path(), tmp_path / "out", samples="", images=str(light_and_dark), mpp=2.0)
+    assert cfg.stain_normalise  # the default
+    for normalise in (True, False):
+        sampler = tile_sampler(list_images(cfg), replace(cfg, stain_normalise=normalise))
+        try:
+            by_name = {s.name: s for s in sampler.slides}
+            ratio = _tissue_od(by_name["dark"]) / _tissue_od(by_name["light"])
+            if normalise:
+                # measured: 1.00 per channel; raw: 1.59-1.60
+                assert np.all(np.abs(ratio - 1.0) < 0.08), ratio
+                light, dark = by_name["light"].colour, by_name["dark"].colour
+                assert light is not None and dark is not None
+                assert light["reference_od"] == dark["reference_od"]
+                assert all(f > 1 for f in light["factor"]) and all(f < 1 for f in dark["factor"])
+            else:
+                assert np.all(np.abs(ratio - 1.6) < 0.1), ratio
+                assert all(s.colour is None for s in sampler.slides)
+        finally:
+            for s in sampler.slides:
+                s.slide.close()
+
+
+def test_stain_normalisation_is_recorded_and_a_resume_on_other_colours_refused(
+    light_and_dark: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    cfg = _cfg(Path(), out, samples="", images=str(light_and_dark), mpp=2.0, epochs=1)
+    run_pretrain(cfg)
+    record = json.loads((out / "config.json").read_text())
+    assert record["stain_normalise"] is True
+    assert set(record["stain_normalisation"]) == {"light", "dark"}
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["stain_normalise"] is True
+    before = snapshot(out)
+    with pytest.raises(PixNetInputError) as err:
+        run_pretrain(replace(cfg, epochs=2, resume=True, stain_normalise=False))
+    assert str(err.value) == (
+        f"{out / 'checkpoint.pt'}: this run pretrains on stain-normalised colours, not raw "
+        "ones; resume with --stain-normalise (see config.json), or start a new --out"
+    )
+    assert snapshot(out) == before
+    # a checkpoint from before the option holds a run on raw colours
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state["stain_normalise"]
+    torch.save(state, out / "checkpoint.pt")
+    with pytest.raises(PixNetInputError, match="resume with --no-stain-normalise"):
+        run_pretrain(replace(cfg, epochs=2, resume=True))
+    run_pretrain(replace(cfg, epochs=2, resume=True, stain_normalise=False))
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
 
 
 # -- training -------------------------------------------------------------------------------
@@ -336,7 +421,9 @@ def test_crossval_simclr_pretrains_the_crossval_encoder(manifest: Path, tmp_path
     )
     path, record = _pretrain_fold(cfg, 0, load_manifest(manifest), tmp_path / "pre")
     assert recorded_encoder_name(path) == LITE0
-    assert json.loads((tmp_path / "pre" / "config.json").read_text())["encoder"] == LITE0
+    recorded = json.loads((tmp_path / "pre" / "config.json").read_text())
+    assert recorded["encoder"] == LITE0
+    assert recorded["stain_normalise"] is cfg.stain_normalise is True  # as the fine-tuning
     assert len(record["pretrain_loss"]) == 1 and record["pretrained_on"] == ["EX1"]
 
 
@@ -347,10 +434,10 @@ def test_cli_registration_parses_config() -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["pretrain", "--images", "imgs", "--mpp", "0.5", "--tile-px", "64", "--resume"]
-        + ["--encoder", LITE0, "--pretrained", "imagenet"]
+        + ["--encoder", LITE0, "--pretrained", "imagenet", "--no-stain-normalise"]
     )
     cfg = dataclass_from_args(PretrainConfig, args)
     assert (cfg.images, cfg.mpp, cfg.tile_px, cfg.resume) == ("imgs", 0.5, 64, True)
-    assert (cfg.encoder, cfg.pretrained) == (LITE0, "imagenet")
+    assert (cfg.encoder, cfg.pretrained, cfg.stain_normalise) == (LITE0, "imagenet", False)
     assert PretrainConfig().encoder == "resnet18" and PretrainConfig().pretrained is None
     assert callable(args.func)

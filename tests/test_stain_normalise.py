@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 from fixtures_run import TINY_SPOT_TRAINING
-from fixtures_slide import synthetic_he, write_plain_image
+from fixtures_slide import darker, synthetic_he, write_plain_image
 from PIL import Image
 
 from pixnet.data.colour import (
     FACTOR_RANGE,
     normalise_slide,
     od_scale_lut,
-    optical_density,
     reference_od,
     tissue_od,
 )
@@ -38,13 +37,6 @@ from pixnet.io.slide import open_slide
 from pixnet.predict.job import PredictConfig, run_predict
 from pixnet.train.config import TrainConfig
 from pixnet.train.loop import train
-
-
-def darker(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """``rgb`` with every channel's optical density times ``factor`` (a thicker or longer
-    stained section), uint8."""
-    out = 256.0 * np.exp(-optical_density(rgb) * factor) - 1.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def test_lut_is_the_identity_at_the_reference_and_scales_density() -> None:

@@ -10,15 +10,17 @@ epoch, ...])``, so a resumed run continues exactly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from pixnet.data.colour import normalise_slide
 from pixnet.data.crops import brightness_contrast, crop_image, rot_flip_image, stain_jitter
 from pixnet.io.slide import Slide, open_slide
 from pixnet.io.tissue import tissue_mask
@@ -37,6 +39,8 @@ class TileSlide:
         positions: ``(n, 2)`` int64 top-left corners (x, y) of tissue tiles, working px.
         image: the whole image at ``working_mpp`` (``(H, W, 3)`` uint8), or ``None`` when
             it is too large to keep; tiles are then read with ``Slide.read_rect``.
+        colour: the stain normalisation of the slide's reads
+            (:func:`pixnet.data.colour.normalise_slide`'s record), or ``None``.
     """
 
     name: str
@@ -44,6 +48,7 @@ class TileSlide:
     working_mpp: float
     positions: np.ndarray
     image: np.ndarray | None = None
+    colour: dict[str, Any] | None = None
 
     def read_tile(self, x: int, y: int, tile_px: int) -> np.ndarray:
         """``(tile_px, tile_px, 3)`` uint8 tile with top-left ``(x, y)`` working pixels."""
@@ -117,6 +122,8 @@ def open_tile_slide(
     tile_px: int,
     min_tissue: float = 0.5,
     max_cached_px: int = 25_000_000,
+    reference_od: Sequence[float] | None = None,
+    slide_od: np.ndarray | None = None,
 ) -> TileSlide:
     """Open one image, find its tissue tiles and (if small enough) read it whole.
 
@@ -128,8 +135,18 @@ def open_tile_slide(
         min_tissue: least tissue fraction of a kept tile.
         max_cached_px: an image of up to this many working pixels is held in memory;
             a larger one is read tile by tile.
+        reference_od: stain-normalise every read of the image to these tissue densities
+            (:mod:`pixnet.data.colour`, as ``pixnet train`` does); ``slide_od``: the image's
+            own (:func:`~pixnet.data.colour.tissue_od`) when measured already.
     """
     slide = open_slide(path, mpp)
+    colour = None
+    if reference_od is not None:
+        try:
+            colour = normalise_slide(slide, reference_od, slide_od)
+        except BaseException:
+            slide.close()
+            raise
     thumb, thumb_mpp = slide.thumbnail(1024)
     mask = tissue_mask(thumb)
     w0, h0 = slide.size_px
@@ -146,7 +163,7 @@ def open_tile_slide(
         100 * float(mask.mean()),
         "in memory" if image is not None else "read tile by tile",
     )
-    return TileSlide(name, slide, working_mpp, positions, image)
+    return TileSlide(name, slide, working_mpp, positions, image, colour)
 
 
 def augment_view(

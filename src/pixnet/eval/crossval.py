@@ -446,6 +446,7 @@ def _pretrain_fold(
         batch_size=cfg.simclr_batch_size,
         epochs=cfg.simclr_epochs,
         tiles_per_epoch=cfg.simclr_tiles_per_epoch,
+        stain_normalise=cfg.stain_normalise,  # the colours the fine-tuning sees
         seed=seed,
         threads=cfg.threads,
         resume=cfg.resume and (out / "checkpoint.pt").is_file(),

@@ -3,7 +3,9 @@
 Tiles are drawn from the tissue of any H&E slides (a sample manifest or a folder of
 images; no expression is needed; :mod:`pixnet.data.tiles`). Each tile gives two augmented
 views (random crop-and-resize, flips and quarter turns, HED stain jitter,
-brightness/contrast jitter, Gaussian blur); the pooled embedding of the ``--encoder``
+brightness/contrast jitter, Gaussian blur), drawn from slides stain-normalised to their mean
+tissue density as ``pixnet train`` normalises its slides (:mod:`pixnet.data.colour`;
+``--no-stain-normalise``: each slide's own colours); the pooled embedding of the ``--encoder``
 (:func:`~pixnet.models.registry.pooled_features`: a CNN's F5 or a ViT's final patch
 tokens, averaged) goes through an MLP projection head
 (:class:`~pixnet.models.simclr.SimCLRModel`) and the NT-Xent loss
@@ -12,7 +14,7 @@ the other tiles of the batch away. ``--pretrained`` starts from weights ``pixnet
 --pretrained`` accepts for that encoder (e.g. ``--encoder efficientnet-lite0
 --pretrained imagenet``). The tiles of an epoch and their augmentations depend only on
 ``(seed, epoch)``, so ``--resume`` continues exactly; a resume with another
-``--encoder`` is refused before anything is written.
+``--encoder`` or ``--[no-]stain-normalise`` is refused before anything is written.
 
 Run folder (:class:`~pixnet.train.runfolder.RunFolder`): ``config.json``, ``log.jsonl``
 (one line per epoch), ``checkpoint.pt`` (model, optimizer, epoch, encoder name; for
@@ -32,11 +34,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pixnet.cli_options import check_fields, save_config
 from pixnet.cli_options import help_meta as _h
+from pixnet.data.colour import reference_od, tissue_od
 from pixnet.data.tiles import TileSampler, TileSlide, open_tile_slide
 from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
@@ -93,6 +97,13 @@ class PretrainConfig:
         default=0.5, metadata=_h("least tissue fraction of a tile", ge=0, le=1)
     )
     stain_sigma: float = field(default=0.1, metadata=_h("HED stain jitter scale range", ge=0))
+    stain_normalise: bool = field(
+        default=True,
+        metadata=_h(
+            "bring every image's tissue to the images' mean stain density, as pixnet train "
+            "does (--no-stain-normalise: each image's own colours)"
+        ),
+    )
     max_cached_px: int = field(
         default=25_000_000,
         metadata=_h(
@@ -187,6 +198,39 @@ def check_same_encoder(resumed: dict[str, Any], encoder: str, path: Path) -> Non
         )
 
 
+def check_same_colours(resumed: dict[str, Any], stain_normalise: bool, path: Path) -> None:
+    """A pretraining cannot be resumed on other colours (a checkpoint without the record
+    is from before stain normalisation: raw colours)."""
+    was = bool(resumed.get("stain_normalise", False))
+    if was != stain_normalise:
+        flag = "--stain-normalise" if was else "--no-stain-normalise"
+        raise PixNetInputError(
+            path,
+            f"this run pretrains on {'stain-normalised' if was else 'raw'} colours, "
+            f"not {'stain-normalised' if stain_normalise else 'raw'} ones",
+            f"resume with {flag} (see config.json), or start a new --out",
+        )
+
+
+def image_densities(
+    sources: list[tuple[str, Path, float]],
+) -> tuple[list[float] | None, list[np.ndarray | None]]:
+    """The stain normalisation's reference (the mean tissue density of the images that
+    show tissue) and each image's density (``None`` for one without tissue: it gives no
+    tiles); the reference is ``None`` when no image shows tissue."""
+    from pixnet.io.slide import open_slide
+
+    ods: list[np.ndarray | None] = []
+    for _, path, mpp in tqdm(sources, desc="stain density", unit="slide", leave=False):
+        with open_slide(path, mpp) as slide:
+            try:
+                ods.append(tissue_od(slide))
+            except PixNetInputError:  # no tissue on the thumbnail
+                ods.append(None)
+    found = [od for od in ods if od is not None]
+    return (reference_od(found) if found else None), ods
+
+
 def tile_sampler(sources: list[tuple[str, Path, float]], cfg: PretrainConfig) -> TileSampler:
     """Open ``(name, path, mpp)`` images and find their tissue tiles; the epochs' sampler
     (images without a tissue tile are closed and left out).
@@ -194,18 +238,31 @@ def tile_sampler(sources: list[tuple[str, Path, float]], cfg: PretrainConfig) ->
     Raises:
         PixNetInputError: no image has a tile with more than ``min_tissue`` tissue.
     """
-    slides: list[TileSlide] = [
-        open_tile_slide(
-            name,
-            path,
-            mpp,
-            cfg.working_mpp,
-            cfg.tile_px,
-            cfg.min_tissue,
-            cfg.max_cached_px,
-        )
-        for name, path, mpp in tqdm(sources, desc="finding tissue", unit="slide", leave=False)
-    ]
+    ref, ods = image_densities(sources) if cfg.stain_normalise else (None, [None] * len(sources))
+    if ref is not None:
+        log.info("stain normalisation: reference optical density (R, G, B) %s", np.round(ref, 3))
+    slides: list[TileSlide] = []
+    try:
+        for (name, path, mpp), od in zip(
+            tqdm(sources, desc="finding tissue", unit="slide", leave=False), ods, strict=True
+        ):
+            slides.append(
+                open_tile_slide(
+                    name,
+                    path,
+                    mpp,
+                    cfg.working_mpp,
+                    cfg.tile_px,
+                    cfg.min_tissue,
+                    cfg.max_cached_px,
+                    reference_od=None if od is None else ref,
+                    slide_od=od,
+                )
+            )
+    except BaseException:
+        for s in slides:
+            s.slide.close()
+        raise
     for s in slides:
         if not len(s.positions):
             s.slide.close()
@@ -261,6 +318,7 @@ def _start(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resumed is not None:
         check_same_encoder(resumed, cfg.encoder, run.checkpoint)
+        check_same_colours(resumed, cfg.stain_normalise, run.checkpoint)
         restore_state(resumed, model, opt, run.checkpoint)
         return model, opt, int(resumed["epoch"]) + 1
     if cfg.pretrained:
@@ -285,6 +343,7 @@ def _pretrain(
         extra={
             "slides": [s.name for s in sampler.slides],
             "n_tile_positions": sampler.n_positions,
+            "stain_normalisation": {s.name: s.colour for s in sampler.slides if s.colour},
         },
     )
     log.info(
@@ -328,7 +387,9 @@ def _pretrain(
         # one consistent epoch: every file is written before any is renamed
         run.commit_epoch(
             record,
-            checkpoint_state(model, opt, epoch, encoder=cfg.encoder),
+            checkpoint_state(
+                model, opt, epoch, encoder=cfg.encoder, stain_normalise=cfg.stain_normalise
+            ),
             [(enc_path, partial(save_pretrained, model.encoder, model.encoder_spec))],
         )
         log.info("epoch %d: loss %.4f (%.1fs)", epoch, record["loss"], record["seconds"])
