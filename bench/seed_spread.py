@@ -59,18 +59,15 @@ def collect(
 ) -> dict[str, Any]:
     """dataset -> variant label -> fold -> {"seeds": [...], metric: [...]} (seed order);
     labels start with the method's name when ``name_method``."""
-    from dataclasses import asdict
+    from pixnet.eval.crossval import CrossValConfig, recorded_with_defaults
 
-    from pixnet.eval.crossval import FIELDS_BEFORE_THEM, CrossValConfig
-
-    # settings older runs lack: the defaults, or off where the default changed since
-    defaults = {**json.loads(json.dumps(asdict(CrossValConfig()))), **FIELDS_BEFORE_THEM}
     runs = []  # (dataset, config key, config, fold record)
     for res in results:
         for ds, r in res["datasets"].items():
             if method not in r["methods"]:
                 continue
-            cfg = {**defaults, **r["config"]}
+            # settings older runs lack: the defaults, or off where the default changed since
+            cfg = recorded_with_defaults(r["config"], CrossValConfig, drop=())
             if not cfg.get("distill_epochs"):  # rounds of no epochs: the same training
                 cfg["distill_rounds"] = 0
             key = json.dumps(

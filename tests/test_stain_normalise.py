@@ -90,6 +90,30 @@ def test_slide_reads_through_the_lut_and_normalises_a_darker_copy(tmp_path: Path
     assert "blank.png" in str(err.value) and "--no-stain-normalise" in str(err.value)
 
 
+def test_a_lut_set_during_a_whole_image_read_is_not_cached_under_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole-image reads are cached by their colours: pixels mapped through a LUT that
+    another thread replaced while they were read are returned but not cached, so the next
+    read has the new LUT's colours."""
+    path = write_plain_image(tmp_path / "s.png", synthetic_he(160, 120))
+    invert = np.tile(np.arange(255, -1, -1, dtype=np.uint8), (3, 1))
+    identity = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+    with open_slide(path, mpp=2.0) as slide:
+        raw = slide.read_level_image(4.0, raw=True).copy()
+        slide.set_colour_lut(invert)
+        read_raw = slide._read_box_raw
+
+        def replaced_meanwhile(*args: object) -> np.ndarray:
+            slide.set_colour_lut(identity)
+            return read_raw(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(slide, "_read_box_raw", replaced_meanwhile)
+        assert np.array_equal(slide.read_level_image(4.0), 255 - raw)  # the LUT it started with
+        monkeypatch.setattr(slide, "_read_box_raw", read_raw)
+        assert np.array_equal(slide.read_level_image(4.0), raw)  # the LUT set meanwhile
+
+
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two example sections and EX1D: EX1 with its densities x 1.6 (same spots, counts)."""

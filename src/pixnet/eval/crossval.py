@@ -41,6 +41,7 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -638,13 +639,18 @@ def lengthened(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
 FIELDS_BEFORE_THEM = {"distill_epochs": 0, "distill_rounds": 1, "stain_normalise": False}
 
 
-def recorded_with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+def recorded_with_defaults(
+    recorded: dict[str, Any],
+    config_class: type[TrainConfig] = TrainConfig,
+    drop: Collection[str] = UNRECORDED_TRAIN_FIELDS,
+) -> dict[str, Any]:
     """``recorded`` with the values of the fields it lacks (a cache written before a field
-    existed was trained without it): the :class:`TrainConfig` default, or the field's off
-    value where the default has changed since (:data:`FIELDS_BEFORE_THEM`)."""
-    defaults = json.loads(json.dumps(json_safe(asdict(TrainConfig()))))
+    existed was trained without it): the ``config_class`` default, or the field's off
+    value where the default has changed since (:data:`FIELDS_BEFORE_THEM`); fields in
+    ``drop`` are not filled in."""
+    defaults = json.loads(json.dumps(json_safe(asdict(config_class()))))
     defaults.update(FIELDS_BEFORE_THEM)
-    return {**{k: v for k, v in defaults.items() if k not in UNRECORDED_TRAIN_FIELDS}, **recorded}
+    return {**{k: v for k, v in defaults.items() if k not in drop}, **recorded}
 
 
 def check_cached_training(

@@ -466,6 +466,16 @@ def _open_backend(path: Path, backend: str, max_whole_pixels: int) -> _Backend:
     )
 
 
+def _apply_lut(arr: np.ndarray, lut: np.ndarray | None) -> np.ndarray:
+    """``(h, w, 3)`` uint8 ``arr`` mapped through a ``(3, 256)`` colour LUT (``None``: as is)."""
+    if lut is None:
+        return arr
+    out = np.empty_like(arr)
+    for c in range(3):
+        out[..., c] = lut[c][arr[..., c]]
+    return out
+
+
 class Slide:
     """One H&E image, read region by region at any resolution.
 
@@ -604,7 +614,8 @@ class Slide:
         w0, h0 = self.size_px
         ds = mpp / self.mpp
         out = (max(1, round(w0 / ds)), max(1, round(h0 / ds)))
-        raw = raw or self.colour_lut is None
+        lut = None if raw else self.colour_lut  # read once: the key and the pixels agree
+        raw = lut is None
         key = (round(mpp, 9), float(self.max_whole_pixels), raw)
         with self._lock:
             if key in self._level_cache:
@@ -618,12 +629,13 @@ class Slide:
                 "read regions with read_rect, use a coarser mpp, or raise max_whole_pixels",
             )
         box = (0.0, 0.0, float(w0), float(h0))
-        arr = self._read_box_raw(box, out) if raw else self._read_box(box, out)
+        arr = _apply_lut(self._read_box_raw(box, out), lut)
         arr.flags.writeable = False
         with self._lock:
-            self._level_cache[key] = arr
-            while len(self._level_cache) > 2:
-                self._level_cache.popitem(last=False)
+            if raw or self.colour_lut is lut:  # not cached under a LUT set meanwhile
+                self._level_cache[key] = arr
+                while len(self._level_cache) > 2:
+                    self._level_cache.popitem(last=False)
         return arr
 
     def thumbnail(self, max_side: int = 1024, raw: bool = False) -> tuple[np.ndarray, float]:
@@ -657,14 +669,7 @@ class Slide:
     ) -> np.ndarray:
         """The full-res box ``(x0, y0, x1, y1)`` resampled to ``out_size = (w, h)`` pixels,
         through :attr:`colour_lut` when one is set."""
-        arr = self._read_box_raw(box, out_size)
-        lut = self.colour_lut
-        if lut is None:
-            return arr
-        out = np.empty_like(arr)
-        for c in range(3):
-            out[..., c] = lut[c][arr[..., c]]
-        return out
+        return _apply_lut(self._read_box_raw(box, out_size), self.colour_lut)
 
     def _read_box_raw(
         self, box: tuple[float, float, float, float], out_size: tuple[int, int]
