@@ -162,9 +162,10 @@ MODEL_FLAGS = (
     "stain_bias",
     "brightness_contrast",
     "stain_normalise",
+    "val_fraction",
 )
 """The :class:`~pixnet.train.config.TrainConfig` fields the benchmarks take as options
-(model, penalties, distillation, colour handling): PixNet's, and where they apply the
+(model, penalties, distillation, colour handling, the validation band): PixNet's, and where they apply the
 spot-crop regressor's (the colour jitter and normalisation). With ``--resume``, finished
 runs continue into more ``--distill-epochs`` / ``--distill-rounds``."""
 
