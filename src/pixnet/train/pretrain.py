@@ -44,7 +44,7 @@ from pixnet.data.colour import reference_od, tissue_od
 from pixnet.data.tiles import TileSampler, TileSlide, open_tile_slide
 from pixnet.errors import PixNetInputError
 from pixnet.io.sample import Sample
-from pixnet.io.slide import OPENSLIDE_SUFFIXES, PILLOW_SUFFIXES, TIFF_SUFFIXES
+from pixnet.io.slide import OPENSLIDE_SUFFIXES, PILLOW_SUFFIXES, TIFF_SUFFIXES, open_slide
 from pixnet.models.registry import (
     DEFAULT_ENCODER,
     encoder_names,
@@ -218,8 +218,6 @@ def image_densities(
     """The stain normalisation's reference (the mean tissue density of the images that
     show tissue) and each image's density (``None`` for one without tissue: it gives no
     tiles); the reference is ``None`` when no image shows tissue."""
-    from pixnet.io.slide import open_slide
-
     ods: list[np.ndarray | None] = []
     for _, path, mpp in tqdm(sources, desc="stain density", unit="slide", leave=False):
         with open_slide(path, mpp) as slide:
