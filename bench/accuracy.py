@@ -165,9 +165,10 @@ MODEL_FLAGS = (
     "val_fraction",
 )
 """The :class:`~pixnet.train.config.TrainConfig` fields the benchmarks take as options
-(model, penalties, distillation, colour handling, the validation band): PixNet's, and where they apply the
-spot-crop regressor's (the colour jitter and normalisation). With ``--resume``, finished
-runs continue into more ``--distill-epochs`` / ``--distill-rounds``."""
+(model, penalties, distillation, colour handling, the validation band): PixNet's, and where
+they apply the spot-crop regressor's (the colour jitter and normalisation; the band is every
+method's). With ``--resume``, finished runs continue into more ``--distill-epochs`` /
+``--distill-rounds``."""
 
 
 def add_model_flags(ap: argparse.ArgumentParser) -> None:
