@@ -163,9 +163,11 @@ MODEL_FLAGS = (
     "brightness_contrast",
     "stain_normalise",
     "val_fraction",
+    "pcc_weight",
 )
 """The :class:`~pixnet.train.config.TrainConfig` fields the benchmarks take as options
-(model, penalties, distillation, colour handling, the validation band): PixNet's, and where
+(model, penalties, distillation, colour handling, the validation band, the PCC term of the
+loss): PixNet's, and where
 they apply the spot-crop regressor's (the colour jitter and normalisation; the band is every
 method's). With ``--resume``, finished runs continue into more ``--distill-epochs`` /
 ``--distill-rounds``."""

@@ -300,3 +300,20 @@ def test_a_partial_table_never_replaces_the_committed_one(accuracy: ModuleType) 
     assert accuracy.results_path("", out, ["her2st"], ["C2"], False) == out / "accuracy.json"
     assert accuracy.results_path("", out, ["example"], [], True) == out / "accuracy-quick.json"
     assert accuracy.results_path("r.json", out, ["her2st"], ["C2"], False) == Path("r.json")
+
+
+def test_model_flags_reach_the_training_config(accuracy: ModuleType) -> None:
+    """The benchmark's model options parse as ``pixnet train``'s and come out as config fields;
+    the defaults are TrainConfig's."""
+    import argparse
+
+    from pixnet.train.config import TrainConfig
+
+    ap = argparse.ArgumentParser()
+    accuracy.add_model_flags(ap)
+    flags = accuracy.model_flags(ap.parse_args(["--pcc-weight", "0", "--val-fraction", "0.25"]))
+    assert flags["pcc_weight"] == 0.0 and flags["val_fraction"] == 0.25
+    defaults = accuracy.model_flags(ap.parse_args([]))
+    assert defaults == {name: getattr(TrainConfig(), name) for name in accuracy.MODEL_FLAGS}
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--pcc-weight", "-1"])
