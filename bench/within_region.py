@@ -19,8 +19,11 @@ per finished run and method, from the ``pred.npz`` the driver saved (no predicti
   measurement, in regions of two or more spots. ``PCC@M`` is the mean over genes of the
   correlation of the deviations; ``skill`` is ``1 - MSE / MSE(no deviation)``: above 0
   only when the predicted deviations bring a spot closer to its measurement than its
-  region's mean does. The test section's own region values copied to their members (the
-  ``upsampled`` reference) have no deviation: within-region skill 0, no PCC.
+  region's mean does; ``scale`` is the median over genes of the factor that would best
+  scale the predicted deviations onto the measured ones (1: their size suits their
+  correlation; below 1: too large for it). The test section's own region values copied
+  to their members (the ``upsampled`` reference) have no deviation: within-region skill
+  0, no PCC.
 
 ``--fine`` adds PixNet trained on the single spots of the same training sections
 (``bench/accuracy.py --out`` folders, one per seed; its own gene panel): what a model
@@ -74,10 +77,26 @@ def split_scores(
     between = summarise(p_mean[counts > 0], t_mean[counts > 0], train_mean)
     zero = np.zeros(truth.shape[1])
     within = summarise(p_dev[shared], t_dev[shared], zero)
-    return {
+    scores = {
         name: {"PCC@M": float(s["PCC@M"]), "skill": float(s["skill"])}
         for name, s in (("spots", spots), ("between", between), ("within", within))
-    } | {"sizes": {"regions": int((counts > 0).sum()), "spots_in_shared": int(shared.sum())}}
+    }
+    scores["within"]["scale"] = deviation_scale(p_dev[shared], t_dev[shared])
+    return scores | {
+        "sizes": {"regions": int((counts > 0).sum()), "spots_in_shared": int(shared.sum())}
+    }
+
+
+def deviation_scale(pred_dev: np.ndarray, truth_dev: np.ndarray) -> float:
+    """The median over genes of the least-squares factor that best scales the predicted
+    within-region deviations onto the measured ones (``sum(p t) / sum(p p)``): 1 when their
+    size suits how well they correlate, below 1 when they are too large. NaN without
+    genes whose predicted deviations vary."""
+    pp = (pred_dev * pred_dev).sum(axis=0)
+    ok = pp > 1e-12 * max(float(pp.max(initial=0.0)), 1e-300)
+    if not ok.any():
+        return float("nan")
+    return float(np.median((pred_dev * truth_dev).sum(axis=0)[ok] / pp[ok]))
 
 
 def fold_regions(sample: Any, coarsen: int) -> np.ndarray:
@@ -89,21 +108,33 @@ def fold_regions(sample: Any, coarsen: int) -> np.ndarray:
 
 
 def c2f_runs(
-    root: Path, dataset: str, coarsen: int, methods: list[str], folds: list[str]
+    roots: list[Path], dataset: str, coarsen: int, methods: list[str], folds: list[str]
 ) -> Iterator[tuple[str, str, dict[str, Path], Path]]:
     """``(fold, seed folder, {method: pred.npz}, a PixNet run folder for the panel)`` of
-    every fold and seed of a coarse-to-fine ``--out`` where all ``methods`` finished."""
-    base = root / dataset / f"k{coarsen}"
-    if not base.is_dir():
-        raise SystemExit(f"{base}: no such folder (the --out of bench/coarse_to_fine.py?)")
-    for fold_dir in sorted(base.glob("seed*/*/")):
-        fold = fold_dir.name
-        if folds and fold not in folds:
-            continue
-        preds = {m: fold_dir / m / "pred.npz" for m in methods}
-        runs = sorted(fold_dir.glob("pixnet-*/run/model.pt"))
-        if runs and all(p.is_file() for p in preds.values()):
-            yield fold, fold_dir.parent.name, preds, runs[0].parent
+    every fold and seed of coarse-to-fine ``--out`` folders where all ``methods`` finished.
+    Several roots are joined: methods that ran apart (PixNet in one, the regressor in
+    another) are paired by fold and seed, a method found twice is an error."""
+    found: dict[tuple[str, str], tuple[dict[str, Path], list[Path]]] = {}
+    for root in roots:
+        base = root / dataset / f"k{coarsen}"
+        if not base.is_dir():
+            raise SystemExit(f"{base}: no such folder (the --out of bench/coarse_to_fine.py?)")
+        for fold_dir in sorted(base.glob("seed*/*/")):
+            if folds and fold_dir.name not in folds:
+                continue
+            preds, runs = found.setdefault((fold_dir.name, fold_dir.parent.name), ({}, []))
+            for m in methods:
+                if (fold_dir / m / "pred.npz").is_file():
+                    if m in preds:
+                        raise SystemExit(
+                            f"{fold_dir / m}: {m} of {fold_dir.parent.name}/{fold_dir.name} is "
+                            f"also in {preds[m].parent}; join roots that ran different methods"
+                        )
+                    preds[m] = fold_dir / m / "pred.npz"
+            runs += sorted(fold_dir.glob("pixnet-*/run/model.pt"))
+    for (fold, seed), (preds, runs) in sorted(found.items()):
+        if runs and len(preds) == len(methods):
+            yield fold, seed, preds, runs[0].parent
 
 
 def averaged(fold: str, runs: list[tuple[str, np.ndarray, Any]]) -> tuple[str, np.ndarray, Any]:
@@ -136,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only-folds", nargs="*", default=[])
     ap.add_argument(
+        "--join-roots",
+        action="store_true",
+        help="the roots ran different methods (e.g. PixNet and the regressor apart): "
+        "pair them by fold and seed instead of scoring each root on its own",
+    )
+    ap.add_argument(
         "--average-seeds",
         action="store_true",
         help="score each method's predictions averaged over its seeds, one run per fold "
@@ -145,15 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.coarsen < 2:
         ap.error("--coarsen: regions of 2 x 2 spots or more")
+    where = (args.dataset, args.coarsen, args.methods, args.only_folds)
 
     # (label, fold) -> [(key, prediction, held-out section)]
     got: dict[tuple[str, str], list[tuple[str, np.ndarray, Any]]] = {}
-    for root in args.roots:
-        for fold, seed, preds, run in c2f_runs(
-            Path(root), args.dataset, args.coarsen, args.methods, args.only_folds
-        ):
+    found = (
+        [("", c2f_runs([Path(r) for r in args.roots], *where))]
+        if args.join_roots
+        else [
+            ("" if len(args.roots) == 1 else f"@{root}", c2f_runs([Path(root)], *where))
+            for root in args.roots
+        ]
+    )
+    for suffix, in_root in found:
+        for fold, seed, preds, run in in_root:
             h = held_out(run, fold)
-            key = f"{fold}/{seed}" + ("" if len(args.roots) == 1 else f"@{root}")
+            key = f"{fold}/{seed}{suffix}"
             for m, path in preds.items():
                 got.setdefault((m, fold), []).append((key, np.load(path)[fold], h))
     if not got:
@@ -183,13 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         f"# Within and between regions: {args.dataset}, trained on {args.coarsen} x "
         f"{args.coarsen} regions, tested on single spots",
         "",
-        "| method | runs | " + " | ".join(f"PCC@M {p} | skill {p}" for p in PARTS) + " |",
-        "|---|---:|" + "---:|" * (2 * len(PARTS)),
+        "| method | runs | "
+        + " | ".join(f"PCC@M {p} | skill {p}" for p in PARTS)
+        + " | scale within |",
+        "|---|---:|" + "---:|" * (2 * len(PARTS) + 1),
     ]
     for m, scored in results.items():
         cells = [
             mean_std([r[p][k] for r in scored.values()]) for p in PARTS for k in ("PCC@M", "skill")
         ]
+        cells.append(mean_std([r["within"]["scale"] for r in scored.values()]))
         lines.append(f"| {m} | {len(scored)} | " + " | ".join(cells) + " |")
     sizes = {f: (len(np.unique(i)), len(i)) for f, i in regions.items()}
     lines += [

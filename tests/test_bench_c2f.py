@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -176,6 +177,21 @@ def test_quick_run_two_seeds(tmp_path: Path) -> None:
     index = wr.fold_regions(h.sample, 2)
     want = wr.split_scores((seeds[0] + seeds[1]) / 2, h.truth, h.train_mean, index)
     assert avg[f"{fold}/mean of 2 seeds"]["within"] == pytest.approx(want["within"])
+    # a method run apart (another --out): --join-roots pairs the roots by fold and seed
+    apart = tmp_path / "apart" / "example" / "k2" / "seed0" / fold
+    apart.mkdir(parents=True)
+    shutil.move(k2 / "seed0" / fold / "upsampled", apart / "upsampled")
+    roots = [str(tmp_path / "run"), str(tmp_path / "apart"), *wr_argv[1:]]
+    roots += ["--methods", "pixnet-mean", "upsampled"]
+    assert wr.main(roots) == 2  # scored root by root, neither has both
+    joined_md = tmp_path / "joined.md"
+    assert wr.main([*roots, "--join-roots", "--out", str(joined_md)]) == 0
+    joined = json.loads(joined_md.with_suffix(".json").read_text())
+    assert list(joined["upsampled"]) == list(joined["pixnet-mean"]) == [f"{fold}/seed0"]
+    assert joined["upsampled"][f"{fold}/seed0"]["spots"] == ups["spots"]
+    shutil.copytree(apart / "upsampled", k2 / "seed0" / fold / "upsampled")  # now in both
+    with pytest.raises(SystemExit, match="also in"):
+        wr.main([*roots, "--join-roots"])
 
     # bench/readout_scale.py on the same runs: a disk of the spots' own diameter reads the
     # map out exactly as the spots do; a wider one differs
@@ -378,3 +394,10 @@ def test_within_region_split_of_known_predictions() -> None:
     # a lone spot is its own region's mean: left out of the within-region scores
     lone = wr.split_scores(truth, truth, train_mean, np.append(index[:-1], 6))
     assert lone["sizes"] == {"regions": 7, "spots_in_shared": 23}
+    # the scale of the deviations: 1 when exact, 1/2 when twice as large, NaN when flat
+    assert exact["within"]["scale"] == pytest.approx(1.0)
+    means_p, dev_p, _ = wr.decompose(truth, index, 6)
+    doubled = wr.split_scores(means_p[index] + 2 * dev_p, truth, train_mean, index)
+    assert doubled["within"]["scale"] == pytest.approx(0.5)
+    assert doubled["within"]["PCC@M"] == pytest.approx(1.0) and doubled["within"]["skill"] < 1.0
+    assert np.isnan(flat["within"]["scale"])
