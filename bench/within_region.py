@@ -248,10 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     first = args.methods[0]
     for m in args.methods[1:]:
         keys = [k for k in results[first] if k in results[m]]
-        for p in PARTS:
-            for k in ("PCC@M", "skill"):
-                d = [results[first][key][p][k] - results[m][key][p][k] for key in keys]
-                lines.append(difference_line(f"{p} {k}, {first} minus {m}", d))
+        for p, k in [(p, k) for p in PARTS for k in ("PCC@M", "skill")] + [("within", "scale")]:
+            d = [results[first][key][p][k] - results[m][key][p][k] for key in keys]
+            lines.append(difference_line(f"{p} {k}, {first} minus {m}", d))
     emit("\n".join(lines) + "\n", results, args.out)
     return 0
 
