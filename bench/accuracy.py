@@ -167,10 +167,9 @@ MODEL_FLAGS = (
 )
 """The :class:`~pixnet.train.config.TrainConfig` fields the benchmarks take as options
 (model, penalties, distillation, colour handling, the validation band, the PCC term of the
-loss): PixNet's, and where
-they apply the spot-crop regressor's (the colour jitter and normalisation; the band is every
-method's). With ``--resume``, finished runs continue into more ``--distill-epochs`` /
-``--distill-rounds``."""
+loss): PixNet's, and where they apply the spot-crop regressor's (the colour jitter and
+normalisation and the PCC term; the band is every method's). With ``--resume``, finished
+runs continue into more ``--distill-epochs`` / ``--distill-rounds``."""
 
 
 def add_model_flags(ap: argparse.ArgumentParser) -> None:

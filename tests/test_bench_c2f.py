@@ -396,8 +396,7 @@ def test_within_region_split_of_known_predictions() -> None:
     assert lone["sizes"] == {"regions": 7, "spots_in_shared": 23}
     # the scale of the deviations: 1 when exact, 1/2 when twice as large, NaN when flat
     assert exact["within"]["scale"] == pytest.approx(1.0)
-    means_p, dev_p, _ = wr.decompose(truth, index, 6)
-    doubled = wr.split_scores(means_p[index] + 2 * dev_p, truth, train_mean, index)
+    doubled = wr.split_scores(means[index] + 2 * dev, truth, train_mean, index)
     assert doubled["within"]["scale"] == pytest.approx(0.5)
     assert doubled["within"]["PCC@M"] == pytest.approx(1.0) and doubled["within"]["skill"] < 1.0
     assert np.isnan(flat["within"]["scale"])
