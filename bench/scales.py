@@ -177,6 +177,13 @@ class ScalesConfig:
             "BatchNorm statistics recomputed, PixNet and spot-crop (train --precise-bn-batches)"
         ),
     )
+    stain_normalise: bool = field(
+        default=TrainConfig().stain_normalise,
+        metadata=_h(
+            "stain-normalise every slide, PixNet and spot-crop (train --stain-normalise; "
+            "--no-stain-normalise: raw colours, as before 2026-12-02's session 28)"
+        ),
+    )
     spotcrop: bool = field(default=True, metadata=_h("also train the spot-crop regressor"))
     spotcrop_epochs: int = field(
         default=0,
@@ -802,6 +809,7 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         seed=cfg.seed,
         threads=cfg.threads,
         precise_bn_batches=cfg.precise_bn_batches,
+        stain_normalise=cfg.stain_normalise,
         overwrite=True,
     )
     preds: dict[str, list[np.ndarray]] = {}
@@ -880,7 +888,8 @@ def run_scales(cfg: ScalesConfig, samples: list[Sample] | None = None) -> dict[s
         t0 = time.perf_counter()
         tcfg = dataclasses.replace(base, out=str(out / "spotcrop"), epochs=spotcrop_epochs(cfg))
         data = prepare_fold_data(tcfg, train_samples)
-        slide = load_test_slide(synth[cfg.test], panel, cfg.working_mpp)
+        # normalised as the regressor's training slides were (PixNet's predict does the same)
+        slide = load_test_slide(synth[cfg.test], panel, cfg.working_mpp, data.reference_od)
         sx, sy = slide.scale_xy
         runs = [Path(d) / "spotcrop" for d in cfg.members_from] or [out / "spotcrop"]
         members = []

@@ -21,6 +21,7 @@ from pixnet.errors import PixNetInputError
 from pixnet.io.manifest import load_manifest
 from pixnet.io.modelfile import load_model_file
 from pixnet.io.sample import Sample
+from pixnet.predict.tiled import load_predictor
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "scales.py"
 
@@ -274,8 +275,21 @@ def test_reference_predictions_read_the_field_at_the_map_cells(scales: ModuleTyp
     ]
 
 
-def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path: Path) -> None:
+def test_tiny_end_to_end_run(
+    scales: ModuleType, samples: list[Sample], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.set_num_threads(1)
+    from pixnet.eval import baselines
+
+    # the regressor's test slide must be stain-normalised as its training slides were
+    test_refs: list[object] = []
+    load_test_slide = baselines.load_test_slide
+
+    def recording_load_test_slide(*args: object, **kwargs: object) -> object:
+        test_refs.append(args[3] if len(args) > 3 else kwargs.get("reference_od"))
+        return load_test_slide(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(baselines, "load_test_slide", recording_load_test_slide)
     cfg = scales.ScalesConfig(
         samples="generated",
         train=["EX1"],
@@ -299,6 +313,9 @@ def test_tiny_end_to_end_run(scales: ModuleType, samples: list[Sample], tmp_path
         for m in ("pixnet-mean", "spotcrop")
     }
     assert epochs == {"pixnet-mean": 1, "spotcrop": 2}
+    assert cfg.stain_normalise  # today's default
+    reference = load_predictor(tmp_path / "runs" / "pixnet-mean" / "model.pt").reference_od
+    assert reference is not None and test_refs == [pytest.approx(reference)]
     assert "1 epochs (spot-crop 2)" in (tmp_path / "scales.md").read_text()
     names = ["2 um square", "8 um square", "16 um square", "55 um disk", "100 um disk"]
     assert list(r["regions"]) == names

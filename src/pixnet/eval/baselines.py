@@ -113,6 +113,14 @@ class FoldData:
     slides: list[SlideSpots]
     val_masks: list[np.ndarray]
 
+    @property
+    def reference_od(self) -> list[float] | None:
+        """The stain density the training slides were normalised to (``--stain-normalise``),
+        which a test slide must be normalised to as well (:func:`load_test_slide`), or
+        ``None`` for raw colours."""
+        colour = self.slides[0].colour if self.slides else None
+        return None if colour is None else [float(v) for v in colour["reference_od"]]
+
 
 def prepare_fold_data(cfg: TrainConfig, samples: Sequence[Sample]) -> FoldData:
     """Fit the panel on ``samples`` and read them as :func:`pixnet.train.loop.train` does.

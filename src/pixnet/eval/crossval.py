@@ -490,8 +490,7 @@ def _run_method(
         return _run_pixnet(cfg, tcfg, train_samples, test_samples, panel, mdir, simclr)
     if "data" not in fold_data:  # read the fold's images once for all baselines
         fold_data["data"] = _regions_as_spots(B.prepare_fold_data(tcfg, train_samples))
-        colour = fold_data["data"].slides[0].colour  # --stain-normalise: the training reference
-        ref = None if colour is None else colour["reference_od"]
+        ref = fold_data["data"].reference_od  # --stain-normalise: the training reference
         fold_data["test"] = {
             s.sample_id: B.load_test_slide(s, panel, cfg.working_mpp, ref) for s in test_samples
         }
