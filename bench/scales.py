@@ -199,7 +199,7 @@ class ScalesConfig:
             "run with a checkpoint but fewer epochs than asked (e.g. more --distill-rounds) "
             "is continued (train --resume); refused where the folder's data.json names other "
             "data options (--count-depth, --hidden-sd, --hidden-um, --section-sd, "
-            "--synthetic-share)"
+            "--synthetic-share) or colours (--stain-normalise)"
         ),
     )
     tta: list[int] = field(
@@ -609,11 +609,15 @@ def spotcrop_epochs(cfg: ScalesConfig) -> int:
 
 DATA_STAMP = "data.json"  # the data options a run folder's models were trained on
 DATA_OPTIONS = ("count_depth", "hidden_sd", "hidden_um", "section_sd", "synthetic_share")
+# the colours the networks saw: stamped since session 31; an older stamp without them is
+# trusted on them (runs of sessions 28-31 were normalised, earlier ones were not)
+COLOUR_OPTIONS = ("stain_normalise",)
 
 
 def data_options(cfg: ScalesConfig) -> dict[str, Any]:
-    """The options that make the training data (the seed too where it draws noise)."""
-    opts: dict[str, Any] = {k: getattr(cfg, k) for k in DATA_OPTIONS}
+    """The options that make the training data (the seed too where it draws noise) and
+    the colours the networks see."""
+    opts: dict[str, Any] = {k: getattr(cfg, k) for k in (*DATA_OPTIONS, *COLOUR_OPTIONS)}
     if cfg.count_depth or cfg.hidden_sd or cfg.section_sd:
         opts["seed"] = cfg.seed
     return opts
@@ -636,6 +640,9 @@ def check_data_stamp(cfg: ScalesConfig, folder: Path, with_seed: bool = True) ->
     if not with_seed:
         had.pop("seed", None)
         want.pop("seed", None)
+    for k in COLOUR_OPTIONS:  # not stamped then: trusted, as a folder without a stamp is
+        if k not in had:
+            want.pop(k, None)
     diff = [f"{k} {had.get(k)} (asked: {want.get(k)})" for k in sorted({*had, *want})
             if had.get(k) != want.get(k)]  # fmt: skip
     if diff:

@@ -185,6 +185,14 @@ def test_data_stamp_refuses_models_of_other_data(scales: ModuleType, tmp_path: P
         scales.check_data_stamp(dataclasses.replace(cfg, hidden_sd=0.0), tmp_path, with_seed=False)
     scales.check_data_stamp(other_seed, tmp_path / "before-stamps")  # no stamp: trusted
     assert "seed" not in scales.data_options(scales.ScalesConfig(seed=3))  # no noise, no seed
+    # models trained in other colours are refused too; a stamp from before that was
+    # stamped is trusted on it
+    raw = dataclasses.replace(cfg, stain_normalise=False)
+    with pytest.raises(PixNetInputError, match=r"stain_normalise True \(asked: False\)"):
+        scales.check_data_stamp(raw, tmp_path)
+    old = {k: v for k, v in scales.data_options(cfg).items() if k != "stain_normalise"}
+    (tmp_path / "data.json").write_text(json.dumps(old))
+    scales.check_data_stamp(raw, tmp_path)
 
 
 def test_spotcrop_epochs_default_to_the_epochs(scales: ModuleType) -> None:
